@@ -1,0 +1,29 @@
+# Two commands for a new user: `make demo` and `make test` (see README.md).
+# Both create ./.venv on first use. Torch is installed on its own line so that pip never pulls a
+# multi-GB CUDA build by accident: TORCH picks the version, TORCH_INDEX an optional wheel index
+# (e.g. PyTorch's CPU-only index on a machine without GPU). An existing torch in the venv is kept.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.ready
+
+$(VENV)/.ready: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || \
+		$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(BIN)/pip install -q -r requirements.txt -r requirements-test.txt
+	touch $@
+
+demo: setup
+	$(BIN)/python -m training.dataset --data=synthetic --grid=outputs/synthetic-preview.png
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache

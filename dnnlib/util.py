@@ -1,0 +1,199 @@
+"""Small utilities with no torch state: EasyDict, construct-by-name, URL/cache opening, run dirs.
+
+Everything here is plain Python so that it can be imported (and tested) without PyTorch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import os
+import re
+import tempfile
+import urllib.parse
+from typing import Any, BinaryIO
+
+
+class UserError(Exception):
+    """An error caused by the user's input (a path, an option, a file).
+
+    Its message is one line that names the thing and says what to do. Entry scripts catch it,
+    print ``error: <message>`` and exit with a non-zero code instead of showing a traceback.
+    """
+
+
+class EasyDict(dict):
+    """A dict whose keys can also be read and written as attributes (``cfg.batch``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        del self[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Construct by dotted name.
+
+def get_obj_by_name(name: str) -> Any:
+    """Return the object named ``'package.module.attr'`` (the longest importable module prefix)."""
+    parts = name.split('.')
+    for split in range(len(parts) - 1, 0, -1):
+        module_name = '.'.join(parts[:split])
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            # Only swallow "this prefix is not a module"; a missing dependency inside it must surface.
+            if err.name is not None and module_name.startswith(err.name):
+                continue
+            raise
+        obj = module
+        try:
+            for attr in parts[split:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            continue
+        return obj
+    raise ValueError(f'cannot find an object named "{name}"')
+
+
+def construct_class_by_name(*args: Any, class_name: str, **kwargs: Any) -> Any:
+    """Call the class (or function) named ``class_name`` with the given arguments."""
+    cls = get_obj_by_name(class_name)
+    if not callable(cls):
+        raise ValueError(f'"{class_name}" is not callable')
+    return cls(*args, **kwargs)
+
+
+def full_name(obj: Any) -> str:
+    """``'module.QualName'`` of a class or function, the inverse of :func:`get_obj_by_name`."""
+    return f'{obj.__module__}.{obj.__qualname__}'
+
+
+# ----------------------------------------------------------------------------------------------
+# URLs and the download cache.
+
+def cache_dir() -> str:
+    """Where downloads are cached: ``$ILSGAN_CACHE``, else ``~/.cache/ilsgan``."""
+    return os.environ.get('ILSGAN_CACHE') or os.path.join(os.path.expanduser('~'), '.cache', 'ilsgan')
+
+
+def is_url(path_or_url: str) -> bool:
+    return urllib.parse.urlparse(str(path_or_url)).scheme in ('http', 'https')
+
+
+def cached_url_path(url: str, cache: str | None = None) -> str:
+    """The file in the cache that holds (or will hold) the contents of ``url``."""
+    cache = cache or cache_dir()
+    digest = hashlib.md5(url.encode('utf-8')).hexdigest()
+    basename = re.sub(r'[^0-9a-zA-Z._-]+', '_', os.path.basename(urllib.parse.urlparse(url).path)) or 'file'
+    return os.path.join(cache, 'downloads', f'{digest}_{basename}')
+
+
+def open_url(path_or_url: str, cache: str | None = None, num_attempts: int = 3, timeout: float = 30.0,
+             verbose: bool = True) -> BinaryIO:
+    """Open a local file or an http(s) URL for binary reading.
+
+    URLs are downloaded once into the cache (:func:`cache_dir`) and read from there afterwards.
+    The download is written to a temporary file and renamed, so a broken transfer never leaves a
+    truncated cache entry. Raises :class:`UserError` when a local file is missing, or when the
+    URL is not cached and cannot be fetched (e.g. offline): the message says where to put the
+    file by hand.
+    """
+    path_or_url = str(path_or_url)
+    if not is_url(path_or_url):
+        if path_or_url.startswith('file://'):
+            path_or_url = urllib.parse.urlparse(path_or_url).path
+        if not os.path.isfile(path_or_url):
+            raise UserError(f'file not found: {path_or_url}')
+        return open(path_or_url, 'rb')
+
+    target = cached_url_path(path_or_url, cache)
+    if os.path.isfile(target):
+        return open(target, 'rb')
+
+    import requests  # imported lazily: only downloads need it
+
+    last_error: Exception | None = None
+    for _attempt in range(num_attempts):
+        try:
+            if verbose:
+                print(f'Downloading {path_or_url} ...', flush=True)
+            with requests.get(path_or_url, timeout=timeout, stream=True) as response:
+                response.raise_for_status()
+                data = io.BytesIO()
+                for chunk in response.iter_content(chunk_size=1 << 20):
+                    data.write(chunk)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            write_bytes_atomic(target, data.getvalue())
+            return open(target, 'rb')
+        except Exception as err:  # network errors of every kind: retry, then explain
+            last_error = err
+    raise UserError(f'cannot download {path_or_url} ({type(last_error).__name__}); if this machine is '
+                    f'offline, download it elsewhere and copy it to {target}, or pass a local path instead')
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directories.
+
+def next_run_dir(outdir: str, desc: str) -> str:
+    """``<outdir>/<NNNNN>-<desc>`` with NNNNN one more than the largest numbered entry of ``outdir``."""
+    ids = []
+    if os.path.isdir(outdir):
+        for name in os.listdir(outdir):
+            match = re.match(r'^(\d+)', name)
+            if match:
+                ids.append(int(match.group(1)))
+    run_id = max(ids, default=-1) + 1
+    return os.path.join(outdir, f'{run_id:05d}-{desc}')
+
+
+def format_time(seconds: float) -> str:
+    """Human-readable duration: ``'45s'``, ``'3m 05s'``, ``'2h 01m 00s'``, ``'1d 02h 03m'``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f'{s}s'
+    if s < 3600:
+        return f'{s // 60}m {s % 60:02d}s'
+    if s < 86400:
+        return f'{s // 3600}h {(s // 60) % 60:02d}m {s % 60:02d}s'
+    return f'{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m'
+
+
+def report_user_errors(func):
+    """Decorator for entry points: a :class:`UserError` becomes ``error: <message>`` and exit code 2."""
+    import functools
+    import sys
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as err:
+            print(f'error: {err}', file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return wrapper

@@ -1,0 +1,1 @@
+"""Everything that measures: FID/KID, IoU/DICE and the UNet protocol, MINE, generation."""

@@ -1,0 +1,1 @@
+"""Generic PyTorch machinery: custom ops, safe checkpoints, training stats, distributed helpers."""

@@ -1,0 +1,141 @@
+"""Safe snapshots: tensors plus a plain-data description of how to rebuild each network.
+
+A snapshot file is ``torch.save`` of::
+
+    {'format': 'ilsgan-snapshot-v1',
+     'modules': {name: {'class': 'training.networks.LayeredGenerator', 'kwargs': {...}, 'state': state_dict}},
+     'data': {...plain data: kimg, sigma, optimiser states, augment p, dataset options...}}
+
+so it loads with ``torch.load(path, weights_only=True)``: no pickled code. Networks opt in with
+the :func:`rebuildable` class decorator, which records the keyword arguments of their
+constructor. Files are written through a temporary file and a rename, so a killed process never
+leaves a half-written snapshot under the final name.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import io
+import os
+from typing import Any
+
+import torch
+
+import dnnlib
+
+FORMAT = 'ilsgan-snapshot-v1'
+
+# Only classes from the project's own packages are ever constructed from a snapshot.
+ALLOWED_PREFIXES = ('training.', 'metrics.', 'torch_utils.')
+
+_PLAIN_TYPES = (type(None), bool, int, float, str)
+
+
+def _check_plain(value: Any, where: str, allow_tensors: bool) -> None:
+    if isinstance(value, _PLAIN_TYPES):
+        return
+    if allow_tensors and isinstance(value, torch.Tensor):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f'{where}[{i}]', allow_tensors)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f'{where}: key {key!r} is not a str or int')
+            _check_plain(item, f'{where}[{key!r}]', allow_tensors)
+        return
+    raise TypeError(f'{where} is a {type(value).__name__}; snapshots hold only plain data and tensors')
+
+
+def rebuildable(cls: type) -> type:
+    """Class decorator: remember the constructor's keyword arguments in ``self.init_kwargs``.
+
+    The arguments must be plain data (None, bool, int, float, str, lists, tuples, dicts), so
+    that :func:`load_snapshot` can rebuild the module from the snapshot alone. Positional
+    arguments are bound to their names.
+    """
+    original_init = cls.__init__
+    signature = inspect.signature(original_init)
+
+    @functools.wraps(original_init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        arguments = dict(bound.arguments)
+        arguments.pop(next(iter(signature.parameters)))  # self
+        for name, param in signature.parameters.items():
+            if param.kind == inspect.Parameter.VAR_KEYWORD and name in arguments:
+                arguments.update(arguments.pop(name))
+            elif param.kind == inspect.Parameter.VAR_POSITIONAL and name in arguments:
+                raise TypeError(f'{cls.__name__}: *{name} cannot be recorded for a snapshot')
+        _check_plain(arguments, f'{cls.__name__} arguments', allow_tensors=False)
+        original_init(self, *args, **kwargs)
+        # Set after __init__ so that the outermost rebuildable class of a hierarchy wins.
+        self.init_kwargs = copy.deepcopy(arguments)
+        self.init_class = dnnlib.full_name(cls)
+
+    cls.__init__ = __init__
+    return cls
+
+
+def module_record(module: torch.nn.Module) -> dict:
+    """The plain-data description of one module: class, constructor kwargs, CPU state dict."""
+    if not hasattr(module, 'init_kwargs'):
+        raise TypeError(f'{type(module).__name__} is not @rebuildable; it cannot be saved in a snapshot')
+    state = {key: value.detach().to('cpu', copy=True) for key, value in module.state_dict().items()}
+    return {'class': module.init_class, 'kwargs': copy.deepcopy(module.init_kwargs), 'state': state}
+
+
+def build_module(record: dict, device: torch.device | str = 'cpu') -> torch.nn.Module:
+    """Rebuild a module from :func:`module_record`'s output and load its weights."""
+    class_name = record['class']
+    if not class_name.startswith(ALLOWED_PREFIXES):
+        raise ValueError(f'refusing to construct {class_name!r}: not a class of this project')
+    module = dnnlib.construct_class_by_name(class_name=class_name, **record['kwargs'])
+    module.load_state_dict(record['state'], strict=True)
+    return module.to(device)
+
+
+def save_snapshot(path: str, modules: dict[str, torch.nn.Module | None], data: dict | None = None) -> None:
+    """Write the modules (``None`` entries are skipped) and plain ``data`` to ``path`` atomically."""
+    payload = {
+        'format': FORMAT,
+        'modules': {name: module_record(module) for name, module in modules.items() if module is not None},
+        'data': copy.deepcopy(data or {}),
+    }
+    _check_plain(payload['data'], 'snapshot data', allow_tensors=True)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    dnnlib.write_bytes_atomic(path, buffer.getvalue())
+
+
+def read_snapshot(path: str) -> dict:
+    """``torch.load(path, weights_only=True)`` with user-facing errors for missing or corrupt files."""
+    if not os.path.isfile(path):
+        raise dnnlib.UserError(f'snapshot not found: {path}')
+    try:
+        payload = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:
+        raise dnnlib.UserError(f'snapshot {path} is truncated or corrupt ({type(err).__name__}); '
+                               f'use an earlier snapshot of the run') from None
+    if not isinstance(payload, dict) or payload.get('format') != FORMAT:
+        raise dnnlib.UserError(f'{path} is not an ILSGAN snapshot (expected format {FORMAT}); '
+                               f'snapshots of the original code (.pkl) are not supported')
+    return payload
+
+
+def load_snapshot(path: str, device: torch.device | str = 'cpu') -> dict:
+    """Rebuild every network of a snapshot with one call.
+
+    Returns ``{'G': module, 'G_ema': module, 'D': module, ..., 'data': dict}``: each module on
+    ``device``, in eval mode, with ``requires_grad=False``.
+    """
+    payload = read_snapshot(path)
+    result: dict[str, Any] = {'data': payload['data']}
+    for name, record in payload['modules'].items():
+        module = build_module(record, device).eval().requires_grad_(False)
+        result[name] = module
+    return result

@@ -1,0 +1,1 @@
+"""Custom ops with pure-PyTorch references and optional CUDA kernels."""

@@ -1,0 +1,1 @@
+"""What is specific to training ILSGAN: networks, losses, augmentation, datasets, presets, the loop."""
