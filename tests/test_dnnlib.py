@@ -1,0 +1,111 @@
+"""dnnlib: EasyDict, construct-by-name, open_url with its cache and offline error, run dirs."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import dnnlib
+from dnnlib import util
+
+
+def test_easydict_attribute_access():
+    d = dnnlib.EasyDict(a=1)
+    d.b = 2
+    assert d == {'a': 1, 'b': 2} and d.a == 1
+    del d.a
+    assert 'a' not in d
+    with pytest.raises(AttributeError):
+        d.missing
+
+
+def test_construct_class_by_name_and_full_name_round_trip():
+    obj = dnnlib.construct_class_by_name(class_name='collections.OrderedDict', a=1)
+    assert dict(obj) == {'a': 1}
+    assert dnnlib.get_obj_by_name(dnnlib.full_name(util.EasyDict)) is util.EasyDict
+    with pytest.raises(ValueError, match='cannot find'):
+        dnnlib.get_obj_by_name('collections.NoSuchThing')
+
+
+def test_open_url_local_file_and_missing_file(tmp_path):
+    path = tmp_path / 'x.bin'
+    path.write_bytes(b'abc')
+    with dnnlib.open_url(str(path)) as f:
+        assert f.read() == b'abc'
+    with pytest.raises(dnnlib.UserError, match='file not found: .*nope.bin'):
+        dnnlib.open_url(str(tmp_path / 'nope.bin'))
+
+
+def test_open_url_reads_the_cache_without_network(tmp_path):
+    url = 'https://example.invalid/models/detector.pt'
+    cached = util.cached_url_path(url, cache=str(tmp_path))
+    os.makedirs(os.path.dirname(cached))
+    with open(cached, 'wb') as f:
+        f.write(b'cached bytes')
+    with dnnlib.open_url(url, cache=str(tmp_path)) as f:
+        assert f.read() == b'cached bytes'
+
+
+def test_open_url_offline_names_the_cache_path(tmp_path):
+    url = 'http://127.0.0.1:9/detector.pt'  # the discard port: connection refused at once
+    with pytest.raises(dnnlib.UserError) as info:
+        dnnlib.open_url(url, cache=str(tmp_path), num_attempts=1, timeout=2, verbose=False)
+    message = str(info.value)
+    assert url in message and util.cached_url_path(url, cache=str(tmp_path)) in message
+    assert not os.path.exists(util.cached_url_path(url, cache=str(tmp_path)))
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv('ILSGAN_CACHE', str(tmp_path))
+    assert dnnlib.cache_dir() == str(tmp_path)
+    monkeypatch.delenv('ILSGAN_CACHE')
+    assert dnnlib.cache_dir().endswith(os.path.join('.cache', 'ilsgan'))
+
+
+def test_next_run_dir_counts_up(tmp_path):
+    assert dnnlib.next_run_dir(str(tmp_path / 'new'), 'a') == str(tmp_path / 'new' / '00000-a')
+    (tmp_path / '00003-x').mkdir()
+    (tmp_path / 'notes').mkdir()
+    assert dnnlib.next_run_dir(str(tmp_path), 'b') == str(tmp_path / '00004-b')
+
+
+def test_write_bytes_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / 'f.bin'
+    dnnlib.write_bytes_atomic(str(path), b'old')
+
+    def broken_replace(src, dst):
+        raise OSError('disk full')
+
+    monkeypatch.setattr(os, 'replace', broken_replace)
+    with pytest.raises(OSError):
+        dnnlib.write_bytes_atomic(str(path), b'new')
+    monkeypatch.undo()
+    assert path.read_bytes() == b'old'
+    assert os.listdir(tmp_path) == ['f.bin']  # no temporary file left behind
+
+
+def test_report_user_errors_prints_one_line_and_exits_2(tmp_path):
+    script = tmp_path / 's.py'
+    script.write_text(textwrap.dedent('''
+        import dnnlib
+
+        @dnnlib.report_user_errors
+        def main():
+            raise dnnlib.UserError('dataset root /x not found; pass --data-root')
+
+        main()
+    '''))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=root))
+    assert result.returncode == 2
+    assert result.stderr.strip() == 'error: dataset root /x not found; pass --data-root'
+
+
+def test_format_time():
+    assert dnnlib.format_time(5) == '5s'
+    assert dnnlib.format_time(185) == '3m 05s'
+    assert dnnlib.format_time(7260) == '2h 01m 00s'
+    assert dnnlib.format_time(93780) == '1d 02h 03m'

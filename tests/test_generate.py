@@ -1,0 +1,141 @@
+"""Snapshot choice (--topk / --pkl_idx / --sigma / --latest) and the synthetic-set writer."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dnnlib
+from metrics import generate
+
+
+def _make_run(tmp_path, kimgs, metric_lines=None):
+    run_dir = tmp_path / 'run'
+    run_dir.mkdir()
+    for kimg in kimgs:
+        (run_dir / f'network-snapshot-{kimg:06d}.pt').write_bytes(b'stand-in')
+    if metric_lines is not None:
+        with open(run_dir / 'metric-fid10k_full.jsonl', 'w') as f:
+            for kimg, fid, sigma in metric_lines:
+                f.write(json.dumps({'results': {'fid10k_full': fid}, 'metric': 'fid10k_full',
+                                    'snapshot_pkl': f'network-snapshot-{kimg:06d}.pt', 'sigma': sigma}) + '\n')
+    return str(run_dir)
+
+
+# A hand-written metric file: the lowest FID overall is at 600 kimg (sigma 1.0); below 400 kimg
+# (sigma 0.2 warm-up) the best is 200.
+LINES = [(0, 300.0, 0.2), (200, 80.0, 0.2), (400, 90.0, 0.2), (600, 40.0, 1.0), (800, 55.0, 1.0)]
+
+
+def test_choose_snapshot_lowest_fid_overall(tmp_path):
+    run = _make_run(tmp_path, [0, 200, 400, 600, 800], LINES)
+    choice = generate.choose_snapshot(run)
+    assert choice.kimg == 600 and choice.metric_value == 40.0 and choice.sigma == 1.0
+    assert choice.path.endswith('network-snapshot-000600.pt')
+
+
+def test_choose_snapshot_topk_is_a_kimg_bound(tmp_path):
+    run = _make_run(tmp_path, [0, 200, 400, 600, 800], LINES)
+    assert generate.choose_snapshot(run, topk=500).kimg == 200
+    assert generate.choose_snapshot(run, topk=600).kimg == 600
+    assert generate.choose_snapshot(run, topk=8000).kimg == 600
+
+
+def test_choose_snapshot_sigma_filter(tmp_path):
+    run = _make_run(tmp_path, [0, 200, 400, 600, 800], LINES)
+    assert generate.choose_snapshot(run, sigma=0.2).kimg == 200
+    assert generate.choose_snapshot(run, sigma=1.0, topk=700).kimg == 600
+    with pytest.raises(dnnlib.UserError, match='relax'):
+        generate.choose_snapshot(run, sigma=0.5)
+
+
+def test_choose_snapshot_pkl_idx(tmp_path):
+    run = _make_run(tmp_path, [0, 200, 400, 600, 800], LINES)
+    choice = generate.choose_snapshot(run, pkl_idx=400)
+    assert choice.kimg == 400 and choice.metric_value == 90.0
+    with pytest.raises(dnnlib.UserError, match='available: 0, 200, 400, 600, 800'):
+        generate.choose_snapshot(run, pkl_idx=300)
+
+
+def test_choose_snapshot_without_metric_file_needs_latest(tmp_path):
+    run = _make_run(tmp_path, [0, 200, 400])
+    with pytest.raises(dnnlib.UserError, match='--latest'):
+        generate.choose_snapshot(run)
+    assert generate.choose_snapshot(run, latest=True).kimg == 400
+
+
+def test_choose_snapshot_errors_name_the_problem(tmp_path):
+    with pytest.raises(dnnlib.UserError, match='neither a snapshot file nor a run directory'):
+        generate.choose_snapshot(str(tmp_path / 'nowhere'))
+    run = _make_run(tmp_path, [0, 200], [(0, 10.0, 0.2), (200, 5.0, 0.2), (400, 1.0, 0.2)])
+    with pytest.raises(dnnlib.UserError, match='network-snapshot-000400.pt, which is missing'):
+        generate.choose_snapshot(run)
+    with open(os.path.join(run, 'metric-fid10k_full.jsonl'), 'a') as f:
+        f.write('{not json\n')
+    with pytest.raises(dnnlib.UserError, match='line 4'):
+        generate.choose_snapshot(run)
+
+
+class _StandInGenerator(torch.nn.Module):
+    """Layers with known values: bg = -1 (black), fg = +1 (white), mask = left half of the image."""
+    z_dim = 8
+    img_resolution = 8
+
+    def forward(self, z, truncation_psi=1.0, noise_mode='const'):
+        n = z.shape[0]
+        r = self.img_resolution
+        mask = torch.zeros(n, 1, r, r)
+        mask[:, :, :, : r // 2] = 1
+        mask[:, :, 0, 0] = z[:, 0:1].sigmoid()  # one pixel that depends on z, to check the latents
+        fg = torch.ones(n, 3, r, r)
+        bg = -torch.ones(n, 3, r, r)
+        return dict(bg=bg, fg=fg, mask=mask, img=mask * fg + (1 - mask) * bg)
+
+
+def test_generate_dataset_writes_layout_and_refuses_to_overwrite(tmp_path):
+    outdir = str(tmp_path / 'synthetic_data-000000')
+    options = generate.GenerationOptions(snapshot='x.pt', kimg=0, n=5, seed=3)
+    generate.generate_dataset(_StandInGenerator(), outdir, options, batch_size=2, progress=False)
+    for layer in generate.LAYER_FOLDERS:
+        assert sorted(os.listdir(os.path.join(outdir, layer))) == [f'{i:06d}.png' for i in range(1, 6)]
+    mask = np.asarray(Image.open(os.path.join(outdir, 'mask', '000002.png')))
+    assert mask.shape == (8, 8, 3) and (mask[:, 4:] == 0).all() and (mask[1:, :4] == 255).all()
+    img = np.asarray(Image.open(os.path.join(outdir, 'img', '000002.png')))
+    assert (img[1:, :4] == 255).all() and (img[:, 4:] == 0).all()  # round(±1·127.5 + 128) clipped
+    fg_masked = np.asarray(Image.open(os.path.join(outdir, 'fg_masked', '000002.png')))
+    assert (fg_masked == 255).all()  # white fg over a white background
+    meta = json.load(open(os.path.join(outdir, 'meta.json')))
+    assert meta['n'] == 5 and meta['seed'] == 3 and meta['noise_mode'] == 'const'
+    latents = np.load(os.path.join(outdir, 'latents.npy'))
+    assert latents.shape == (5, 8)
+    # The z-dependent pixel matches the stored latents: round(255·sigmoid(z0)).
+    expected = np.round(255 / (1 + np.exp(-latents[1, 0])))
+    assert abs(int(mask[0, 0, 0]) - expected) <= 1
+    with pytest.raises(dnnlib.UserError, match='already exists'):
+        generate.generate_dataset(_StandInGenerator(), outdir, options, progress=False)
+
+
+def test_generate_dataset_resume_fills_missing_and_samples_do_not_depend_on_batch(tmp_path):
+    outdir = str(tmp_path / 'set')
+    options = generate.GenerationOptions(snapshot='x.pt', kimg=0, n=6, seed=1)
+    generate.generate_dataset(_StandInGenerator(), outdir, options, batch_size=4, progress=False)
+    reference = open(os.path.join(outdir, 'mask', '000005.png'), 'rb').read()
+    os.remove(os.path.join(outdir, 'mask', '000005.png'))
+    os.remove(os.path.join(outdir, 'bg', '000002.png'))
+    assert generate.missing_indices(outdir, 6) == [1, 4]
+    meta = generate.generate_dataset(_StandInGenerator(), outdir, options, batch_size=1, resume=True, progress=False)
+    assert meta['generated_now'] == 2 and generate.missing_indices(outdir, 6) == []
+    assert open(os.path.join(outdir, 'mask', '000005.png'), 'rb').read() == reference
+    other = generate.GenerationOptions(snapshot='x.pt', kimg=0, n=6, seed=2)
+    with pytest.raises(dnnlib.UserError, match='seed'):
+        generate.generate_dataset(_StandInGenerator(), outdir, other, resume=True, progress=False)
+
+
+def test_sample_latents_depend_only_on_seed_and_index():
+    a = generate.sample_latents(7, [0, 1, 2, 3], 16)
+    b = generate.sample_latents(7, [2, 3], 16)
+    np.testing.assert_array_equal(a[2:], b)
+    assert not np.allclose(generate.sample_latents(8, [0], 16), a[:1])
