@@ -1,0 +1,281 @@
+"""training/dataset.py: DRC layouts, folders, zips, pairs, x-flip/subset, errors and the inspection CLI."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import _fixtures as fx
+import dnnlib
+from training import dataset as ds
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def expected_resize(array: np.ndarray, r: int) -> np.ndarray:
+    """Independent reference: PIL bilinear resize of an HWC array, returned as CHW."""
+    return np.asarray(Image.fromarray(array).resize((r, r), Image.Resampling.BILINEAR)).transpose(2, 0, 1)
+
+
+def decoded(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert('RGB'))
+
+
+@pytest.fixture(scope='module')
+def trees(tmp_path_factory):
+    base = tmp_path_factory.mktemp('drc')
+    info = {'birds': fx.build_cub(str(base / 'birds'))}
+    for kind in ('dogs', 'cars'):
+        info[kind] = fx.build_mrcnn(str(base / kind), kind)
+    return base, info
+
+
+# ----------------------------------------------------------------------------------------------
+# CUB.
+
+@pytest.mark.parametrize('r', [64, 128])
+def test_cub_train_is_split_0_centre_cropped(trees, r):
+    base, info = trees
+    d = ds.open_dataset('cub', 'train', r, data_root=str(base / 'birds'))
+    assert len(d) == 3 and d.name == f'cub{r}' and not d.has_masks and d.resolution == r
+    for i, item_id in enumerate(info['birds']['train_ids']):   # sorted by id: wide, tall, square
+        img, label = d[i]
+        assert img.shape == (3, r, r) and img.dtype == np.uint8 and label.shape == (0,)
+        src = decoded(str(base / 'birds' / 'images' / info['birds']['items'][item_id][0]))
+        top, left, side = fx.centre_square(src.shape[1], src.shape[0])
+        np.testing.assert_array_equal(img, expected_resize(src[top:top + side, left:left + side], r))
+        # Only the red centre square survives (JPEG at quality 100 keeps colours within a few units).
+        assert img[0].min() > 200 and img[1:].max() < 60
+
+
+def test_cub_test_uses_the_hand_computed_box_crop(trees):
+    base, info = trees
+    d = ds.open_dataset('bird', 'test', 64, data_root=str(base / 'birds'))
+    assert len(d) == 2 and d.has_masks and d.name == 'cub64-test'
+    img, mask = d[0]                                             # id 3, box (0, 5, 33, 21)
+    left, top, right, bottom = info['birds']['box_crop']
+    src = decoded(str(base / 'birds' / 'images' / info['birds']['items'][3][0]))
+    np.testing.assert_array_equal(img, expected_resize(src[top:bottom, left:right], 64))
+    assert img[0].min() > 200 and img[2].max() < 60              # the crop holds red only, no blue border
+    # Mask: object at rows 10..29, cols 15..34 of the image and of the 40×36 crop (both clipped at 0).
+    grey = np.zeros((36, 40), np.uint8)
+    grey[10:30, 15:35] = 255
+    ref = np.asarray(Image.fromarray(grey).resize((64, 64), Image.Resampling.BILINEAR)) > 127
+    np.testing.assert_array_equal(mask, ref.astype(np.uint8))
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+
+
+def test_cub_mask_threshold_is_half(trees):
+    base, _ = trees
+    _img, mask = ds.open_dataset('birds', 'test', 128, data_root=str(base / 'birds'))[1]   # id 5, crop = whole image
+    np.testing.assert_array_equal(mask[0, :8], [0, 0, 1, 1, 0, 0, 1, 1])   # grey 0, 127, 128, 255, ...
+
+
+def test_cub_rows_are_matched_by_id_not_order(trees):
+    # The split and box files list ids in reverse/shuffled order; by-id parsing keeps val id 4 out.
+    base, _ = trees
+    d = ds.open_dataset('cub', 'train', 64, data_root=str(base / 'birds'))
+    assert [os.path.basename(r.image) for r in d.records] == ['wide.jpg', 'tall.jpg', 'square.jpg']
+    t = ds.open_dataset('cub', 'test', 64, data_root=str(base / 'birds'))
+    assert [r.box for r in t.records] == [(0, 5, 33, 21), (21, 21, 86, 86)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Dogs and cars.
+
+@pytest.mark.parametrize('kind', ['dogs', 'cars'])
+@pytest.mark.parametrize('r', [64, 128])
+def test_mrcnn_train_reads_rgb_and_centre_crops(trees, kind, r):
+    base, info = trees
+    d = ds.open_dataset(kind[:-1], 'train', r, data_root=str(base / kind))
+    assert len(d) == 3 and d.name == f'{kind[:-1]}{r}'
+    red, _ = d[0]
+    assert red.shape == (3, r, r) and red.dtype == np.uint8
+    assert (red[0] == 255).all() and (red[1:] == 0).all()        # RGB, not BGR
+    for i, token in ((1, 't_wide'), (2, 't_tall')):
+        src = info[kind]['train'][token]
+        top, left, side = fx.centre_square(src.shape[1], src.shape[0])
+        img, _ = d[i]
+        np.testing.assert_array_equal(img, expected_resize(src[top:top + side, left:left + side], r))
+        assert (img[0] == 255).all() and (img[1:] == 0).all()    # no blue/green marker survives
+
+
+@pytest.mark.parametrize('kind', ['dogs', 'cars'])
+def test_mrcnn_test_images_resized_and_masks_thresholded(trees, kind):
+    base, info = trees
+    d = ds.open_dataset(kind, 'test', 64, data_root=str(base / kind))
+    assert len(d) == 2 and d.has_masks
+    img, mask = d[0]                                             # 64×64: no resize
+    assert (img[0] == 255).all() and (img[1:] == 0).all()
+    np.testing.assert_array_equal(mask[:, :4], np.tile([0, 0, 1, 1], (64, 1)))
+    img, mask = d[1]                                             # 192×80 stretched to 64×64, no crop
+    src_img, src_mask = info[kind]['test']['s_stripes']
+    np.testing.assert_array_equal(img, expected_resize(src_img, 64))
+    # Thresholded, then nearest-resized: source column 3i+1 (a stripe) lands on column i, so the
+    # mask is all foreground; a bilinear resize would average each stripe to grey 85 → background.
+    assert mask.all()
+
+
+def test_object_token_arrays_are_read(tmp_path):
+    fx.build_mrcnn(str(tmp_path / 'dogs'), 'dogs', object_tokens=True)
+    assert len(ds.open_dataset('dog', 'test', 64, data_root=str(tmp_path / 'dogs'))) == 2
+
+
+def test_root_from_environment_and_parent_folder(trees, monkeypatch):
+    base, _ = trees
+    monkeypatch.setenv('ILSGAN_DATA_ROOT', str(base))
+    assert len(ds.open_dataset('car', 'train', 64)) == 3
+    monkeypatch.delenv('ILSGAN_DATA_ROOT')
+    assert len(ds.open_dataset('car', 'train', 64, data_root=str(base))) == 3   # DRC_processed itself
+    monkeypatch.chdir(base.parent)
+    with pytest.raises(dnnlib.UserError, match=os.path.join('datasets', 'DRC_processed', 'cars')):
+        ds.open_dataset('car')
+
+
+# ----------------------------------------------------------------------------------------------
+# x-flip and subsets.
+
+def test_xflip_doubles_with_mirrored_copies(tmp_path):
+    fx.build_pairs(str(tmp_path / 'samples'), count=3, size=16)
+    plain = ds.open_dataset(str(tmp_path / 'samples'), 'test', 16)
+    flipped = ds.open_dataset(str(tmp_path / 'samples'), 'test', 16, xflip=True)
+    assert len(flipped) == 2 * len(plain)
+    for i in range(len(plain)):
+        np.testing.assert_array_equal(flipped[i][0], plain[i][0])
+        np.testing.assert_array_equal(flipped[len(plain) + i][0], plain[i][0][:, :, ::-1])
+        np.testing.assert_array_equal(flipped[len(plain) + i][1], plain[i][1][:, ::-1])
+    with pytest.raises(IndexError):
+        flipped[len(flipped)]
+
+
+def test_max_size_is_a_seeded_deterministic_subset(tmp_path):
+    for i in range(10):
+        fx.write_image(str(tmp_path / 'imgs' / f'{i:02d}.png'), fx.solid(8, 8, (i * 20, 0, 0)))
+    a = ds.open_dataset(str(tmp_path / 'imgs'), resolution=8, max_size=4, seed=3)
+    b = ds.open_dataset(str(tmp_path / 'imgs'), resolution=8, max_size=4, seed=3)
+    c = ds.open_dataset(str(tmp_path / 'imgs'), resolution=8, max_size=4, seed=4)
+    assert len(a) == 4 and list(a.raw_indices) == list(b.raw_indices) == sorted(a.raw_indices)
+    assert list(a.raw_indices) != list(c.raw_indices)
+    assert [int(a[i][0][0, 0, 0]) for i in range(4)] == [20 * int(k) for k in a.raw_indices]
+
+
+# ----------------------------------------------------------------------------------------------
+# A user's own images.
+
+def test_image_folder_and_zip_give_the_same_samples(tmp_path):
+    fx.write_image(str(tmp_path / 'imgs' / 'a.png'), fx.marker_image(100, 60))
+    fx.write_image(str(tmp_path / 'imgs' / 'sub' / 'b.png'), fx.solid(30, 30, fx.GREEN))
+    (tmp_path / 'imgs' / 'notes.txt').write_text('not an image')
+    with zipfile.ZipFile(tmp_path / 'imgs.zip', 'w') as z:
+        z.write(tmp_path / 'imgs' / 'a.png', 'a.png')
+        z.write(tmp_path / 'imgs' / 'sub' / 'b.png', 'sub/b.png')
+    folder = ds.open_dataset(str(tmp_path / 'imgs'), resolution=16)
+    archive = ds.open_dataset(str(tmp_path / 'imgs.zip'), resolution=16)
+    assert len(folder) == len(archive) == 2 and folder.name == 'imgs16' and not folder.has_masks
+    for i in range(2):
+        np.testing.assert_array_equal(folder[i][0], archive[i][0])
+    assert (folder[0][0][0] == 255).all() and (folder[0][0][1:] == 0).all()   # centre crop of the marker
+    assert (folder[1][0][1] == 255).all()
+
+
+@pytest.mark.parametrize('use_pyspng', [True, False])
+def test_grey_palette_and_alpha_images_become_rgb(tmp_path, monkeypatch, use_pyspng):
+    if not use_pyspng:
+        monkeypatch.setattr(ds, 'pyspng', None)                  # the PIL fallback decoder
+    rgb = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    grey = rgb[:, :, 0]
+    fx.write_image(str(tmp_path / 'imgs' / 'a_grey.png'), grey)
+    fx.write_image(str(tmp_path / 'imgs' / 'b_rgba.png'), np.concatenate([rgb, np.full((8, 8, 1), 7, np.uint8)], 2))
+    Image.fromarray(rgb).quantize(16).save(tmp_path / 'imgs' / 'c_palette.png')
+    palette_rgb = np.asarray(Image.open(tmp_path / 'imgs' / 'c_palette.png').convert('RGB'))
+    d = ds.open_dataset(str(tmp_path / 'imgs'), resolution=8)
+    np.testing.assert_array_equal(d[0][0], np.stack([grey] * 3))
+    np.testing.assert_array_equal(d[1][0], rgb.transpose(2, 0, 1))
+    np.testing.assert_array_equal(d[2][0], palette_rgb.transpose(2, 0, 1))
+
+
+def test_pair_folder_reads_masks_above_127(tmp_path):
+    pairs = fx.build_pairs(str(tmp_path / 'samples'), count=3, size=32)
+    d = ds.open_dataset(str(tmp_path / 'samples'), 'test', 32)
+    assert len(d) == 3 and d.has_masks
+    for i, (img, grey) in enumerate(pairs):
+        got_img, got_mask = d[i]
+        np.testing.assert_array_equal(got_img, img.transpose(2, 0, 1))
+        np.testing.assert_array_equal(got_mask, (grey > 127).astype(np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors: one line naming the file, never a traceback or a substituted sample.
+
+def test_missing_root_is_a_user_error(tmp_path):
+    with pytest.raises(dnnlib.UserError, match='dataset folder not found.*nowhere'):
+        ds.open_dataset('dog', data_root=str(tmp_path / 'nowhere'))
+
+
+def test_missing_split_file_is_named(tmp_path):
+    fx.build_mrcnn(str(tmp_path / 'cars'), 'cars')
+    os.remove(tmp_path / 'cars' / 'data_mrcnn_test_select.npy')
+    with pytest.raises(dnnlib.UserError, match='data_mrcnn_test_select.npy'):
+        ds.open_dataset('car', 'test', data_root=str(tmp_path / 'cars'))
+    fx.build_cub(str(tmp_path / 'birds'))
+    os.remove(tmp_path / 'birds' / 'bounding_boxes.txt')
+    with pytest.raises(dnnlib.UserError, match='bounding_boxes.txt'):
+        ds.open_dataset('cub', 'test', data_root=str(tmp_path / 'birds'))
+
+
+def test_listed_but_absent_file_is_named_at_open(tmp_path):
+    fx.build_mrcnn(str(tmp_path / 'dogs'), 'dogs')
+    os.remove(tmp_path / 'dogs' / 'data_mrcnn' / 'test' / 'resized' / 's_stripes_maskresized.png')
+    with pytest.raises(dnnlib.UserError, match='s_stripes_maskresized.png is listed in .*data_te_sel.npy'):
+        ds.open_dataset('dog', 'test', data_root=str(tmp_path / 'dogs'))
+
+
+def test_corrupt_image_is_named_on_access(tmp_path):
+    fx.build_mrcnn(str(tmp_path / 'cars'), 'cars')
+    bad = tmp_path / 'cars' / 'data_mrcnn' / 'train' / 'orig' / 't_wide_orig.png'
+    bad.write_bytes(bad.read_bytes()[:60])                           # truncated PNG
+    d = ds.open_dataset('car', 'train', data_root=str(tmp_path / 'cars'))
+    d[0]
+    with pytest.raises(dnnlib.UserError, match='cannot read image .*t_wide_orig.png') as err:
+        d[1]
+    assert '\n' not in str(err.value)
+
+
+def test_unknown_name_and_maskless_test_split_are_user_errors(tmp_path):
+    with pytest.raises(dnnlib.UserError, match="unknown dataset 'kittens'"):
+        ds.open_dataset('kittens')
+    fx.write_image(str(tmp_path / 'imgs' / 'a.png'), fx.solid(8, 8, fx.RED))
+    with pytest.raises(dnnlib.UserError, match='no masks'):
+        ds.open_dataset(str(tmp_path / 'imgs'), 'test')
+    with pytest.raises(dnnlib.UserError, match='unknown split'):
+        ds.open_dataset('synthetic', 'val')
+
+
+# ----------------------------------------------------------------------------------------------
+# The inspection command.
+
+def test_cli_prints_sizes_and_writes_a_grid(trees, tmp_path):
+    base, _ = trees
+    grid = tmp_path / 'new' / 'grid.png'
+    result = CliRunner().invoke(ds.main, ['--data=car', f'--data-root={base / "cars"}', '--resolution=32',
+                                          f'--grid={grid}'])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {'train': 3, 'test': 2, 'resolution': 32}
+    # 3 train images (one row of 8 tiles), then 2 test images above their masks (two rows).
+    assert Image.open(grid).size == (8 * 32, 3 * 32)
+
+
+def test_cli_fails_naming_a_corrupt_mask(tmp_path):
+    fx.build_mrcnn(str(tmp_path / 'dogs'), 'dogs')
+    bad = tmp_path / 'dogs' / 'data_mrcnn' / 'test' / 'resized' / 's_stripes_maskresized.png'
+    bad.write_bytes(b'not a png at all')
+    proc = subprocess.run([sys.executable, '-m', 'training.dataset', '--data=dog', f'--data-root={tmp_path / "dogs"}'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert 's_stripes_maskresized.png' in proc.stderr and 'Traceback' not in proc.stderr
