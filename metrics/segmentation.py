@@ -1,0 +1,480 @@
+"""The paper's segmentation evaluation (METHOD.md §8): a UNet trained on synthetic pairs, tested on real ones.
+
+Three parts, each usable on its own:
+
+* **Scores** — pure functions of predicted and ground-truth label maps: the paper's per-image
+  foreground IoU and DICE, and the dataset-level confusion-matrix scores (foreground IoU, mIoU,
+  pixel accuracy). :func:`predict_labels` turns logits into labels at the ground truth's size
+  (the eval128 protocol upsamples 64-pixel logits ×2 before the arg-max).
+* **UNet** — the 4-level UNet of METHOD.md §8 (widths 64·(1, 2, 4, 8, 8) down, 64·(4, 2, 1, 1) up,
+  ``base_width`` shrinks it for CPU demos).
+* **Protocol** — :func:`run_segmentation_eval` trains the UNet on the synthetic ``img/`` + ``mask/``
+  pairs (first 90 % train, last 10 % validation, sorted), keeps the snapshot with the best
+  validation IoU, tests it on the real test split and writes the run directory.
+
+Empty masks: the per-image IoU and DICE of an image whose prediction *and* ground truth are both
+empty are defined as 1 (a perfect answer; the original divides 0 by 0 and gets NaN). A non-empty
+ground truth with an empty prediction scores 0, as the formulas give.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+import dnnlib
+from torch_utils import checkpoint
+
+# ----------------------------------------------------------------------------------------------
+# Scores. Label maps are integer tensors [N, H, W] with 0 = background, 1 = foreground.
+
+SCORE_NAMES = ('IoU', 'DICE', 'IoU_dataset', 'mIoU', 'pACC')
+
+
+def confusion_matrix(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Pixel counts ``C[p, g]`` (int64 [2, 2]) of prediction class p against ground-truth class g.
+
+    ``pred``, ``gt``: [N, H, W] (or any equal shapes) with values in {0, 1}.
+    """
+    index = pred.reshape(-1).long() * 2 + gt.reshape(-1).long()
+    return torch.bincount(index, minlength=4).reshape(2, 2).cpu()
+
+
+def per_image_iou(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Foreground |P ∩ G| / |P ∪ G| of each image: float64 [N]; both empty → 1 (METHOD.md §8).
+
+    ``pred``, ``gt``: [N, H, W] in {0, 1}.
+    """
+    p, g = pred.flatten(1).bool(), gt.flatten(1).bool()
+    inter = (p & g).sum(1).double()
+    union = (p | g).sum(1).double()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def per_image_dice(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Foreground 2|P ∩ G| / (|P| + |G|) of each image: float64 [N]; both empty → 1 (METHOD.md §8)."""
+    p, g = pred.flatten(1).bool(), gt.flatten(1).bool()
+    inter = (p & g).sum(1).double()
+    total = (p.sum(1) + g.sum(1)).double()
+    return torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
+
+
+def scores_from_confusion(conf: torch.Tensor) -> dict[str, float]:
+    """Dataset-level scores of a summed confusion matrix ``C[pred, gt]`` (METHOD.md §8).
+
+    ``IoU_dataset`` = C11 / (C11 + C10 + C01) (foreground); ``mIoU`` = mean of the foreground and
+    background IoU; ``pACC`` = (C00 + C11) / ΣC. A class absent from both prediction and ground
+    truth has IoU 1, as per image.
+    """
+    c = conf.double()
+    ious = []
+    for k in (0, 1):
+        union = c[k, :].sum() + c[:, k].sum() - c[k, k]
+        ious.append(float(c[k, k] / union) if union > 0 else 1.0)
+    total = float(c.sum())
+    return {'IoU_dataset': ious[1], 'mIoU': (ious[0] + ious[1]) / 2,
+            'pACC': float(c[0, 0] + c[1, 1]) / total if total > 0 else 1.0}
+
+
+class SegmentationScores:
+    """Accumulates batches of label maps; :meth:`result` gives every score of :data:`SCORE_NAMES`.
+
+    ``IoU`` and ``DICE`` are the paper's numbers: per-image foreground scores averaged over
+    images. The ``*_dataset``/``mIoU``/``pACC`` scores pool pixels of all images first, so one
+    large object weighs more than one small one; the two averagings differ in general.
+    """
+
+    def __init__(self) -> None:
+        self.conf = torch.zeros(2, 2, dtype=torch.int64)
+        self.iou: list[torch.Tensor] = []
+        self.dice: list[torch.Tensor] = []
+
+    def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
+        """``pred``, ``gt``: [N, H, W] in {0, 1} of equal shape."""
+        if pred.shape != gt.shape:
+            raise ValueError(f'prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} differ in shape')
+        self.conf += confusion_matrix(pred, gt)
+        self.iou.append(per_image_iou(pred, gt).cpu())
+        self.dice.append(per_image_dice(pred, gt).cpu())
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(x) for x in self.iou)
+
+    def result(self) -> dict[str, float]:
+        if self.num_images == 0:
+            raise ValueError('no images were scored')
+        return {'IoU': float(torch.cat(self.iou).mean()), 'DICE': float(torch.cat(self.dice).mean()),
+                **scores_from_confusion(self.conf)}
+
+
+def predict_labels(logits: torch.Tensor, size: int) -> torch.Tensor:
+    """Arg-max labels [N, size, size] (int64) of two-class logits [N, 2, h, w].
+
+    When ``size`` differs from ``h`` the *logits* are resized bilinearly (align_corners=False)
+    before the arg-max: the eval128 protocol scores 64-pixel predictions against 128-pixel masks
+    this way (METHOD.md §8). Ties go to the background (class 0).
+    """
+    if logits.shape[-2:] != (size, size):
+        logits = F.interpolate(logits.float(), size=(size, size), mode='bilinear', align_corners=False)
+    return logits.argmax(dim=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The UNet (METHOD.md §8).
+
+class DoubleConv(torch.nn.Sequential):
+    """(3×3 conv → BatchNorm → ReLU) ×2; [N, in, H, W] → [N, out, H, W]."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        layers = []
+        for c_in in (in_channels, out_channels):
+            # No conv bias: the BatchNorm right after it would cancel it.
+            layers += [torch.nn.Conv2d(c_in, out_channels, 3, padding=1, bias=False),
+                       torch.nn.BatchNorm2d(out_channels), torch.nn.ReLU(inplace=True)]
+        super().__init__(*layers)
+
+
+class UpBlock(torch.nn.Module):
+    """Bilinear ×2 (align_corners=True) of the deeper map, concatenation after the skip, DoubleConv."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = DoubleConv(in_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode='bilinear', align_corners=True)
+        # Odd input sizes leave the upsampled map a pixel short of the skip: pad it to match.
+        dy, dx = skip.shape[-2] - x.shape[-2], skip.shape[-1] - x.shape[-1]
+        x = F.pad(x, [dx // 2, dx - dx // 2, dy // 2, dy - dy // 2])
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+@checkpoint.rebuildable
+class UNet(torch.nn.Module):
+    """Two-class UNet of METHOD.md §8: [N, 3, H, W] in [-1, 1] → logits [N, 2, H, W].
+
+    Down widths ``base_width``·(1, 2, 4, 8, 8) with 2×2 max-pooling between them, up widths
+    ``base_width``·(4, 2, 1, 1); ``base_width=64`` is the paper's network. Fully convolutional:
+    any input size works (multiples of 16 avoid padding).
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 2, base_width: int = 64) -> None:
+        super().__init__()
+        w = base_width
+        down = [w, 2 * w, 4 * w, 8 * w, 8 * w]
+        up = [4 * w, 2 * w, w, w]
+        self.inc = DoubleConv(in_channels, down[0])
+        self.down = torch.nn.ModuleList(DoubleConv(a, b) for a, b in zip(down[:-1], down[1:]))
+        skips = down[-2::-1]                     # 8w, 4w, 2w, w: the skip feeding each up block
+        deeper = [down[-1]] + up[:-1]            # 8w, 4w, 2w, w: the map coming from below
+        self.up = torch.nn.ModuleList(UpBlock(s + d, o) for s, d, o in zip(skips, deeper, up))
+        self.outc = torch.nn.Conv2d(up[-1], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [self.inc(x)]
+        for block in self.down:
+            features.append(block(F.max_pool2d(features[-1], 2)))
+        x = features.pop()
+        for block in self.up:
+            x = block(x, features.pop())
+        return self.outc(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration.
+
+AUG_KINDS = ('none', 'color', 'geom', 'gc')
+
+# protocol → (input resolution of train/val/test images, resolution of the masks scored);
+# 'scale' takes both from SegmentationConfig.scale.
+PROTOCOLS = {'scale': None, 'eval128': (64, 128), 'native128': (128, 128)}
+
+
+@dataclass
+class SegmentationConfig:
+    """Everything :func:`run_segmentation_eval` needs; the defaults are the paper's values."""
+    syn_data: str                       # folder with img/ and mask/ (generate_segmentation_samples.py)
+    real_data: str                      # cub | dog | car | synthetic | folder of img/ + mask/ pairs
+    real_root: str | None = None        # dataset root (as in training/dataset.py)
+    aug: str = 'color'                  # none | color | geom | gc
+    protocol: str = 'scale'             # scale | eval128 | native128
+    scale: int = 64                     # input = mask resolution of the 'scale' protocol
+    iters: int = 6000
+    batch: int = 64
+    lr: float = 1e-3                    # Adam, default betas, constant (METHOD.md §8)
+    val_interval: int = 1000            # validate at every multiple and after the last iteration
+    val_fraction: float = 0.1           # the last 10 % of the sorted pairs
+    base_width: int = 64
+    eval_batch: int = 128
+    num_workers: int = 3                # PNG decoding processes while loading the sets
+    seed: int = 0
+    outdir: str | None = None           # parent of the run directory; default: syn_data
+    device: str | None = None           # default: cuda when available
+    progress: bool = True
+    grid_size: int = 16                 # test images shown in seg-test.png
+
+    def resolutions(self) -> tuple[int, int]:
+        """(input resolution, scored mask resolution) of this protocol."""
+        return (self.scale, self.scale) if self.protocol == 'scale' else PROTOCOLS[self.protocol]
+
+    def run_desc(self) -> str:
+        """``real-<data>-<aug>_aug-<scale|eval128|native128>``: the run directory's name after its number."""
+        data = os.path.basename(os.path.normpath(self.real_data))
+        tag = str(self.scale) if self.protocol == 'scale' else self.protocol
+        return f'real-{data}-{self.aug}_aug-{tag}'
+
+    def protocol_record(self) -> dict:
+        """Plain description of what was trained and scored at which size (stored in results.json)."""
+        input_res, target_res = self.resolutions()
+        notes = {'scale': f'train, validate and test at {input_res}',
+                 'eval128': 'the paper\'s 128 protocol: UNet trained and run at 64, logits upsampled x2 '
+                            '(bilinear, align_corners=False) and scored against 128 masks',
+                 'native128': 'our improvement, not the paper\'s protocol: train, validate and test at 128'}
+        return {'name': self.protocol, 'input_resolution': input_res, 'mask_resolution': target_res,
+                'description': notes[self.protocol]}
+
+
+def check_config(cfg: SegmentationConfig) -> None:
+    """User-facing validation of the options and of the synthetic folder (before any work)."""
+    if cfg.aug not in AUG_KINDS:
+        raise dnnlib.UserError(f'--aug={cfg.aug!r} is not one of {", ".join(AUG_KINDS)}')
+    if cfg.protocol not in PROTOCOLS:
+        raise dnnlib.UserError(f'protocol {cfg.protocol!r} is not one of {", ".join(PROTOCOLS)}')
+    for name in ('iters', 'batch', 'val_interval', 'base_width', 'scale', 'eval_batch'):
+        if getattr(cfg, name) < 1:
+            raise dnnlib.UserError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(cfg, name)}')
+    if not 0 < cfg.val_fraction < 1:
+        raise dnnlib.UserError(f'the validation fraction must lie in (0, 1), got {cfg.val_fraction}')
+    check_synthetic_folder(cfg.syn_data)
+    from training.dataset import open_dataset
+    open_dataset(cfg.syn_data, split='test', resolution=cfg.resolutions()[0])  # lists the pairs: a mask missing?
+
+
+def check_synthetic_folder(path: str) -> None:
+    """UserError unless ``path`` is a folder with img/ (the pairs themselves are checked by open_dataset)."""
+    if not os.path.isdir(path):
+        raise dnnlib.UserError(f'synthetic data folder not found: {path} (pass the synthetic_data-KKKKKK '
+                               f'folder written by generate_segmentation_samples.py)')
+    if not os.path.isdir(os.path.join(path, 'img')):
+        raise dnnlib.UserError(f'{path} has no img/ folder: not a synthetic segmentation set (expected img/ and mask/)')
+
+
+# ----------------------------------------------------------------------------------------------
+# Data. Sets are decoded once (in worker processes) and kept as uint8 tensors.
+
+def load_pairs(dataset: torch.utils.data.Dataset, num_workers: int, desc: str,
+               progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """All (image, mask) pairs of a dataset: uint8 [N, 3, R, R] and uint8 [N, R, R] in {0, 1}."""
+    from tqdm import tqdm
+    loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=num_workers, shuffle=False)
+    images, masks = [], []
+    for image, mask in tqdm(loader, desc=desc, unit='batch', leave=False, disable=not progress):
+        images.append(torch.as_tensor(image, dtype=torch.uint8))
+        masks.append(torch.as_tensor(mask, dtype=torch.uint8))
+    return torch.cat(images), torch.cat(masks)
+
+
+def load_sets(cfg: SegmentationConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{'train', 'val', 'test'}`` → (images at the input resolution, masks at the scored resolution).
+
+    Training masks are always at the input resolution (the UNet is trained at its own size).
+    """
+    from training.dataset import open_dataset
+    input_res, target_res = cfg.resolutions()
+    syn = open_dataset(cfg.syn_data, split='test', resolution=input_res)
+    num_train = int(math.floor((1 - cfg.val_fraction) * len(syn)))
+    if num_train < 1 or num_train >= len(syn):
+        raise dnnlib.UserError(f'{cfg.syn_data} holds {len(syn)} pairs: too few to split into training '
+                               f'and validation sets')
+    images, masks = load_pairs(syn, cfg.num_workers, 'synthetic pairs', cfg.progress)
+    sets = {'train': (images[:num_train], masks[:num_train]), 'val': (images[num_train:], masks[num_train:])}
+    if target_res != input_res:
+        syn_target = open_dataset(cfg.syn_data, split='test', resolution=target_res)
+        val_target = torch.utils.data.Subset(syn_target, range(num_train, len(syn_target)))
+        sets['val'] = (sets['val'][0], load_pairs(val_target, cfg.num_workers, 'val masks', cfg.progress)[1])
+
+    real = open_dataset(cfg.real_data, split='test', resolution=input_res, data_root=cfg.real_root)
+    images, masks = load_pairs(real, cfg.num_workers, 'real test pairs', cfg.progress)
+    if target_res != input_res:
+        real_target = open_dataset(cfg.real_data, split='test', resolution=target_res, data_root=cfg.real_root)
+        masks = load_pairs(real_target, cfg.num_workers, 'test masks', cfg.progress)[1]
+    sets['test'] = (images, masks)
+    return sets
+
+
+def to_float_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, R, R] → float32 in [-1, 1]."""
+    return images.float() / 127.5 - 1
+
+
+def batch_indices(num: int, batch: int, generator: torch.Generator):
+    """Endless batches of indices: a fresh permutation per epoch, batches may span two epochs."""
+    buffer = torch.empty(0, dtype=torch.int64)
+    while True:
+        while len(buffer) < batch:
+            buffer = torch.cat([buffer, torch.randperm(num, generator=generator)])
+        yield buffer[:batch]
+        buffer = buffer[batch:]
+
+
+# ----------------------------------------------------------------------------------------------
+# Training and evaluation.
+
+def augment_pairs(pipe, images: torch.Tensor, masks: torch.Tensor,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment images [N, 3, R, R] in [-1, 1] and labels [N, R, R] in {0, 1} (int64) with one pipe.
+
+    Colour ops change the images only, geometric ones both (training/augment.py); ``pipe`` None
+    leaves both as they are.
+    """
+    if pipe is None:
+        return images, masks
+    aug_images, aug_masks = pipe(images, masks[:, None].float(), generator=generator)
+    return aug_images, (aug_masks[:, 0] > 0.5).long()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, batch: int,
+             device: torch.device) -> tuple[dict[str, float], torch.Tensor]:
+    """Scores of ``model`` (eval mode) on uint8 images [N, 3, r, r] against masks [N, R, R].
+
+    Returns the scores and the predicted labels [N, R, R] (uint8, on the CPU).
+    """
+    was_training = model.training
+    model.eval()
+    scores, preds = SegmentationScores(), []
+    size = masks.shape[-1]
+    for start in range(0, len(images), batch):
+        x = to_float_images(images[start:start + batch].to(device))
+        pred = predict_labels(model(x), size)
+        scores.update(pred, masks[start:start + batch].to(device))
+        preds.append(pred.to('cpu', torch.uint8))
+    model.train(was_training)
+    return scores.result(), torch.cat(preds)
+
+
+def save_test_grid(path: str, images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor) -> None:
+    """PNG of three rows: test images, ground-truth masks, predicted masks (at the mask size)."""
+    from PIL import Image
+    size = masks.shape[-1]
+    rgb = images.float()
+    if rgb.shape[-1] != size:
+        rgb = F.interpolate(rgb, size=(size, size), mode='nearest')
+    rows = [rgb.to(torch.uint8)] + [(m.to(torch.uint8) * 255)[:, None].expand(-1, 3, -1, -1) for m in (masks, preds)]
+    grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)  # [3, 3·R, n·R]
+    Image.fromarray(grid.permute(1, 2, 0).numpy(), 'RGB').save(path)
+
+
+def append_jsonl(path: str, entry: dict) -> None:
+    with open(path, 'a', encoding='utf-8') as f:
+        f.write(json.dumps(entry) + '\n')
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    """A small text table: one row per split, one column per score."""
+    header = f'{"":8s}' + ''.join(f'{name:>13s}' for name in SCORE_NAMES)
+    lines = [header] + [f'{split:8s}' + ''.join(f'{scores[name]:13.4f}' for name in SCORE_NAMES)
+                        for split, scores in rows.items()]
+    return '\n'.join(lines)
+
+
+def pick_device(name: str | None) -> torch.device:
+    return torch.device(name or ('cuda' if torch.cuda.is_available() else 'cpu'))
+
+
+def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -> dict:
+    """Train the UNet on the synthetic pairs, keep the best validation snapshot, test it (METHOD.md §8).
+
+    Writes into ``run_dir`` (default: the next ``<outdir>/<NNNNN>-<cfg.run_desc()>``):
+    ``options.json``, ``metric-val.jsonl`` (one line per validation), ``unet-best.pt`` (a safe
+    snapshot: ``torch_utils.checkpoint.load_snapshot(path)['unet']``), ``results.json`` and
+    ``seg-test.png``. Returns the content of results.json.
+    """
+    from tqdm import tqdm
+    from training.augment import segmentation_augment_pipe
+
+    check_config(cfg)
+    start_time = time.time()
+    device = pick_device(cfg.device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    run_dir = run_dir or dnnlib.next_run_dir(cfg.outdir or cfg.syn_data, cfg.run_desc())
+    os.makedirs(run_dir, exist_ok=False)
+    with open(os.path.join(run_dir, 'options.json'), 'w', encoding='utf-8') as f:
+        json.dump({**asdict(cfg), 'protocol_details': cfg.protocol_record(), 'run_dir': run_dir}, f, indent=2)
+
+    sets = load_sets(cfg)
+    train_images, train_masks = (t.to(device) for t in sets['train'])
+
+    # The seed fixes the weights, the batch order (own generator) and the augmentation draws.
+    torch.manual_seed(cfg.seed)
+    batches = batch_indices(len(train_images), cfg.batch, torch.Generator().manual_seed(cfg.seed))
+    model = UNet(base_width=cfg.base_width).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    pipe = segmentation_augment_pipe(cfg.aug)
+    pipe = pipe.to(device) if pipe is not None else None
+    aug_generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    best = {'iteration': 0, 'scores': None, 'state': None}
+    progress = tqdm(range(1, cfg.iters + 1), desc='UNet', unit='it', disable=not cfg.progress)
+    for iteration in progress:
+        index = next(batches).to(device)
+        images, masks = augment_pairs(pipe, to_float_images(train_images[index]), train_masks[index].long(),
+                                      aug_generator)
+        loss = F.cross_entropy(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+        if iteration % cfg.val_interval == 0 or iteration == cfg.iters:
+            scores, _ = evaluate(model, *sets['val'], cfg.eval_batch, device)
+            append_jsonl(os.path.join(run_dir, 'metric-val.jsonl'), {
+                'iteration': iteration, 'results': scores, 'loss': loss.item(),
+                'total_time': time.time() - start_time, 'timestamp': time.time()})
+            progress.set_postfix(loss=f'{loss.item():.3f}', val_IoU=f'{scores["IoU_dataset"]:.3f}')
+            # Model selection by the dataset-level foreground IoU on the synthetic validation set.
+            if best['scores'] is None or scores['IoU_dataset'] > best['scores']['IoU_dataset']:
+                best = {'iteration': iteration, 'scores': scores,
+                        'state': copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})}
+                checkpoint.save_snapshot(os.path.join(run_dir, 'unet-best.pt'), {'unet': model}, data={
+                    'iteration': iteration, 'val': scores, 'config': asdict(cfg),
+                    'protocol': cfg.protocol_record()})
+    progress.close()
+
+    model.load_state_dict(best['state'])
+    test_scores, preds = evaluate(model, *sets['test'], cfg.eval_batch, device)
+    n = min(cfg.grid_size, len(preds))
+    save_test_grid(os.path.join(run_dir, 'seg-test.png'), sets['test'][0][:n], sets['test'][1][:n], preds[:n])
+    results = {
+        'results': test_scores, 'best_iteration': best['iteration'], 'val': best['scores'],
+        'num_test_images': len(preds), 'num_train_pairs': len(train_images), 'num_val_pairs': len(sets['val'][0]),
+        'real_data': cfg.real_data, 'aug': cfg.aug, 'protocol': cfg.protocol_record(),
+        'metrics': {'IoU': 'per-image foreground IoU averaged over images (paper); both empty -> 1',
+                    'DICE': 'per-image foreground DICE averaged over images (paper); both empty -> 1',
+                    'IoU_dataset': 'foreground IoU of the summed confusion matrix',
+                    'mIoU': 'mean of foreground and background dataset-level IoU',
+                    'pACC': 'pixel accuracy'},
+        'snapshot': 'unet-best.pt', 'run_dir': run_dir,
+        'total_time': time.time() - start_time, 'timestamp': time.time(),
+    }
+    results['total_time_str'] = dnnlib.format_time(results['total_time'])
+    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'results.json'), json.dumps(results, indent=2).encode())
+    return results
+
+
+def print_results(results: dict) -> None:
+    """The table a person reads at the end of a run."""
+    protocol = results['protocol']
+    print(f'real test set {results["real_data"]} ({results["num_test_images"]} images), protocol '
+          f'{protocol["name"]} (input {protocol["input_resolution"]}, masks {protocol["mask_resolution"]}), '
+          f'best validation at iteration {results["best_iteration"]}')
+    print(format_table({'val': results['val'], 'test': results['results']}))
+    print(f'IoU/DICE = paper (per-image mean); written to {results["run_dir"]}')
