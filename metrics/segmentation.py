@@ -274,6 +274,8 @@ def load_pairs(dataset: torch.utils.data.Dataset, num_workers: int, desc: str,
                progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """All (image, mask) pairs of a dataset: uint8 [N, 3, R, R] and uint8 [N, R, R] in {0, 1}."""
     from tqdm import tqdm
+    # More decoding processes than cores only adds start-up time.
+    num_workers = min(num_workers, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=num_workers, shuffle=False)
     images, masks = [], []
     for image, mask in tqdm(loader, desc=desc, unit='batch', leave=False, disable=not progress):

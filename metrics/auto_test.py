@@ -1,0 +1,149 @@
+"""The auto test: from a finished training run to one table of FID, IoU, DICE and MI.
+
+``train_ILS_64.py`` calls :func:`run_auto_test` after training (``--no-auto-test`` skips it);
+``python -m metrics.auto_test RUN_DIR`` runs it alone on an existing run directory. The chain
+(ORIGINAL.md §6.4, METHOD.md §7-§9):
+
+1. choose the snapshot with the lowest ``fid10k_full`` over the whole run (the newest snapshot
+   when the run computed no metric, and the table says so);
+2. generate ``n`` samples into ``RUN_DIR/auto_test/synthetic_data-KKKKKK/`` (an interrupted
+   set is completed, a complete one reused);
+3. train the UNet on them and test it on the real test split of the training dataset (64 px,
+   ``--aug=color``);
+4. estimate the layers' mutual information with MINE;
+5. write ``RUN_DIR/auto_test/results.json`` and print the summary table.
+
+The sizes (n, UNet iterations and width, MINE steps and width) come from the training preset's
+``auto_test`` field, so the CPU demo preset runs the same chain in minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+
+import click
+
+import dnnlib
+from metrics import generate
+
+
+@dataclass
+class AutoTestSizes:
+    """How big each stage of the chain is; the defaults are the original auto test's."""
+    n: int = 10000                  # generated samples
+    seg_iters: int = 6000           # UNet training iterations
+    seg_batch: int = 64
+    seg_base_width: int = 64        # UNet width of its first level
+    seg_val_interval: int = 1000
+    mine_steps: int = 100_000
+    mine_hidden: int = 3000
+    mine_eval_every: int = 400
+    mine_batch: int = 64
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> 'AutoTestSizes':
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (values or {}).items() if k in known})
+
+
+def read_training_options(run_dir: str) -> dict:
+    path = os.path.join(run_dir, 'training_options.json')
+    if not os.path.isfile(path):
+        raise dnnlib.UserError(f'{path} not found: {run_dir} is not a training run directory')
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
+
+
+def choose_auto_snapshot(run_dir: str) -> generate.SnapshotChoice:
+    """Lowest FID over the whole run, else (no metric file) the newest snapshot."""
+    metric_file = os.path.join(run_dir, 'metric-fid10k_full.jsonl')
+    has_metric = os.path.isfile(metric_file) and generate.read_metric_lines(metric_file)
+    return generate.choose_snapshot(run_dir, latest=not has_metric)
+
+
+def format_summary(summary: dict) -> str:
+    """The printed table: one row per quantity."""
+    def fmt(value):
+        return '—' if value is None else (f'{value:.4f}' if isinstance(value, float) else str(value))
+    rows = [('snapshot', os.path.basename(summary['snapshot'])), ('chosen by', summary['chosen_by']),
+            ('FID', fmt(summary['fid'])), ('sigma', fmt(summary['sigma'])),
+            ('IoU', fmt(summary['IoU'])), ('DICE', fmt(summary['DICE'])),
+            ('MI_1 (b_i; f_v)', fmt(summary['MI_1'])), ('MI_2 (f_i; b_v)', fmt(summary['MI_2'])),
+            ('MI (b; f)', fmt(summary['MI']))]
+    width = max(len(name) for name, _ in rows)
+    line = '-' * (width + 3 + max(len(value) for _, value in rows))
+    body = '\n'.join(f'{name:<{width}} | {value}' for name, value in rows)
+    return f'{line}\n{body}\n{line}'
+
+
+def run_auto_test(run_dir: str, config: dict | None = None, device: str | None = None,
+                  progress: bool = True) -> dict:
+    """Run the whole chain on ``run_dir`` (see the module docstring); returns the summary dict.
+
+    ``config`` is the training configuration (``training_options.json`` when omitted): its
+    ``data``, ``data_root`` and ``auto_test`` fields say which real test split to score on and
+    how large each stage is.
+    """
+    from metrics import mine, segmentation
+
+    start = time.time()
+    config = dict(config) if config is not None else read_training_options(run_dir)
+    sizes = AutoTestSizes.from_dict(config.get('auto_test'))
+    data, data_root = config.get('data'), config.get('data_root')
+    if not data:
+        raise dnnlib.UserError(f'the training options of {run_dir} name no dataset (field "data")')
+    auto_dir = os.path.join(run_dir, 'auto_test')
+    os.makedirs(auto_dir, exist_ok=True)
+    print(f'Auto test of {run_dir} (sizes: {asdict(sizes)})', flush=True)
+
+    # 1-2. Snapshot and synthetic set.
+    choice = choose_auto_snapshot(run_dir)
+    syn_dir = os.path.join(auto_dir, f'synthetic_data-{choice.kimg:06d}')
+    syn_dir, meta = generate.generate_from_network(choice.path, n=sizes.n, outdir=syn_dir, seed=0,
+                                                   device=device, resume=True, progress=progress)
+
+    # 3. Segmentation against the real test split of the training data.
+    seg_cfg = segmentation.SegmentationConfig(
+        syn_data=syn_dir, real_data=data, real_root=data_root, aug='color', protocol='scale', scale=64,
+        iters=sizes.seg_iters, batch=sizes.seg_batch, base_width=sizes.seg_base_width,
+        val_interval=min(sizes.seg_val_interval, sizes.seg_iters), device=device, progress=progress)
+    seg = segmentation.run_segmentation_eval(seg_cfg)
+    segmentation.print_results(seg)
+
+    # 4. Mutual information of the generated layers.
+    mine_cfg = mine.MineConfig(steps=sizes.mine_steps, hidden=sizes.mine_hidden, batch=sizes.mine_batch,
+                               eval_every=min(sizes.mine_eval_every, sizes.mine_steps), device=device,
+                               progress=progress)
+    mi = mine.estimate_layer_mi(syn_dir, mine_cfg, mode='both')
+
+    # 5. One JSON and one table.
+    summary = {
+        'snapshot': choice.path, 'kimg': choice.kimg, 'chosen_by': choice.reason,
+        'fid': choice.metric_value, 'sigma': choice.sigma,
+        'IoU': seg['results']['IoU'], 'DICE': seg['results']['DICE'],
+        'MI_1': mi.get('MI_1'), 'MI_2': mi.get('MI_2'), 'MI': mi.get('MI'),
+        'segmentation': seg['results'], 'segmentation_run': seg['run_dir'], 'mine_run': mi['run_dir'],
+        'synthetic_data': syn_dir, 'real_data': data, 'sizes': asdict(sizes),
+        'total_time': time.time() - start, 'timestamp': time.time(),
+    }
+    dnnlib.write_bytes_atomic(os.path.join(auto_dir, 'results.json'), json.dumps(summary, indent=2).encode())
+    print(format_summary(summary))
+    print(f'Auto test results written to {os.path.join(auto_dir, "results.json")}', flush=True)
+    return summary
+
+
+@click.command()
+@click.argument('run_dir', type=click.Path(file_okay=False))
+@click.option('--device', default=None, help='torch device [default: cuda if available, else cpu].')
+@click.option('--quiet', is_flag=True, help='No progress bars.')
+@dnnlib.report_user_errors
+def main(run_dir: str, device: str | None, quiet: bool) -> None:
+    """Run the auto test (generation → segmentation → MINE) on an existing training run."""
+    run_auto_test(run_dir, device=device, progress=not quiet)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,85 @@
+"""The evaluation chain from a snapshot: generate_segmentation_samples.py and the auto test."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from metrics import auto_test
+from torch_utils import checkpoint
+from training import networks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_G = dict(img_resolution=64, z_dim=16, w_dim=16, mapping_layers=1, channel_base=256, channel_max=8)
+TINY_SIZES = dict(n=40, seg_iters=6, seg_batch=8, seg_base_width=4, seg_val_interval=3,
+                  mine_steps=6, mine_hidden=8, mine_eval_every=3, mine_batch=8)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run directory with one snapshot of a tiny generator and its training options."""
+    torch.manual_seed(0)
+    G = networks.LayeredGenerator(**TINY_G)
+    D = networks.Discriminator(img_resolution=64, channel_base=256, channel_max=8)
+    run = tmp_path / '00000-synthetic-cpu-batch16'
+    run.mkdir()
+    checkpoint.save_snapshot(str(run / 'network-snapshot-000004.pt'), {'G': G, 'G_ema': G, 'D': D},
+                             data={'kimg': 4.0, 'sigma': 0.2})
+    (run / 'training_options.json').write_text(json.dumps({'data': 'synthetic', 'auto_test': TINY_SIZES}))
+    return run
+
+
+def _script(name, *args, cwd=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, name), *args], capture_output=True, text=True,
+                          cwd=cwd, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def test_generate_script_writes_layout_from_a_snapshot_and_refuses_to_overwrite(run_dir):
+    result = _script('generate_segmentation_samples.py', f'--network={run_dir}', '--n=5', '--batch=2')
+    assert result.returncode == 2 and '--latest' in result.stderr  # no metric file: it says so
+    result = _script('generate_segmentation_samples.py', f'--network={run_dir}', '--n=5', '--batch=2', '--latest')
+    assert result.returncode == 0, result.stderr
+    outdir = run_dir / 'synthetic_data-000004'
+    for layer in ('img', 'mask', 'fg', 'bg', 'fg_masked'):
+        assert sorted(os.listdir(outdir / layer)) == [f'{i:06d}.png' for i in range(1, 6)]
+    meta = json.loads((outdir / 'meta.json').read_text())
+    assert meta['kimg'] == 4 and meta['n'] == 5 and meta['resolution'] == 64
+    again = _script('generate_segmentation_samples.py', f'--network={run_dir}', '--n=5', '--latest')
+    assert again.returncode == 2 and 'already exists' in again.stderr and 'Traceback' not in again.stderr
+
+
+def test_generated_images_match_the_snapshot_generator(run_dir, tmp_path):
+    from PIL import Image
+    import numpy as np
+    from metrics import generate
+    outdir, meta = generate.generate_from_network(str(run_dir / 'network-snapshot-000004.pt'), n=3,
+                                                  outdir=str(tmp_path / 'set'), seed=5, progress=False)
+    G = checkpoint.load_snapshot(str(run_dir / 'network-snapshot-000004.pt'))['G_ema']
+    z = torch.from_numpy(np.load(os.path.join(outdir, 'latents.npy')))
+    with torch.no_grad():
+        layers = G(z, noise_mode='const')
+    expected = generate.image_to_uint8(layers['img'])
+    written = np.stack([np.asarray(Image.open(os.path.join(outdir, 'img', f'{i:06d}.png'))) for i in (1, 2, 3)])
+    np.testing.assert_array_equal(written, expected)
+
+
+def test_auto_test_chain_writes_results_and_prints_table(run_dir, capsys):
+    summary = auto_test.run_auto_test(str(run_dir), progress=False)
+    results = json.loads((run_dir / 'auto_test' / 'results.json').read_text())
+    for key in ('snapshot', 'fid', 'IoU', 'DICE', 'MI_1', 'MI_2', 'MI', 'synthetic_data'):
+        assert key in results
+    assert results['kimg'] == 4 and results['chosen_by'] == 'latest snapshot (--latest)'
+    assert 0.0 <= results['IoU'] <= 1.0 and 0.0 <= results['DICE'] <= 1.0
+    assert summary['IoU'] == results['IoU']
+    assert len(os.listdir(os.path.join(results['synthetic_data'], 'img'))) == TINY_SIZES['n']
+    table = capsys.readouterr().out
+    assert 'IoU' in table and 'MI (b; f)' in table and 'network-snapshot-000004.pt' in table
+
+
+def test_auto_test_on_a_folder_that_is_not_a_run(tmp_path):
+    result = subprocess.run([sys.executable, '-m', 'metrics.auto_test', str(tmp_path)], capture_output=True,
+                            text=True, cwd=ROOT)
+    assert result.returncode == 2 and 'training_options.json not found' in result.stderr
