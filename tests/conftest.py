@@ -11,6 +11,12 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+def pytest_configure(config):
+    # The suite's tensors are small: on a 2-core CI machine extra intra-op threads only spin
+    # against each other (several tests ran 5-10x slower with two threads than with one).
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -18,14 +18,6 @@ SMALL_G = dict(img_resolution=32, channel_base=1024, channel_max=32, mapping_lay
 SMALL_D = dict(img_resolution=32, channel_base=1024, channel_max=32)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Small convolutions on a shared 2-core machine run several times faster on one thread
-    (two threads spin against the other processes); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_networks(seed=0):

@@ -11,14 +11,6 @@ import torch
 from metrics import mine
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Single-threaded training: on a busy 2-core machine two OpenMP threads spin-wait on each
-    other and run several times slower than one (same fixture as in test_segmentation.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def correlated_gaussians(n: int, d: int, rho: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,14 +20,6 @@ SMALL_D = dict(channel_base=2048, channel_max=64)
 PRESET = dict(z_dim=512, w_dim=512, channel_base=16384, channel_max=256, mapping_layers=8)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Small convolutions on a shared 2-core machine run several times faster on one thread
-    (two threads spin against the other processes); restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_generator(resolution: int = 64, seed: int = 0, **kwargs) -> LayeredGenerator:

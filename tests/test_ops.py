@@ -21,13 +21,6 @@ from torch_utils import custom_ops
 from torch_utils.ops import bias_act, conv2d_gradfix, conv2d_resample, fma, grid_sample_gradfix, upfirdn2d
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """The tensors here are tiny: extra intra-op threads only fight over the shared cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _rng(seed=0):

@@ -190,18 +190,9 @@ def dataset_module():
     return pytest.importorskip('training.dataset')
 
 
-@pytest.fixture
-def one_thread():
-    """Training tests run single-threaded: on a busy 2-core machine two OpenMP threads spin-wait
-    on each other and run several times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-def test_unet_trained_on_true_pairs_reaches_a_high_iou_on_the_synthetic_test_split(tmp_path, dataset_module,
-                                                                                   one_thread):
+def test_unet_trained_on_true_pairs_reaches_a_high_iou_on_the_synthetic_test_split(tmp_path, dataset_module):
     """The ceiling the GAN's masks are measured against: true synthetic pairs, tested on the test split."""
     write_pair_set(tmp_path / 'syn', n=400, resolution=32)
     cfg = seg.SegmentationConfig(syn_data=str(tmp_path / 'syn'), real_data='synthetic', aug='none', scale=32,
@@ -218,7 +209,7 @@ def test_unet_trained_on_true_pairs_reaches_a_high_iou_on_the_synthetic_test_spl
     assert results['best_iteration'] == best['iteration'] and results['val'] == best['results']
 
 
-def test_eval128_protocol_scores_against_128_masks_and_writes_the_run(tmp_path, dataset_module, one_thread):
+def test_eval128_protocol_scores_against_128_masks_and_writes_the_run(tmp_path, dataset_module):
     from click.testing import CliRunner
     import eval_segmentation_eval128
     write_pair_set(tmp_path / 'syn', n=10, resolution=128)
@@ -240,7 +231,7 @@ def test_eval128_protocol_scores_against_128_masks_and_writes_the_run(tmp_path, 
     assert '\ntest' in result.output and 'IoU' in result.output
 
 
-def test_native128_and_scale_runs_are_named_by_protocol(tmp_path, dataset_module, one_thread):
+def test_native128_and_scale_runs_are_named_by_protocol(tmp_path, dataset_module):
     from click.testing import CliRunner
     import eval_segmentation
     import eval_segmentation_eval128
@@ -255,7 +246,7 @@ def test_native128_and_scale_runs_are_named_by_protocol(tmp_path, dataset_module
     assert native['protocol']['input_resolution'] == 128 and 'not the paper' in native['protocol']['description']
 
 
-def test_a_seed_repeats_a_run_with_augmentation(tmp_path, dataset_module, one_thread):
+def test_a_seed_repeats_a_run_with_augmentation(tmp_path, dataset_module):
     write_pair_set(tmp_path / 'syn', n=10, resolution=32)
     runs = []
     for name in ('a', 'b'):
