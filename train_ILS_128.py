@@ -1,7 +1,14 @@
-"""Placeholder until its issue lands."""
+"""Train ILSGAN at 128×128 (preset ILS).
 
-import sys
+    python train_ILS_128.py --outdir=out --data=cub --data-root=DRC_processed/birds --gpus=2
+
+The evaluation chain runs by hand afterwards (generate_segmentation_samples.py,
+eval_segmentation_eval128.py, eval_MI_MINE.py).
+"""
+
+from training.train_cli import make_main
+
+main = make_main(resolution=128)
 
 if __name__ == '__main__':
-    print('train_ILS_128.py: not implemented yet', file=sys.stderr)
-    sys.exit(1)
+    main()

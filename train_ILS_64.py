@@ -1,7 +1,15 @@
-"""Placeholder until its issue lands."""
+"""Train ILSGAN at 64×64 (presets ILS_predL [default], ILS_predN, ILS_learnL, ILS_learnN, ILS_L1, cpu).
 
-import sys
+    python train_ILS_64.py --outdir=out --data=synthetic --cfg=cpu          # CPU demo, minutes
+    python train_ILS_64.py --outdir=out --data=car --data-root=DRC_processed/cars --gpus=1
+    torchrun --nproc_per_node=4 train_ILS_64.py --outdir=out --data=cub --data-root=...
+
+After training, the auto test (generation → segmentation → MINE) runs unless --no-auto-test.
+"""
+
+from training.train_cli import make_main
+
+main = make_main(resolution=64)
 
 if __name__ == '__main__':
-    print('train_ILS_64.py: not implemented yet', file=sys.stderr)
-    sys.exit(1)
+    main()

@@ -1,0 +1,285 @@
+"""End-to-end training on the synthetic dataset with tiny networks: outputs, resume, NaN stop,
+two processes, CLI paths. In-process runs use the ``cpu`` preset narrowed further."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from torch_utils import checkpoint, training_stats
+from training import loss as loss_module
+from training import train_cli
+from training.training_loop import lazy_adam, update_ema
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTHETIC_IMAGES = 96  # a small synthetic set keeps generation and FID statistics quick
+
+
+def tiny_config(outdir, **options):
+    """The cpu preset with 4-16 channels, batch 8 and ticks of 2 iterations."""
+    options = dict(dict(outdir=str(outdir), data='synthetic', cfg='cpu', batch=8, kimg=0.048, tick=0.016,
+                        snap=1, metrics='none', workers=0), **options)
+    c = train_cli.build_training_config(resolution=64, **options)
+    for kwargs in (c.G_kwargs, c.D_kwargs):
+        kwargs.update(channel_base=128, channel_max=16)
+    c.G_kwargs.update(z_dim=16, w_dim=16, mapping_layers=1)
+    if c.estimator_kwargs is not None:
+        c.estimator_kwargs['widths'] = [4, 4, 4, 4, 4]
+    c.dataset_kwargs['num_images'] = SYNTHETIC_IMAGES
+    c.update(grid_rows=2, grid_cols=4, layer_rows=4, layer_groups=1)
+    return c
+
+
+@pytest.fixture(scope='module')
+def module_cache(tmp_path_factory):
+    """conftest isolates the cache per test; module-scoped fixtures run before that, so isolate here too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv('ILSGAN_CACHE', str(tmp_path_factory.getbasetemp() / 'ilsgan-cache'))
+        yield
+
+
+def snapshots(run_dir):
+    return sorted(glob.glob(os.path.join(run_dir, 'network-snapshot-*.pt')))
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+# ----------------------------------------------------------------------------------------------
+# Pieces of the loop.
+
+def test_training_stats_mean_std_and_reset():
+    training_stats.reset()
+    values = np.array([1.0, 2.0, 4.0, 7.0])
+    training_stats.report('x', torch.tensor(values[:2]))
+    training_stats.report('x', values[2:].tolist())
+    training_stats.report('y', 3)
+    stats = training_stats.collect()
+    assert stats['x']['num'] == 4
+    assert stats['x']['mean'] == pytest.approx(values.mean())
+    assert stats['x']['std'] == pytest.approx(values.std())  # population std, as StyleGAN2
+    assert stats['y'] == {'num': 1, 'mean': 3.0, 'std': 0.0}
+    assert training_stats.collect() == {}
+
+
+def test_lazy_adam_rescales_lr_and_betas():
+    c = dict(lrate=0.0025, betas=[0.0, 0.99], adam_eps=1e-8)
+    opt = lazy_adam([torch.nn.Parameter(torch.zeros(1))], type('C', (), c), 4)
+    group = opt.param_groups[0]
+    assert group['lr'] == pytest.approx(0.002)
+    assert group['betas'][0] == 0.0 and group['betas'][1] == pytest.approx(0.99 ** 0.8)
+    opt = lazy_adam([torch.nn.Parameter(torch.zeros(1))], type('C', (), c), 16)
+    assert opt.param_groups[0]['lr'] == pytest.approx(0.0025 * 16 / 17)
+    assert opt.param_groups[0]['betas'][1] == pytest.approx(0.99 ** (16 / 17))
+
+
+def test_ema_formula_with_ramp_up():
+    G, G_ema = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.ones_(G.weight)
+    torch.nn.init.zeros_(G_ema.weight)
+    # ema_nimg = min(10 000, 0.05 · 1000) = 50 → β = 0.5^(32/50); θ_ema = θ + β(θ_ema − θ) = 1 − β
+    update_ema(G_ema, G, cur_nimg=1000, batch=32, ema_kimg=10, ramp=0.05)
+    assert G_ema.weight.item() == pytest.approx(1 - 0.5 ** (32 / 50))
+    torch.nn.init.zeros_(G_ema.weight)
+    update_ema(G_ema, G, cur_nimg=10 ** 7, batch=32, ema_kimg=10, ramp=0.05)  # ramp no longer binds
+    assert G_ema.weight.item() == pytest.approx(1 - 0.5 ** (32 / 10_000), rel=1e-5)  # float32
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole runs.
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory, module_cache):
+    """Three ticks (tick 0 = one iteration, then 2 iterations each) with a snapshot every tick."""
+    c = tiny_config(tmp_path_factory.mktemp('run'))
+    run_dir = train_cli.launch(c)
+    return run_dir, c
+
+
+def test_run_writes_options_snapshots_stats_and_grids(finished_run):
+    run_dir, c = finished_run
+    with open(os.path.join(run_dir, 'training_options.json')) as f:
+        assert json.load(f)['cfg'] == 'cpu'
+    assert os.path.basename(run_dir) == '00000-synthetic-cpu-batch8'
+    stats = read_jsonl(os.path.join(run_dir, 'stats.jsonl'))
+    # 6 iterations of 8 images: tick 0 after 1, then ticks of 16 images → kimg 0.008, 0.024, 0.040, 0.048
+    assert [round(s['Progress/kimg']['mean'], 3) for s in stats] == [0.008, 0.024, 0.04, 0.048]
+    assert [s['Progress/tick']['mean'] for s in stats] == [0, 1, 2, 3]
+    for name in ('Loss/G/adv', 'Loss/G/bin', 'Loss/G/msize', 'Loss/G/ils', 'Loss/D/real', 'Loss/D/fake',
+                 'Loss/signs/real', 'Progress/augment', 'Progress/sigma', 'Timing/sec_per_kimg',
+                 'Resources/peak_mem_gb'):
+        assert name in stats[1], name
+    assert stats[0]['Loss/G/adv']['num'] == 8 and stats[1]['Loss/G/adv']['num'] == 16
+    assert 'Loss/r1' in stats[0]  # D-reg runs at iteration 0 (then every 16)
+    assert stats[0]['Progress/sigma']['mean'] == 0.2
+    # Snapshot names come from integer kimg, so all of this short run is snapshot 000000.
+    assert [os.path.basename(p) for p in snapshots(run_dir)] == ['network-snapshot-000000.pt']
+    for name in ('reals.png', 'fakes-init.png', 'layers-init.png', 'fakes-000000.png', 'layers-000000.png',
+                 'log.txt'):
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    layers = np.asarray(PIL.Image.open(os.path.join(run_dir, 'layers-000000.png')))
+    assert layers.shape == (4 * 64, 5 * 64, 3)  # rows of bg | fg | mask | m·f | composite
+    mask_tile = layers[:64, 128:192].astype(int)
+    assert (mask_tile[..., 0] == mask_tile[..., 1]).all()  # the mask is drawn in gray
+    assert np.asarray(PIL.Image.open(os.path.join(run_dir, 'fakes-000000.png'))).shape == (2 * 64, 4 * 64, 3)
+    with open(os.path.join(run_dir, 'log.txt')) as f:
+        assert 'sec/kimg' in f.read()
+
+
+def test_snapshot_is_safe_and_holds_training_state(finished_run):
+    run_dir, c = finished_run
+    loaded = checkpoint.load_snapshot(snapshots(run_dir)[-1])
+    data = loaded['data']
+    assert data['cur_nimg'] == 48 and data['kimg'] == pytest.approx(0.048)
+    assert data['sigma'] == 0.2 and data['resolution'] == 64
+    assert set(data['optimizers']) == {'G', 'D'} and data['ada'] is not None
+    assert {'G', 'G_ema', 'D', 'augment_pipe'} <= set(loaded)
+    out = loaded['G_ema'](torch.randn(2, 16), noise_mode='const')
+    assert out['img'].shape == (2, 3, 64, 64)
+    torch.load(snapshots(run_dir)[-1], weights_only=True)  # no pickled code
+
+
+def test_resume_reproduces_an_uninterrupted_run(finished_run, tmp_path):
+    """Resuming the 0.024-kimg snapshot of a run and training to 0.048 gives bit-identical weights."""
+    _, c_full = finished_run
+    c = tiny_config(tmp_path / 'first', kimg=0.024)
+    first = train_cli.launch(c)
+    state = checkpoint.read_snapshot(snapshots(first)[-1])
+    assert state['data']['cur_nimg'] == 24
+    c = tiny_config(tmp_path / 'second', resume=first)
+    second = train_cli.launch(c)
+    stats = read_jsonl(os.path.join(second, 'stats.jsonl'))
+    assert [round(s['Progress/kimg']['mean'], 3) for s in stats] == [0.04, 0.048]  # kimg counter continued
+    resumed = checkpoint.read_snapshot(snapshots(second)[-1])
+    full = checkpoint.read_snapshot(snapshots(finished_run[0])[-1])
+    for name in ('G', 'G_ema', 'D', 'augment_pipe'):
+        for key, value in full['modules'][name]['state'].items():
+            assert torch.equal(value, resumed['modules'][name]['state'][key]), (name, key)
+    for net in ('G', 'D'):
+        a, b = full['data']['optimizers'][net]['state'], resumed['data']['optimizers'][net]['state']
+        assert a.keys() == b.keys()
+        for index in a:
+            for key in a[index]:
+                assert torch.equal(a[index][key], b[index][key]), (net, index, key)
+
+
+def test_learned_estimators_train_with_D_and_are_saved(tmp_path):
+    c = tiny_config(tmp_path, cfg='ILS_learnN', kimg=0.016)
+    run_dir = train_cli.launch(c)
+    stats = read_jsonl(os.path.join(run_dir, 'stats.jsonl'))
+    assert all(np.isfinite(s['Loss/estimator/nll']['mean']) for s in stats)
+    assert stats[0]['Progress/sigma']['mean'] == pytest.approx(0.001)
+    loaded = checkpoint.load_snapshot(snapshots(run_dir)[-1])
+    mu, log_scale = loaded['estimators'](torch.zeros(2, 3, 64, 64), 1)
+    assert mu.shape == (2, 3, 64, 64) and log_scale.abs().max() < 1  # tanh head
+    assert len(loaded['data']['optimizers']['D']['param_groups'][0]['params']) == (
+        len(list(loaded['D'].parameters())) + len(list(loaded['estimators'].parameters())))
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_snapshot(tmp_path, monkeypatch):
+    calls = {'n': 0}
+    original = loss_module.mask_binarization_loss
+
+    def poisoned(mask):
+        calls['n'] += 1
+        value = original(mask)
+        return value * float('nan') if calls['n'] >= 3 else value  # iteration 3 = first of tick 2
+
+    monkeypatch.setattr(loss_module, 'mask_binarization_loss', poisoned)
+    c = tiny_config(tmp_path, kimg=0.1)
+    with pytest.raises(loss_module.NonFiniteLossError, match=r'Loss/G/total .* at kimg 0\.016'):
+        train_cli.launch(c)
+    run_dir = glob.glob(os.path.join(tmp_path, '0*'))[0]
+    kept = snapshots(run_dir)
+    assert len(kept) == 1
+    data = checkpoint.read_snapshot(kept[0])['data']
+    assert data['cur_nimg'] == 8  # written at the end of tick 0 ... and the poisoned tick 1 wrote nothing
+    for value in checkpoint.read_snapshot(kept[0])['modules']['G']['state'].values():
+        assert torch.isfinite(value.float()).all()
+
+
+def test_metric_line_written_at_snapshot_with_tiny_detector(tmp_path):
+    class TinyDetector(torch.nn.Module):
+        def forward(self, images: torch.Tensor, return_features: bool = True) -> torch.Tensor:
+            x = images.to(torch.float32) / 255
+            pooled = torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)  # [N, 12]
+            return torch.cat([pooled, pooled.square()], dim=1)
+
+    detector = str(tmp_path / 'detector.pt')
+    torch.jit.save(torch.jit.script(TinyDetector()), detector)
+    c = tiny_config(tmp_path / 'out', kimg=0.008, metrics='fid10k_full', detector=detector)
+    c.metric_num_gen = 64
+    run_dir = train_cli.launch(c)
+    lines = read_jsonl(os.path.join(run_dir, 'metric-fid10k_full.jsonl'))
+    assert len(lines) == 1
+    line = lines[0]
+    assert line['metric'] == 'fid10k_full' and line['snapshot_pkl'] == 'network-snapshot-000000.pt'
+    assert line['sigma'] == 0.2 and np.isfinite(line['results']['fid10k_full']) and line['num_gen'] == 64
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line.
+
+def run_cli(*args, script='train_ILS_64.py', env_cache=None):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope='module')
+def image_folder(tmp_path_factory, module_cache):
+    """A folder of 32 synthetic PNGs: a --data path for the subprocess runs."""
+    from training.dataset import open_dataset
+    folder = tmp_path_factory.mktemp('images')
+    dataset = open_dataset('synthetic', resolution=64, num_images=SYNTHETIC_IMAGES)
+    for i in range(32):
+        PIL.Image.fromarray(dataset[i][0].transpose(1, 2, 0)).save(folder / f'{i:03d}.png')
+    return str(folder)
+
+
+def test_cli_dry_run_prints_config_and_makes_nothing(tmp_path):
+    result = run_cli(f'--outdir={tmp_path / "out"}', '--data=synthetic', '--cfg=ILS_learnN', '--batch=64', '-n')
+    assert result.returncode == 0, result.stderr
+    c = json.loads(result.stdout)
+    assert c['cfg'] == 'ILS_learnN' and c['gamma'] == pytest.approx(0.0002 * 64 ** 2 / 64)
+    assert c['estimator_kwargs']['distribution'] == 'neural_gaussian'
+    assert not os.path.exists(tmp_path / 'out')
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--cfg=nope'], 'unknown --cfg=nope; valid: ILS_predL, ILS_predN, ILS_learnL, ILS_learnN, ILS_L1, cpu'),
+    (['--batch=30', '--gpus=4'], '--batch=30 is not divisible by --gpus=4'),
+])
+def test_cli_errors_are_one_line(tmp_path, args, message):
+    result = run_cli(f'--outdir={tmp_path}', '--data=synthetic', *args, '-n')
+    assert result.returncode == 2
+    assert result.stderr.strip() == f'error: {message}'
+
+
+def test_cli_128_rejects_a_64_preset(tmp_path):
+    result = run_cli(f'--outdir={tmp_path}', '--data=synthetic', '--cfg=ILS_predL', '-n', script='train_ILS_128.py')
+    assert result.returncode == 2 and 'is a 64 px preset; use train_ILS_64.py (valid here: ILS)' in result.stderr
+
+
+def test_two_process_gloo_run_writes_once(tmp_path, image_folder):
+    result = run_cli(f'--outdir={tmp_path}', f'--data={image_folder}', '--cfg=cpu', '--gpus=2', '--batch=8',
+                     '--kimg=0.024', '--tick=0.016', '--snap=1', '--metrics=none', '--no-auto-test')
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = os.listdir(tmp_path)
+    assert len(runs) == 1 and runs[0].startswith('00000-images') and runs[0].endswith('-cpu-batch8')
+    run_dir = os.path.join(tmp_path, runs[0])
+    stats = read_jsonl(os.path.join(run_dir, 'stats.jsonl'))
+    assert [round(s['Progress/kimg']['mean'], 3) for s in stats] == [0.008, 0.024]  # no duplicate lines
+    assert stats[0]['Loss/G/adv']['num'] == 8  # 4 per process, reduced over both
+    assert result.stdout.count('tick 0 ') == 1
+    assert len(snapshots(run_dir)) == 1
+    data = checkpoint.read_snapshot(snapshots(run_dir)[0])['data']
+    assert data['num_gpus'] == 2 and len(data['rng']) == 2

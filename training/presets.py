@@ -1,0 +1,99 @@
+"""Every ``--cfg`` of the two training scripts, as data (METHOD.md §5).
+
+One base (:data:`BASE`) holds every hyper-parameter of the paper's 64 px presets; each preset
+lists only the fields that differ. :func:`resolve_preset` merges the two and fills in the values
+that follow from the batch size (R1 γ, EMA half-life). The two training CLIs differ only in the
+table they read (:data:`PRESETS_64`, :data:`PRESETS_128`) and their default preset.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import dnnlib
+
+BASE: dict[str, Any] = dict(
+    resolution=64,
+    # Schedule (METHOD §5): 8000 kimg, ticks of 4 kimg, a snapshot every 50 ticks.
+    kimg=8000, batch=32, kimg_per_tick=4, snap=50,
+    metrics=['fid10k_full', 'kid10k_full'],
+    metric_num_gen=None,            # None: each metric's own sample count (10k for *10k_full)
+    # Networks (METHOD §1-2): fmaps 0.5 → channel_base 16384, channel_max 256.
+    z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=256,
+    mbstd=4, num_fp16_res=4, conv_clamp=256,
+    # Optimisers and lazy regularisation (METHOD §3).
+    lrate=0.0025, betas=[0.0, 0.99], adam_eps=1e-8,
+    G_reg_interval=4, D_reg_interval=16,
+    gamma=None,                     # None: 0.0002 · R² / batch
+    ema_kimg=None,                  # None: batch · 10 / 32
+    ema_ramp=0.05,
+    # Perturbed composition and mask losses (METHOD §1, §3).
+    xint_max=0.125, min_msize=0.25, msize_weight=2.0, bin_weight=2.0,
+    # ILS term (METHOD §4).
+    estimator='club',               # 'club' | 'l1_distance'
+    distribution='predetermined_laplace',
+    initial_sigma=0.2, sigma=1.0,
+    anti_kimg=400,                  # σ = initial_sigma while kimg ≤ anti_kimg, then sigma
+    neg_weight=1.0, opt_mask=True, stop_grad=False,
+    estimator_resolution=64, estimator_channels=[64, 128, 256, 256, 256], estimator_weight=0.1,
+    # ADA (METHOD §3).
+    aug='ada', augpipe='bgc', p=0.0, target=0.6, ada_kimg=500, ada_interval=4,
+    # Image grids written at start and at every snapshot: fakes (rows × cols) and layers.
+    grid_rows=16, grid_cols=16, layer_rows=8, layer_groups=2,
+    workers=3,
+)
+
+# Only the fields that differ from BASE.
+PRESETS_64: dict[str, dict[str, Any]] = {
+    'ILS_predL': {},
+    'ILS_predN': dict(distribution='predetermined_gaussian'),
+    'ILS_learnL': dict(distribution='neural_laplace', initial_sigma=0.001, sigma=0.001),
+    'ILS_learnN': dict(distribution='neural_gaussian', initial_sigma=0.001, sigma=0.001),
+    'ILS_L1': dict(estimator='l1_distance', distribution=None),
+    # Narrow networks that learn the synthetic dataset on a CPU in minutes (the demo preset).
+    # (channel_base 1024 / channel_max 32: 32 channels up to 32 px, 16 at 64 px; ~40 s/kimg on one core)
+    'cpu': dict(z_dim=64, w_dim=64, mapping_layers=2, channel_base=1024, channel_max=32,
+                batch=16, kimg=100, kimg_per_tick=1, snap=5, anti_kimg=5,
+                metrics=[], metric_num_gen=512, grid_rows=8, grid_cols=8, layer_groups=1,
+                estimator_channels=[16, 32, 32, 32, 32], workers=0),
+}
+PRESETS_128: dict[str, dict[str, Any]] = {
+    'ILS': dict(resolution=128),
+}
+DEFAULT_CFG = {64: 'ILS_predL', 128: 'ILS'}
+PRESET_TABLES = {64: PRESETS_64, 128: PRESETS_128}
+
+DISTRIBUTIONS = ('predetermined_laplace', 'predetermined_gaussian', 'neural_laplace', 'neural_gaussian')
+ESTIMATORS = ('club', 'l1_distance')
+
+
+def preset_names(resolution: int) -> list[str]:
+    return list(PRESET_TABLES[resolution])
+
+
+def resolve_preset(name: str, resolution: int = 64, **overrides: Any) -> dnnlib.EasyDict:
+    """BASE + the preset's fields + ``overrides`` (None values are ignored), with derived values.
+
+    Derived (ORIGINAL §6.2): ``gamma = 0.0002 · R² / batch`` and ``ema_kimg = batch · 10 / 32``
+    unless given, both computed from the final batch size.
+    """
+    table = PRESET_TABLES.get(resolution)
+    if table is None:
+        raise dnnlib.UserError(f'no presets for resolution {resolution}; valid: {sorted(PRESET_TABLES)}')
+    if name not in table:
+        for other_res, other in PRESET_TABLES.items():
+            if name in other:
+                script = f'train_ILS_{other_res}.py'
+                raise dnnlib.UserError(f'--cfg={name} is a {other_res} px preset; use {script} '
+                                       f'(valid here: {", ".join(table)})')
+        raise dnnlib.UserError(f'unknown --cfg={name}; valid: {", ".join(table)}')
+    spec = dnnlib.EasyDict(copy.deepcopy(BASE))
+    spec.update(copy.deepcopy(table[name]))
+    spec.update({key: value for key, value in overrides.items() if value is not None})
+    spec.cfg = name
+    if spec.gamma is None:
+        spec.gamma = 0.0002 * spec.resolution ** 2 / spec.batch
+    if spec.ema_kimg is None:
+        spec.ema_kimg = spec.batch * 10 / 32
+    return spec

@@ -1,0 +1,262 @@
+"""What the two training scripts share: options → config, run directory, launch.
+
+* :func:`build_training_config` — a pure function from the command-line options to one plain
+  config (the preset of :mod:`training.presets` + overrides + the constructor arguments of every
+  module); validation errors are one-line :class:`dnnlib.UserError`\\ s;
+* :func:`launch` — creates ``<outdir>/<NNNNN>-<data>-<cfg>-batch<B>`` with
+  ``training_options.json`` and runs :func:`training.training_loop.training_loop` in one process,
+  ``--gpus`` local processes, or the processes torchrun started;
+* :func:`make_main` — the click command of ``train_ILS_64.py`` / ``train_ILS_128.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import sys
+from typing import Any
+
+import click
+import torch
+
+import dnnlib
+from torch_utils import distributed, misc
+from training import presets
+
+AUG_MODES = ('ada', 'noaug', 'fixed')
+
+
+def _parse_metrics(metrics: str | list | None, default: list[str]) -> list[str]:
+    if metrics is None:
+        return list(default)
+    names = metrics if isinstance(metrics, list) else [m.strip() for m in metrics.split(',') if m.strip()]
+    if names in ([], ['none']):
+        return []
+    from metrics import metric_main
+    for name in names:
+        if not metric_main.is_valid_metric(name):
+            raise dnnlib.UserError(f'unknown metric "{name}" in --metrics; valid: '
+                                   f'{", ".join(metric_main.list_valid_metrics())}, or none')
+    return names
+
+
+def _data_name(data: str) -> str:
+    """The dataset part of the run directory name: the --data keyword or the path's base name."""
+    name = os.path.basename(os.path.normpath(data)) if os.sep in data or os.path.exists(data) else data
+    name = re.sub(r'\.(zip|tar|tgz)$', '', name)
+    return re.sub(r'[^0-9A-Za-z_.]+', '_', name) or 'data'
+
+
+def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: str | None = None,
+                          data_root: str | None = None, gpus: int = 1, batch: int | None = None,
+                          kimg: float | None = None, snap: int | None = None, tick: float | None = None,
+                          seed: int = 0, metrics: str | list | None = None, resume: str | None = None,
+                          workers: int | None = None, mirror: bool = False, fp32: bool = False,
+                          gamma: float | None = None, aug: str | None = None, p: float | None = None,
+                          target: float | None = None, augpipe: str | None = None, allow_tf32: bool = False,
+                          nobench: bool = False, detector: str | None = None, auto_test: bool = False,
+                          **unused: Any) -> dnnlib.EasyDict:
+    """Command-line options → the complete, validated training config (no side effects).
+
+    ``resolution`` is the script's (64 or 128); ``cfg`` defaults to its default preset. Options
+    left as None keep the preset's value. Raises :class:`dnnlib.UserError` for an unknown --cfg
+    (or one of the other script), a batch not divisible by --gpus, an unknown metric, an
+    unwritable --outdir and the other inconsistent combinations.
+    """
+    if unused:
+        raise dnnlib.UserError(f'unknown option(s): {", ".join(sorted(unused))}')
+    cfg = cfg or presets.DEFAULT_CFG[resolution]
+    spec = presets.resolve_preset(cfg, resolution, batch=batch, kimg=kimg, snap=snap, kimg_per_tick=tick,
+                                  workers=workers, gamma=gamma, aug=aug, augpipe=augpipe, target=target)
+    if not data:
+        raise dnnlib.UserError('--data is required: cub, dog, car, synthetic or a path')
+    if gpus < 1:
+        raise dnnlib.UserError(f'--gpus must be at least 1, got {gpus}')
+    if spec.batch < 1 or spec.batch % gpus != 0:
+        raise dnnlib.UserError(f'--batch={spec.batch} is not divisible by --gpus={gpus}')
+    batch_gpu = spec.batch // gpus
+    if batch_gpu % min(spec.mbstd, batch_gpu) != 0:
+        raise dnnlib.UserError(f'the per-process batch {batch_gpu} is not a multiple of the minibatch-stddev '
+                               f'group {spec.mbstd}; choose --batch as a multiple of {spec.mbstd * gpus}')
+    if spec.kimg <= 0 or spec.kimg_per_tick <= 0 or spec.snap < 1:
+        raise dnnlib.UserError('--kimg and --tick must be > 0 and --snap >= 1')
+    if spec.aug not in AUG_MODES:
+        raise dnnlib.UserError(f'unknown --aug={spec.aug}; valid: {", ".join(AUG_MODES)}')
+    if spec.aug == 'fixed':
+        if p is None or not 0 <= p <= 1:
+            raise dnnlib.UserError('--aug=fixed needs --p in [0, 1]')
+        spec.p = float(p)
+    elif p is not None:
+        raise dnnlib.UserError('--p only applies to --aug=fixed')
+    from training.augment import AUGPIPE_SPECS
+    if spec.augpipe not in AUGPIPE_SPECS:
+        raise dnnlib.UserError(f'unknown --augpipe={spec.augpipe}; valid: {", ".join(AUGPIPE_SPECS)}')
+    if resume is not None and not os.path.exists(resume):
+        raise dnnlib.UserError(f'--resume: {resume} does not exist')
+    try:
+        misc.ensure_writable_dir(outdir)
+    except OSError as err:
+        raise dnnlib.UserError(f'--outdir={outdir} is not writable: {err}') from None
+    if fp32:
+        spec.num_fp16_res, spec.conv_clamp = 0, None
+    spec.metrics = _parse_metrics(metrics, spec.metrics)
+
+    c = dnnlib.EasyDict(spec)
+    c.update(outdir=outdir, data=data, data_root=data_root, gpus=gpus, seed=seed, resume=resume, mirror=mirror,
+             fp32=fp32, allow_tf32=allow_tf32, nobench=nobench, detector=detector, auto_test=auto_test,
+             batch_gpu=batch_gpu, run_desc=f'{_data_name(data)}-{cfg}-batch{spec.batch}')
+    c.dataset_kwargs = dict(data=data, split='train', resolution=spec.resolution, data_root=data_root, xflip=mirror)
+    c.G_kwargs = dict(class_name='training.networks.LayeredGenerator', img_resolution=spec.resolution,
+                      z_dim=spec.z_dim, w_dim=spec.w_dim, channel_base=spec.channel_base,
+                      channel_max=spec.channel_max, mapping_layers=spec.mapping_layers,
+                      num_fp16_res=spec.num_fp16_res, conv_clamp=spec.conv_clamp)
+    c.D_kwargs = dict(class_name='training.networks.Discriminator', img_resolution=spec.resolution,
+                      channel_base=spec.channel_base, channel_max=spec.channel_max,
+                      num_fp16_res=spec.num_fp16_res, conv_clamp=spec.conv_clamp,
+                      mbstd_group_size=min(spec.mbstd, batch_gpu))
+    c.composition_kwargs = dict(class_name='training.networks.PerturbedComposition', xint_max=spec.xint_max)
+    c.augment_kwargs = None if spec.aug == 'noaug' else dict(class_name='training.augment.AugmentPipe',
+                                                            **AUGPIPE_SPECS[spec.augpipe])
+    learned = spec.estimator == 'club' and str(spec.distribution).startswith('neural_')
+    c.estimator_kwargs = dict(class_name='training.mi_estimators.MIEstimators', distribution=spec.distribution,
+                              resolution=spec.estimator_resolution,
+                              widths=list(spec.estimator_channels)) if learned else None
+    c.loss_kwargs = dict(r1_gamma=spec.gamma, bin_weight=spec.bin_weight, msize_weight=spec.msize_weight,
+                         min_msize=spec.min_msize, estimator=spec.estimator, distribution=spec.distribution,
+                         neg_weight=spec.neg_weight, opt_mask=spec.opt_mask, stop_grad=spec.stop_grad,
+                         estimator_weight=spec.estimator_weight)
+    return c
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch.
+
+def prepare_run_dir(c: dnnlib.EasyDict) -> str:
+    """Create the next ``<outdir>/<NNNNN>-<desc>`` and write ``training_options.json`` into it first."""
+    os.makedirs(c.outdir, exist_ok=True)
+    run_dir = dnnlib.next_run_dir(c.outdir, c.run_desc)
+    os.makedirs(run_dir, exist_ok=False)
+    with open(os.path.join(run_dir, 'training_options.json'), 'wt') as f:
+        json.dump(c, f, indent=2)
+    return run_dir
+
+
+def _worker(rank: int, world_size: int, device: torch.device, run_dir: str | None, c: dnnlib.EasyDict) -> None:
+    """One training process: (torchrun: rank 0 makes the run dir), log to log.txt, train."""
+    from training.training_loop import training_loop
+    if run_dir is None:
+        run_dir = distributed.broadcast_object(prepare_run_dir(c) if rank == 0 else None)
+    tee = misc.Tee(os.path.join(run_dir, 'log.txt')) if rank == 0 else None
+    if tee is not None:
+        sys.stdout = tee
+    try:
+        training_loop(run_dir, c, rank=rank, world_size=world_size, device=device)
+    finally:
+        if tee is not None:
+            sys.stdout = tee.stream
+            tee.close()
+
+
+def launch(c: dnnlib.EasyDict) -> str | None:
+    """Train with ``c``; returns the run directory on the process that wrote it (else None).
+
+    Started by torchrun (WORLD_SIZE in the environment): this process is one rank of the group,
+    ``--gpus`` is ignored. Otherwise ``c.gpus`` local processes (one runs in this interpreter).
+    """
+    from training.dataset import open_dataset
+    env = distributed.torchrun_env()
+    if env is not None:
+        rank, _local_rank, world_size = env
+        if c.batch % world_size != 0:
+            raise dnnlib.UserError(f'--batch={c.batch} is not divisible by the torchrun world size {world_size}')
+        c = dnnlib.EasyDict(c, gpus=world_size, batch_gpu=c.batch // world_size)
+        holder: list = []
+        distributed.run_under_torchrun(_torchrun_worker, (c, holder))
+        return holder[0] if holder else None
+    open_dataset(**c.dataset_kwargs)  # a bad --data fails here, before any folder is made
+    run_dir = prepare_run_dir(c)
+    print(f'Run directory: {run_dir}', flush=True)
+    distributed.spawn_local(_worker, c.gpus, (run_dir, c))
+    return run_dir
+
+
+def _torchrun_worker(rank: int, world_size: int, device: torch.device, c: dnnlib.EasyDict, holder: list) -> None:
+    run_dir = distributed.broadcast_object(prepare_run_dir(c) if rank == 0 else None)
+    _worker(rank, world_size, device, run_dir, c)
+    if rank == 0:
+        holder.append(run_dir)
+
+
+def run_auto_test_hook(run_dir: str, c: dnnlib.EasyDict) -> None:
+    """The 64 script's post-training chain (generation → segmentation → MINE), when it exists."""
+    if importlib.util.find_spec('metrics.auto_test') is None:
+        print('auto test: metrics.auto_test is not available; skipped', flush=True)
+        return
+    from metrics import auto_test
+    auto_test.run_auto_test(run_dir, c)
+
+
+# ----------------------------------------------------------------------------------------------
+# The click command.
+
+def make_main(resolution: int):
+    """The click command of ``train_ILS_<resolution>.py``."""
+    names = presets.preset_names(resolution)
+    default_cfg = presets.DEFAULT_CFG[resolution]
+
+    @click.command(context_settings=dict(help_option_names=['-h', '--help']))
+    @click.option('--outdir', required=True, metavar='DIR', help='Where to make the run directory.')
+    @click.option('--data', required=True, metavar='NAME|PATH',
+                  help='cub, dog, car, synthetic, or a folder/zip of images.')
+    @click.option('--data-root', metavar='DIR', help='Root of the DRC dataset folders.')
+    @click.option('--cfg', default=default_cfg, show_default=True, metavar='NAME',
+                  help=f'Preset: {", ".join(names)}.')
+    @click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True,
+                  help='Local processes (ignored under torchrun).')
+    @click.option('--batch', type=click.IntRange(min=1), help='Global batch size [default: preset].')
+    @click.option('--kimg', type=click.FloatRange(min=0, min_open=True), help='Training length in kimg [default: preset].')
+    @click.option('--snap', type=click.IntRange(min=1), help='Snapshot interval in ticks [default: preset].')
+    @click.option('--tick', type=click.FloatRange(min=0, min_open=True), help='Tick length in kimg [default: preset].')
+    @click.option('--seed', type=int, default=0, show_default=True, help='Random seed.')
+    @click.option('--metrics', metavar='LIST', help='Comma-separated metrics or "none" [default: preset].')
+    @click.option('--detector', metavar='PATH|URL', help='Inception detector for FID/KID [default: $ILSGAN_DETECTOR or the URL].')
+    @click.option('--resume', metavar='PATH', help='Snapshot file or run directory (latest snapshot) to continue.')
+    @click.option('--workers', type=click.IntRange(min=0), help='DataLoader workers [default: preset].')
+    @click.option('--mirror', is_flag=True, help='Add x-flipped copies of the training images.')
+    @click.option('--gamma', type=click.FloatRange(min=0), help='R1 weight [default: 0.0002·R²/batch].')
+    @click.option('--aug', type=click.Choice(AUG_MODES), help='Augmentation mode [default: ada].')
+    @click.option('--p', type=click.FloatRange(0, 1), help='Augment probability for --aug=fixed.')
+    @click.option('--target', type=click.FloatRange(0, 1), help='ADA target [default: 0.6].')
+    @click.option('--augpipe', metavar='NAME', help='Augment pipe [default: bgc].')
+    @click.option('--fp32', is_flag=True, help='Disable mixed precision.')
+    @click.option('--allow-tf32', is_flag=True, help='Allow TF32 matmuls and convolutions.')
+    @click.option('--nobench', is_flag=True, help='Disable cuDNN benchmarking.')
+    @click.option('-n', '--dry-run', is_flag=True, help='Print the config and exit.')
+    @(click.option('--auto-test/--no-auto-test', default=True, show_default=True,
+                   help='After training: generation → segmentation → MINE.')
+      if resolution == 64 else (lambda f: f))
+    @dnnlib.report_user_errors
+    def main(dry_run: bool, **options: Any) -> None:
+        """Train a layered ILSGAN generator."""
+        from metrics.detector import resolve_detector_path
+        options['detector'] = resolve_detector_path(options['detector'])
+        c = build_training_config(resolution=resolution, **options)
+        if dry_run:
+            print(json.dumps(c, indent=2))
+            return
+        from training.loss import NonFiniteLossError
+        try:
+            run_dir = launch(c)
+        except NonFiniteLossError as err:
+            print(f'error: {err}', file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+        except torch.multiprocessing.ProcessRaisedException as err:
+            print(f'error: a training process failed: {str(err).strip().splitlines()[-1]}', file=sys.stderr,
+                  flush=True)
+            raise SystemExit(1) from None
+        if run_dir is not None and c.auto_test:
+            run_auto_test_hook(run_dir, c)
+
+    return main
