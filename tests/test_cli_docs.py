@@ -13,7 +13,7 @@ from click.testing import CliRunner
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, 'docs', 'cli')
 
-# Command name as the user types it → (file or module that defines it, click command attribute).
+# Command name as the user types it → (top-level script or package module, click command attribute).
 COMMANDS = {
     'train_ILS_64.py': ('train_ILS_64.py', 'main'),
     'train_ILS_128.py': ('train_ILS_128.py', 'main'),
@@ -21,8 +21,8 @@ COMMANDS = {
     'eval_segmentation.py': ('eval_segmentation.py', 'main'),
     'eval_segmentation_eval128.py': ('eval_segmentation_eval128.py', 'main'),
     'eval_MI_MINE.py': ('eval_MI_MINE.py', 'main'),
-    'python -m training.dataset': ('training/dataset.py', 'main'),
-    'python -m metrics.auto_test': ('metrics/auto_test.py', 'main'),
+    'python -m training.dataset': ('training.dataset', 'main'),
+    'python -m metrics.auto_test': ('metrics.auto_test', 'main'),
 }
 
 
@@ -31,11 +31,15 @@ def doc_path(name: str) -> str:
 
 
 def help_text(name: str) -> str:
-    relpath, attr = COMMANDS[name]
-    module_name = '_cli_' + relpath.replace('/', '_').removesuffix('.py')
-    spec = importlib.util.spec_from_file_location(module_name, os.path.join(ROOT, relpath))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    source, attr = COMMANDS[name]
+    if source.endswith('.py'):
+        module_name = '_cli_' + source.removesuffix('.py')
+        spec = importlib.util.spec_from_file_location(module_name, os.path.join(ROOT, source))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(source)
     result = CliRunner().invoke(getattr(module, attr), ['--help'], prog_name=name, terminal_width=100)
     assert result.exit_code == 0, result.output
     return result.output
