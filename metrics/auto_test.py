@@ -9,12 +9,12 @@
 2. generate ``n`` samples into ``RUN_DIR/auto_test/synthetic_data-KKKKKK/`` (an interrupted
    set is completed, a complete one reused);
 3. train the UNet on them and test it on the real test split of the training dataset (64 px,
-   ``--aug=color``);
+   ``--aug=color``, at the training resolution);
 4. estimate the layers' mutual information with MINE;
 5. write ``RUN_DIR/auto_test/results.json`` and print the summary table.
 
 The sizes (n, UNet iterations and width, MINE steps and width) come from the training preset's
-``auto_test`` field, so the CPU demo preset runs the same chain in minutes.
+``auto_test_sizes`` field, so the CPU demo preset runs the same chain in minutes.
 """
 
 from __future__ import annotations
@@ -84,14 +84,14 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     """Run the whole chain on ``run_dir`` (see the module docstring); returns the summary dict.
 
     ``config`` is the training configuration (``training_options.json`` when omitted): its
-    ``data``, ``data_root`` and ``auto_test`` fields say which real test split to score on and
-    how large each stage is.
+    ``data``, ``data_root``, ``resolution`` and ``auto_test_sizes`` fields say which real test
+    split to score on, at which size, and how large each stage is.
     """
     from metrics import mine, segmentation
 
     start = time.time()
     config = dict(config) if config is not None else read_training_options(run_dir)
-    sizes = AutoTestSizes.from_dict(config.get('auto_test'))
+    sizes = AutoTestSizes.from_dict(config.get('auto_test_sizes'))
     data, data_root = config.get('data'), config.get('data_root')
     if not data:
         raise dnnlib.UserError(f'the training options of {run_dir} name no dataset (field "data")')

@@ -28,7 +28,7 @@ def run_dir(tmp_path):
     run.mkdir()
     checkpoint.save_snapshot(str(run / 'network-snapshot-000004.pt'), {'G': G, 'G_ema': G, 'D': D},
                              data={'kimg': 4.0, 'sigma': 0.2})
-    (run / 'training_options.json').write_text(json.dumps({'data': 'synthetic', 'auto_test': TINY_SIZES}))
+    (run / 'training_options.json').write_text(json.dumps({'data': 'synthetic', 'resolution': 64, 'auto_test_sizes': TINY_SIZES}))
     return run
 
 

@@ -40,6 +40,13 @@ def test_min_mask_size_loss_is_one_sided_hinge():
     np.testing.assert_allclose(out.numpy(), [0.15, 0.0])
 
 
+def test_mask_size_loss_with_upper_bound_is_two_sided():
+    areas = [0.1, 0.5, 0.9]
+    masks = torch.stack([torch.full([1, 4, 4], a, dtype=torch.float64) for a in areas])
+    out = L.min_mask_size_loss(masks, min_size=0.25, max_size=0.75)
+    np.testing.assert_allclose(out.numpy(), [0.15, 0.0, 0.15])  # relu(0.25 − a) + relu(a − 0.75)
+
+
 def test_valid_range_gate_keeps_values_and_blocks_gradient_outside_open_interval():
     x = _t([-1.5, -1.0, -0.5, 0.9, 1.0, 2.0], requires_grad=True)
     gated, valid = L.valid_range_gate(x)

@@ -49,9 +49,19 @@ def mask_binarization_loss(mask: torch.Tensor) -> torch.Tensor:
     return torch.minimum(mask, 1 - mask).flatten(1).mean(dim=1)
 
 
-def min_mask_size_loss(mask: torch.Tensor, min_size: float = 0.25) -> torch.Tensor:
-    """relu(min_size − mean(m)): mask [N, 1, H, W] → [N]; one-sided (the presets shift the mask)."""
-    return F.relu(min_size - mask.flatten(1).mean(dim=1))
+def min_mask_size_loss(mask: torch.Tensor, min_size: float = 0.25, max_size: float | None = None) -> torch.Tensor:
+    """relu(min_size − mean(m)) [+ relu(mean(m) − max_size)]: mask [N, 1, H, W] → [N].
+
+    One-sided in the paper's presets (the shift already punishes a full mask). ``max_size``
+    adds the upper side; with max_size = 1 − min_size it is the original's form for runs
+    without the shift. The CPU demo preset uses it so that a mask saturated to 1 early, before
+    D has learnt to see seams, is pulled back at once.
+    """
+    area = mask.flatten(1).mean(dim=1)
+    loss = F.relu(min_size - area)
+    if max_size is not None:
+        loss = loss + F.relu(area - max_size)
+    return loss
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,6 +201,7 @@ class ILSLoss:
     def __init__(self, G: torch.nn.Module, D: torch.nn.Module, composition: torch.nn.Module,
                  augment_pipe: torch.nn.Module | None = None, estimators: torch.nn.Module | None = None, *,
                  r1_gamma: float, bin_weight: float = 2.0, msize_weight: float = 2.0, min_msize: float = 0.25,
+                 max_msize: float | None = None,
                  estimator: str = 'club', distribution: str | None = 'predetermined_laplace',
                  neg_weight: float = 1.0, opt_mask: bool = True, stop_grad: bool = False,
                  estimator_weight: float = 0.1) -> None:
@@ -198,6 +209,7 @@ class ILSLoss:
         self.augment_pipe, self.estimators = augment_pipe, estimators
         self.r1_gamma = r1_gamma
         self.bin_weight, self.msize_weight, self.min_msize = bin_weight, msize_weight, min_msize
+        self.max_msize = max_msize
         self.estimator, self.distribution = estimator, distribution
         self.neg_weight, self.opt_mask, self.stop_grad = neg_weight, opt_mask, stop_grad
         self.estimator_weight = estimator_weight
@@ -241,7 +253,7 @@ class ILSLoss:
         fake_logits = self.run_D(shifted['img'])
         adv = generator_adversarial_loss(fake_logits)
         binarization = mask_binarization_loss(shifted['mask'])
-        msize = min_mask_size_loss(shifted['mask'], self.min_msize)
+        msize = min_mask_size_loss(shifted['mask'], self.min_msize, self.max_msize)
         ils = self.ils_term(layers, sigma)
         total = (adv + self.bin_weight * binarization + self.msize_weight * msize).mean() + ils
         training_stats.report('Loss/scores/fake', fake_logits)

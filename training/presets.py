@@ -29,7 +29,7 @@ BASE: dict[str, Any] = dict(
     ema_kimg=None,                  # None: batch · 10 / 32
     ema_ramp=0.05,
     # Perturbed composition and mask losses (METHOD §1, §3).
-    xint_max=0.125, min_msize=0.25, msize_weight=2.0, bin_weight=2.0,
+    xint_max=0.125, min_msize=0.25, max_msize=None, msize_weight=2.0, bin_weight=2.0,
     # ILS term (METHOD §4).
     estimator='club',               # 'club' | 'l1_distance'
     distribution='predetermined_laplace',
@@ -42,6 +42,9 @@ BASE: dict[str, Any] = dict(
     # Image grids written at start and at every snapshot: fakes (rows × cols) and layers.
     grid_rows=16, grid_cols=16, layer_rows=8, layer_groups=2,
     workers=3,
+    # Overrides of metrics.auto_test.AutoTestSizes for the auto test that train_ILS_64.py runs
+    # after training; empty = the original's sizes (10 000 samples, 6000 UNet iterations, ...).
+    auto_test_sizes={},
 )
 
 # Only the fields that differ from BASE.
