@@ -20,7 +20,7 @@ $(VENV)/.ready: requirements.txt requirements-test.txt
 	touch $@
 
 demo: setup
-	$(BIN)/python -m training.dataset --data=synthetic --grid=outputs/synthetic-preview.png
+	$(BIN)/python train_ILS_64.py --outdir=outputs --data=synthetic --cfg=cpu
 
 test: setup
 	$(BIN)/python -m pytest -q tests

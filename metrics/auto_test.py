@@ -105,9 +105,11 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     syn_dir, meta = generate.generate_from_network(choice.path, n=sizes.n, outdir=syn_dir, seed=0,
                                                    device=device, resume=True, progress=progress)
 
-    # 3. Segmentation against the real test split of the training data.
+    # 3. Segmentation against the real test split of the training data, at the training
+    # resolution (64 in every paper preset; the CPU demo preset trains at 32).
     seg_cfg = segmentation.SegmentationConfig(
-        syn_data=syn_dir, real_data=data, real_root=data_root, aug='color', protocol='scale', scale=64,
+        syn_data=syn_dir, real_data=data, real_root=data_root, aug='color', protocol='scale',
+        scale=int(config.get('resolution', 64)),
         iters=sizes.seg_iters, batch=sizes.seg_batch, base_width=sizes.seg_base_width,
         val_interval=min(sizes.seg_val_interval, sizes.seg_iters), device=device, progress=progress)
     seg = segmentation.run_segmentation_eval(seg_cfg)

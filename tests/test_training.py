@@ -126,10 +126,10 @@ def test_run_writes_options_snapshots_stats_and_grids(finished_run):
                  'log.txt'):
         assert os.path.isfile(os.path.join(run_dir, name)), name
     layers = np.asarray(PIL.Image.open(os.path.join(run_dir, 'layers-000000.png')))
-    assert layers.shape == (4 * 64, 5 * 64, 3)  # rows of bg | fg | mask | m·f | composite
-    mask_tile = layers[:64, 128:192].astype(int)
+    assert layers.shape == (4 * 32, 5 * 32, 3)  # rows of bg | fg | mask | m·f | composite; cpu preset: 32 px
+    mask_tile = layers[:32, 64:96].astype(int)
     assert (mask_tile[..., 0] == mask_tile[..., 1]).all()  # the mask is drawn in gray
-    assert np.asarray(PIL.Image.open(os.path.join(run_dir, 'fakes-000000.png'))).shape == (2 * 64, 4 * 64, 3)
+    assert np.asarray(PIL.Image.open(os.path.join(run_dir, 'fakes-000000.png'))).shape == (2 * 32, 4 * 32, 3)
     with open(os.path.join(run_dir, 'log.txt')) as f:
         assert 'sec/kimg' in f.read()
 
@@ -139,11 +139,11 @@ def test_snapshot_is_safe_and_holds_training_state(finished_run):
     loaded = checkpoint.load_snapshot(snapshots(run_dir)[-1])
     data = loaded['data']
     assert data['cur_nimg'] == 48 and data['kimg'] == pytest.approx(0.048)
-    assert data['sigma'] == 0.2 and data['resolution'] == 64
+    assert data['sigma'] == 0.2 and data['resolution'] == 32
     assert set(data['optimizers']) == {'G', 'D'} and data['ada'] is not None
     assert {'G', 'G_ema', 'D', 'augment_pipe'} <= set(loaded)
     out = loaded['G_ema'](torch.randn(2, 16), noise_mode='const')
-    assert out['img'].shape == (2, 3, 64, 64)
+    assert out['img'].shape == (2, 3, 32, 32)
     torch.load(snapshots(run_dir)[-1], weights_only=True)  # no pickled code
 
 
