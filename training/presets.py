@@ -60,7 +60,7 @@ PRESETS_64: dict[str, dict[str, Any]] = {
     # size bounds [0.15, 0.6] that match the synthetic objects' areas — with the paper's one-sided
     # 0.25 bound the mask saturated to all-ones within 3 kimg and stayed there for 20+ kimg.
     'cpu': dict(resolution=32, z_dim=64, w_dim=64, mapping_layers=2, channel_base=1024, channel_max=32,
-                batch=16, kimg=30, kimg_per_tick=1, snap=5, anti_kimg=5, min_msize=0.15, max_msize=0.6,
+                batch=16, kimg=30, kimg_per_tick=1, snap=5, anti_kimg=15, min_msize=0.15, max_msize=0.6,
                 metrics=[], metric_num_gen=512, grid_rows=8, grid_cols=8, layer_groups=1,
                 estimator_channels=[16, 32, 32, 32, 32], workers=0,
                 auto_test_sizes=dict(n=2000, seg_iters=600, seg_batch=32, seg_base_width=16,
