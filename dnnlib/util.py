@@ -197,3 +197,10 @@ def report_user_errors(func):
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def progress_bar(iterable: Any = None, enabled: bool = True, **kwargs: Any) -> Any:
+    """A tqdm bar for long work; off when ``enabled`` is False, and when the output is not a
+    terminal (a redirected log gets the scripts' own summary lines, not thousands of redraws)."""
+    from tqdm import tqdm
+    return tqdm(iterable, disable=None if enabled else True, dynamic_ncols=True, **kwargs)

@@ -231,10 +231,7 @@ def _stack_images(batch: list[tuple[Any, Any]]) -> torch.Tensor:
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm  # only when asked: keeps quiet runs free of the dependency
-    return tqdm(iterable, total=total, desc=desc, unit='batch', leave=False)
+    return dnnlib.progress_bar(iterable, enabled, total=total, desc=desc, unit='batch', leave=False)
 
 
 @torch.no_grad()

@@ -229,10 +229,7 @@ def generate_dataset(G: torch.nn.Module, outdir: str, options: GenerationOptions
 
     todo = missing_indices(outdir, options.n)
     G = G.to(device).eval()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(todo), unit='img', desc='generating', dynamic_ncols=True)
+    bar = dnnlib.progress_bar(None, progress, total=len(todo), unit='img', desc='generating')
     start = time.time()
     # PNG encoding runs in threads (it releases the GIL) while the next batch is generated.
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
@@ -249,10 +246,8 @@ def generate_dataset(G: torch.nn.Module, outdir: str, options: GenerationOptions
             for future in pending:
                 future.result()
             pending.clear()
-            if bar is not None:
-                bar.update(len(indices))
-    if bar is not None:
-        bar.close()
+            bar.update(len(indices))
+    bar.close()
     meta['seconds'] = round(time.time() - start, 2)
     meta['generated_now'] = len(todo)
     return meta

@@ -131,7 +131,6 @@ def train_critics(pairs: PairFn, num: int, dims: list[tuple[int, int]], cfg: Min
     (Dx, Dy) per pair. Returns ``{'final': {name: estimate}, 'curve': [{'iteration', 'lr', name: Î}],
     'lr': final lr, 'skipped': count}``; each evaluation is also appended to ``curve_path``.
     """
-    from tqdm import tqdm
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     critics = [StatisticsNetwork(dx, dy, cfg.hidden).to(device) for dx, dy in dims]
@@ -143,7 +142,7 @@ def train_critics(pairs: PairFn, num: int, dims: list[tuple[int, int]], cfg: Min
     log_mas: list[torch.Tensor | None] = [None] * len(critics)
     curve, skipped, skips_in_a_row, step = [], 0, 0, 0
 
-    progress = tqdm(total=cfg.steps, desc='MINE', unit='it', disable=not cfg.progress)
+    progress = dnnlib.progress_bar(None, cfg.progress, total=cfg.steps, desc='MINE', unit='it')
     while step < cfg.steps:
         batch = pairs(next(batches).to(device))
         losses, bounds, new_mas = [], [], []

@@ -273,12 +273,11 @@ def check_synthetic_folder(path: str) -> None:
 def load_pairs(dataset: torch.utils.data.Dataset, num_workers: int, desc: str,
                progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """All (image, mask) pairs of a dataset: uint8 [N, 3, R, R] and uint8 [N, R, R] in {0, 1}."""
-    from tqdm import tqdm
     # More decoding processes than cores only adds start-up time.
     num_workers = min(num_workers, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(dataset, batch_size=256, num_workers=num_workers, shuffle=False)
     images, masks = [], []
-    for image, mask in tqdm(loader, desc=desc, unit='batch', leave=False, disable=not progress):
+    for image, mask in dnnlib.progress_bar(loader, progress, desc=desc, unit='batch', leave=False):
         images.append(torch.as_tensor(image, dtype=torch.uint8))
         masks.append(torch.as_tensor(mask, dtype=torch.uint8))
     return torch.cat(images), torch.cat(masks)
@@ -400,7 +399,6 @@ def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -
     snapshot: ``torch_utils.checkpoint.load_snapshot(path)['unet']``), ``results.json`` and
     ``seg-test.png``. Returns the content of results.json.
     """
-    from tqdm import tqdm
     from training.augment import segmentation_augment_pipe
 
     check_config(cfg)
@@ -426,7 +424,7 @@ def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -
     aug_generator = torch.Generator(device=device).manual_seed(cfg.seed)
 
     best = {'iteration': 0, 'scores': None, 'state': None}
-    progress = tqdm(range(1, cfg.iters + 1), desc='UNet', unit='it', disable=not cfg.progress)
+    progress = dnnlib.progress_bar(range(1, cfg.iters + 1), cfg.progress, desc='UNet', unit='it')
     for iteration in progress:
         index = next(batches).to(device)
         images, masks = augment_pairs(pipe, to_float_images(train_images[index]), train_masks[index].long(),

@@ -22,7 +22,6 @@ from typing import Callable
 
 import click
 import numpy as np
-import tqdm
 from PIL import Image
 
 import dnnlib
@@ -481,7 +480,7 @@ def inspect_dataset(open_split: Callable[[str], Dataset | None], grid_path: str 
             sizes[split], shown[split] = None, []
             continue
         samples = []
-        for i in tqdm.tqdm(range(len(dataset)), desc=f'reading {split}', unit='img', leave=False):
+        for i in dnnlib.progress_bar(range(len(dataset)), desc=f'reading {split}', unit='img', leave=False):
             sample = dataset[i]
             if i < grid_count:
                 samples.append(sample)

@@ -265,7 +265,6 @@ def _texture(p: dict[str, np.ndarray], layer: str, u: np.ndarray, v: np.ndarray)
 
 def _render(p: dict[str, np.ndarray], resolution: int) -> dict[str, np.ndarray]:
     """Layers of a batch of samples: fg, bg, img uint8 [n, 3, R, R]; mask uint8 [n, R, R] in {0, 1}."""
-    n = len(p['shape'])
     coords = (np.arange(resolution, dtype=np.float32) + 0.5) / resolution * 2 - 1
     u, v = coords[None, None, :], coords[None, :, None]         # pixel centres, x right, y down
 
