@@ -342,18 +342,25 @@ def real_features(dataset_kwargs: dict | None, detector_path: str | None, device
 # ----------------------------------------------------------------------------------------------
 # The metrics.
 
+def _real_and_generated_features(G: torch.nn.Module, dataset_kwargs: dict | None, detector_path: str | None,
+                                 device: torch.device | str, num_gen: int, keep_features: bool,
+                                 options: dict) -> tuple[FeatureStats, FeatureStats]:
+    """Detector statistics of all real images (cached) and of ``num_gen`` generated composites."""
+    real = real_features(dataset_kwargs, detector_path, device, keep_features=keep_features, **options)
+    gen_options = {k: options[k] for k in ('batch_size', 'num_gpus', 'rank', 'progress') if k in options}
+    gen = compute_generator_features(G, detector_lib.load_detector(detector_path, device), device,
+                                     num_gen=num_gen, keep_features=keep_features, **gen_options)
+    return real, gen
+
+
 def compute_fid(G: torch.nn.Module, dataset_kwargs: dict | None, detector_path: str | None,
                 device: torch.device | str, *, num_gen: int, **options: Any) -> float:
     """FID between all real images and ``num_gen`` generated composites (NaN on ranks other than 0).
 
     ``options``: dataset, batch_size, num_gpus, rank, num_workers, progress, use_cache.
     """
-    rank = options.get('rank', 0)
-    real = real_features(dataset_kwargs, detector_path, device, keep_features=False, **options)
-    gen_options = {k: options[k] for k in ('batch_size', 'num_gpus', 'rank', 'progress') if k in options}
-    gen = compute_generator_features(G, detector_lib.load_detector(detector_path, device), device,
-                                     num_gen=num_gen, keep_features=False, **gen_options)
-    if rank != 0:
+    real, gen = _real_and_generated_features(G, dataset_kwargs, detector_path, device, num_gen, False, options)
+    if options.get('rank', 0) != 0:
         return float('nan')
     return fid_from_stats(*real.mean_cov(), *gen.mean_cov())
 
@@ -362,11 +369,7 @@ def compute_kid(G: torch.nn.Module, dataset_kwargs: dict | None, detector_path: 
                 device: torch.device | str, *, num_gen: int, num_subsets: int = KID_NUM_SUBSETS,
                 max_subset_size: int = KID_MAX_SUBSET_SIZE, **options: Any) -> float:
     """KID between all real images and ``num_gen`` generated composites (NaN on ranks other than 0)."""
-    rank = options.get('rank', 0)
-    real = real_features(dataset_kwargs, detector_path, device, keep_features=True, **options)
-    gen_options = {k: options[k] for k in ('batch_size', 'num_gpus', 'rank', 'progress') if k in options}
-    gen = compute_generator_features(G, detector_lib.load_detector(detector_path, device), device,
-                                     num_gen=num_gen, keep_features=True, **gen_options)
-    if rank != 0:
+    real, gen = _real_and_generated_features(G, dataset_kwargs, detector_path, device, num_gen, True, options)
+    if options.get('rank', 0) != 0:
         return float('nan')
     return kid_from_features(real.features(), gen.features(), num_subsets, max_subset_size, device=device)
