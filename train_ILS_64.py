@@ -1,6 +1,6 @@
-"""Train ILSGAN at 64×64 (presets ILS_predL [default], ILS_predN, ILS_learnL, ILS_learnN, ILS_L1, cpu).
+"""Train ILSGAN at 64×64 (presets ILS_predL [default], ILS_predN, ILS_learnL, ILS_learnN, ILS_L1; cpu = a 32 px CPU demo).
 
-    python train_ILS_64.py --outdir=out --data=synthetic --cfg=cpu          # CPU demo, minutes
+    python train_ILS_64.py --outdir=out --data=synthetic --cfg=cpu          # CPU demo (32 px), ~10 minutes
     python train_ILS_64.py --outdir=out --data=car --data-root=DRC_processed/cars --gpus=1
     torchrun --nproc_per_node=4 train_ILS_64.py --outdir=out --data=cub --data-root=...
 
