@@ -22,6 +22,7 @@ import scipy.linalg
 import torch
 
 import dnnlib
+from torch_utils import distributed
 from metrics import detector as detector_lib
 
 KID_NUM_SUBSETS = 100      # METHOD.md §10 (the original used 20)
@@ -138,17 +139,18 @@ class FeatureStats:
             return
         # A rank whose shard was empty has seen no features: give it zero sums of the right size.
         dim = 0 if self.feature_sum is None else self.feature_sum.shape[0]
-        dim = int(all_reduce_max(torch.tensor([dim], dtype=torch.int64, device=device), num_gpus).item())
+        dim = int(distributed.all_reduce_max_(torch.tensor([dim], dtype=torch.int64, device=device)).item())
         if self.feature_sum is None:
             self.feature_sum = torch.zeros(dim, dtype=torch.float64, device=device)
             self.outer_sum = torch.zeros(dim, dim, dtype=torch.float64, device=device)
             self.rows = [np.zeros([0, dim], np.float32)]
-        self.count = int(all_reduce_sum(torch.tensor([self.count], dtype=torch.float64, device=device), num_gpus).item())
-        self.feature_sum = all_reduce_sum(self.feature_sum.to(device), num_gpus)
-        self.outer_sum = all_reduce_sum(self.outer_sum.to(device), num_gpus)
+        count = torch.tensor([self.count], dtype=torch.float64, device=device)
+        self.count = int(distributed.all_reduce_sum_(count).item())
+        self.feature_sum = distributed.all_reduce_sum_(self.feature_sum.to(device))
+        self.outer_sum = distributed.all_reduce_sum_(self.outer_sum.to(device))
         if self.keep_features:
             local = torch.from_numpy(self.features()).to(device)
-            self.rows = [all_gather_rows(local, num_gpus, rank).cpu().numpy()]
+            self.rows = [distributed.all_gather_rows(local).cpu().numpy()]
 
     def to_npz_bytes(self) -> bytes:
         arrays = dict(count=np.int64(self.count), feature_sum=self.feature_sum.cpu().numpy(),
@@ -169,35 +171,6 @@ class FeatureStats:
             if stats.keep_features:
                 stats.rows = [data['features']]
         return stats
-
-
-def all_reduce_sum(tensor: torch.Tensor, num_gpus: int) -> torch.Tensor:
-    """Element-wise sum of ``tensor`` over all ranks (returned, also in place)."""
-    if num_gpus > 1:
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-    return tensor
-
-
-def all_reduce_max(tensor: torch.Tensor, num_gpus: int) -> torch.Tensor:
-    """Element-wise maximum of ``tensor`` over all ranks (returned, also in place)."""
-    if num_gpus > 1:
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return tensor
-
-
-def all_gather_rows(rows: torch.Tensor, num_gpus: int, rank: int) -> torch.Tensor:
-    """Concatenate the rows [n_r, D] of every rank, rank 0 first; n_r may differ between ranks."""
-    if num_gpus <= 1:
-        return rows
-    counts = torch.zeros(num_gpus, dtype=torch.int64, device=rows.device)
-    counts[rank] = rows.shape[0]
-    all_reduce_sum(counts, num_gpus)
-    # all_gather needs equal shapes: pad every shard to the longest one, then trim.
-    padded = torch.zeros(int(counts.max()), *rows.shape[1:], dtype=rows.dtype, device=rows.device)
-    padded[:rows.shape[0]] = rows
-    gathered = [torch.empty_like(padded) for _ in range(num_gpus)]
-    torch.distributed.all_gather(gathered, padded)
-    return torch.cat([shard[:int(n)] for shard, n in zip(gathered, counts)])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,7 +282,7 @@ def real_stats_cache_path(dataset_kwargs: dict, detector_path: str | None, max_i
 def _all_ranks_agree(flag: bool, num_gpus: int, device: torch.device | str) -> bool:
     if num_gpus <= 1:
         return flag
-    votes = all_reduce_sum(torch.tensor([float(flag)], device=device), num_gpus)
+    votes = distributed.all_reduce_sum_(torch.tensor([float(flag)], device=device))
     return int(votes.item()) == num_gpus
 
 

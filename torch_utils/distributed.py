@@ -78,6 +78,36 @@ def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place element-wise sum of ``tensor`` over all ranks (returned too)."""
+    if is_initialized():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max_(tensor: torch.Tensor) -> torch.Tensor:
+    """In-place element-wise maximum of ``tensor`` over all ranks (returned too)."""
+    if is_initialized():
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return tensor
+
+
+def all_gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Concatenate the rows [n_r, D] of every rank, rank 0 first; n_r may differ between ranks."""
+    if not is_initialized():
+        return rows
+    world_size = get_world_size()
+    counts = torch.zeros(world_size, dtype=torch.int64, device=rows.device)
+    counts[get_rank()] = rows.shape[0]
+    all_reduce_sum_(counts)
+    # all_gather needs equal shapes: pad every shard to the longest one, then trim.
+    padded = torch.zeros(int(counts.max()), *rows.shape[1:], dtype=rows.dtype, device=rows.device)
+    padded[:rows.shape[0]] = rows
+    gathered = [torch.empty_like(padded) for _ in range(world_size)]
+    torch.distributed.all_gather(gathered, padded)
+    return torch.cat([shard[:int(n)] for shard, n in zip(gathered, counts)])
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank ``src``'s ``obj`` on every rank (any picklable value)."""
     if not is_initialized():

@@ -161,9 +161,7 @@ def sum_over_ranks(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Sum of ``tensor`` over all ranks (reduced on ``device``, returned on the CPU)."""
     if not distributed.is_initialized():
         return tensor
-    tensor = tensor.to(device)
-    torch.distributed.all_reduce(tensor)
-    return tensor.cpu()
+    return distributed.all_reduce_sum_(tensor.to(device)).cpu()
 
 
 def check_finite(losses: dict[str, torch.Tensor], cur_nimg: int, last_snapshot: str | None) -> None:
