@@ -13,7 +13,7 @@ instead (our improvement; results say so). Writes
 import click
 
 import dnnlib
-from eval_segmentation import common_options, run
+from metrics.segmentation_cli import common_options, run
 
 
 @click.command()
