@@ -103,7 +103,8 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     choice = choose_auto_snapshot(run_dir)
     syn_dir = os.path.join(auto_dir, f'synthetic_data-{choice.kimg:06d}')
     syn_dir, meta = generate.generate_from_network(choice.path, n=sizes.n, outdir=syn_dir, seed=0,
-                                                   device=device, resume=True, progress=progress)
+                                                   device=device, resume=True, progress=progress,
+                                                   choice=choice)
 
     # 3. Segmentation against the real test split of the training data, at the training
     # resolution (64 in every paper preset; the CPU demo preset trains at 32).

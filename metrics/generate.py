@@ -262,13 +262,16 @@ def generate_from_network(network: str, n: int, outdir: str | None = None, topk:
                           pkl_idx: int | None = None, sigma: float | None = None, latest: bool = False,
                           seed: int = 0, truncation_psi: float = 1.0, noise_mode: str = 'const',
                           batch_size: int = 64, device: str | None = None, resume: bool = False,
-                          progress: bool = True) -> tuple[str, dict]:
-    """Choose a snapshot, load its G_ema and write the set. Returns ``(outdir, meta)``."""
+                          progress: bool = True, choice: SnapshotChoice | None = None) -> tuple[str, dict]:
+    """Choose a snapshot (unless ``choice`` is given), load its G_ema and write the set.
+
+    Returns ``(outdir, meta)``.
+    """
     if n <= 0:
         raise dnnlib.UserError(f'--n must be positive, got {n}')
     if noise_mode not in ('const', 'random', 'none'):
         raise dnnlib.UserError(f'--noise-mode must be const, random or none, got {noise_mode!r}')
-    choice = choose_snapshot(network, topk=topk, pkl_idx=pkl_idx, sigma=sigma, latest=latest)
+    choice = choice or choose_snapshot(network, topk=topk, pkl_idx=pkl_idx, sigma=sigma, latest=latest)
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
     G = checkpoint.load_snapshot(choice.path, device=device)['G_ema']
     outdir = outdir or default_outdir(choice.path, choice.kimg)
