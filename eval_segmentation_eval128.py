@@ -20,9 +20,14 @@ from metrics.segmentation_cli import common_options, run
 @common_options
 @click.option('--native128', is_flag=True,
               help='Train and test at 128 (not the paper\'s protocol; labelled native128 in the results).')
+@click.option('--scale', type=int, default=128, show_default=True,
+              help='Accepted so that the paper\'s command line (--scale=128) works; must be 128.')
 @dnnlib.report_user_errors
-def main(native128: bool, **options):
+def main(native128: bool, scale: int, **options):
     """Segmentation evaluation against 128-pixel masks (eval128 protocol, or --native128)."""
+    if scale != 128:
+        raise dnnlib.UserError(f'--scale={scale}: this script scores against 128-pixel masks; '
+                               f'use eval_segmentation.py --scale={scale} for other sizes')
     run(protocol='native128' if native128 else 'eval128', **options)
 
 

@@ -303,3 +303,14 @@ def test_dry_run_prints_the_paper_defaults(tmp_path, dataset_module):
     assert (options['iters'], options['batch'], options['lr'], options['val_interval'], options['base_width'],
             options['aug'], options['scale']) == (6000, 64, 1e-3, 1000, 64, 'color', 64)
     assert sorted(os.listdir(tmp_path)) == ['img', 'mask']             # a dry run writes nothing
+
+
+def test_eval128_script_accepts_the_papers_scale_flag_and_rejects_others(tmp_path):
+    """The README's command passes --scale=128; any other scale is a one-line error."""
+    from click.testing import CliRunner
+    import eval_segmentation_eval128
+    write_pair_set(tmp_path / 'syn', n=20, resolution=32)
+    common = [f'--syn-data={tmp_path / "syn"}', '--real-data=synthetic', '-n']
+    assert CliRunner().invoke(eval_segmentation_eval128.main, common + ['--scale=128']).exit_code == 0
+    result = CliRunner().invoke(eval_segmentation_eval128.main, common + ['--scale=64'])
+    assert result.exit_code == 2 and 'eval_segmentation.py --scale=64' in result.output
