@@ -44,19 +44,9 @@ static at::Tensor emulate_upfirdn2d(const at::Tensor& x, const at::Tensor& taps,
                                     int64_t down_x, int64_t down_y, int64_t pad_x0, int64_t pad_x1,
                                     int64_t pad_y0, int64_t pad_y1) {
     TORCH_CHECK(x.is_contiguous() && taps.is_contiguous() && taps.scalar_type() == at::ScalarType::Double);
-    upfirdn2d_kernels::Geometry g;
-    g.in_h = x.size(2);
-    g.in_w = x.size(3);
-    g.fh = taps.size(0);
-    g.fw = taps.size(1);
-    g.up_x = up_x;
-    g.up_y = up_y;
-    g.down_x = down_x;
-    g.down_y = down_y;
-    g.pad_x0 = pad_x0;
-    g.pad_y0 = pad_y0;
-    g.out_h = (g.in_h * up_y + pad_y0 + pad_y1 - g.fh) / down_y + 1;
-    g.out_w = (g.in_w * up_x + pad_x0 + pad_x1 - g.fw) / down_x + 1;
+    const upfirdn2d_kernels::Geometry g = upfirdn2d_kernels::make_geometry(
+        x.size(2), x.size(3), taps.size(0), taps.size(1), up_x, up_y, down_x, down_y, pad_x0, pad_x1, pad_y0, pad_y1);
+    TORCH_CHECK(g.out_h > 0 && g.out_w > 0, "upfirdn2d: padded input is smaller than the filter");
     at::Tensor out = at::empty({x.size(0), x.size(1), g.out_h, g.out_w}, x.options());
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "emulate_upfirdn2d", [&] {
         upfirdn2d_kernels::upfirdn2d_kernel<scalar_t, double>(

@@ -23,22 +23,9 @@ at::Tensor upfirdn2d_cuda(const at::Tensor& x, const at::Tensor& taps, int64_t u
     TORCH_CHECK(taps.scalar_type() == tap_type, "upfirdn2d: taps must be float32 (float64 for float64 x)");
     TORCH_CHECK(up_x >= 1 && up_y >= 1 && down_x >= 1 && down_y >= 1, "upfirdn2d: factors must be >= 1");
 
-    Geometry g;
-    g.in_h = x.size(2);
-    g.in_w = x.size(3);
-    g.fh = taps.size(0);
-    g.fw = taps.size(1);
-    g.up_x = up_x;
-    g.up_y = up_y;
-    g.down_x = down_x;
-    g.down_y = down_y;
-    g.pad_x0 = pad_x0;
-    g.pad_y0 = pad_y0;
-    const int64_t span_h = g.in_h * up_y + pad_y0 + pad_y1 - g.fh;
-    const int64_t span_w = g.in_w * up_x + pad_x0 + pad_x1 - g.fw;
-    TORCH_CHECK(span_h >= 0 && span_w >= 0, "upfirdn2d: padded input is smaller than the filter");
-    g.out_h = span_h / down_y + 1;
-    g.out_w = span_w / down_x + 1;
+    const Geometry g = make_geometry(x.size(2), x.size(3), taps.size(0), taps.size(1), up_x, up_y, down_x, down_y,
+                                     pad_x0, pad_x1, pad_y0, pad_y1);
+    TORCH_CHECK(g.out_h > 0 && g.out_w > 0, "upfirdn2d: padded input is smaller than the filter");
 
     const c10::cuda::CUDAGuard device_guard(x.device());
     at::Tensor out = at::empty({x.size(0), x.size(1), g.out_h, g.out_w}, x.options());

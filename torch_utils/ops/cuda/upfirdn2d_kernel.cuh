@@ -17,6 +17,29 @@ struct Geometry {
     int64_t pad_x0, pad_y0;
 };
 
+// The geometry of one call, shared by the CUDA launcher and the host emulation. out_h / out_w
+// are -1 when the padded input is smaller than the filter; callers reject that.
+inline Geometry make_geometry(int64_t in_h, int64_t in_w, int64_t fh, int64_t fw, int64_t up_x, int64_t up_y,
+                              int64_t down_x, int64_t down_y, int64_t pad_x0, int64_t pad_x1,
+                              int64_t pad_y0, int64_t pad_y1) {
+    Geometry g;
+    g.in_h = in_h;
+    g.in_w = in_w;
+    g.fh = fh;
+    g.fw = fw;
+    g.up_x = up_x;
+    g.up_y = up_y;
+    g.down_x = down_x;
+    g.down_y = down_y;
+    g.pad_x0 = pad_x0;
+    g.pad_y0 = pad_y0;
+    const int64_t span_h = in_h * up_y + pad_y0 + pad_y1 - fh;
+    const int64_t span_w = in_w * up_x + pad_x0 + pad_x1 - fw;
+    g.out_h = span_h >= 0 ? span_h / down_y + 1 : -1;
+    g.out_w = span_w >= 0 ? span_w / down_x + 1 : -1;
+    return g;
+}
+
 template <typename scalar_t, typename tap_t>
 __global__ void upfirdn2d_kernel(scalar_t* __restrict__ out, const scalar_t* __restrict__ x,
                                  const tap_t* __restrict__ taps, int64_t numel, Geometry g) {
