@@ -14,11 +14,9 @@ size, and an interrupted generation can be resumed file by file.
 from __future__ import annotations
 
 import concurrent.futures
-import glob
 import json
 import math
 import os
-import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -28,25 +26,11 @@ import torch
 import dnnlib
 from torch_utils import checkpoint
 
-SNAPSHOT_GLOB = 'network-snapshot-*.pt'
 LAYER_FOLDERS = ('img', 'mask', 'fg', 'bg', 'fg_masked')
 
 
 # ----------------------------------------------------------------------------------------------
 # Choosing the snapshot.
-
-def snapshot_kimg(path: str) -> int:
-    """The kimg number in a snapshot file name: ``network-snapshot-000200.pt`` → 200."""
-    match = re.search(r'network-snapshot-(\d+)', os.path.basename(path))
-    if match is None:
-        raise dnnlib.UserError(f'{path} is not named network-snapshot-KKKKKK.pt; pass a snapshot of a run')
-    return int(match.group(1))
-
-
-def list_snapshots(run_dir: str) -> list[str]:
-    """Snapshot files of a run directory, oldest (lowest kimg) first."""
-    return sorted(glob.glob(os.path.join(run_dir, SNAPSHOT_GLOB)), key=snapshot_kimg)
-
 
 def read_metric_lines(path: str) -> list[dict]:
     """Parse a ``metric-*.jsonl`` file; a malformed line is a user-facing error naming the line."""
@@ -88,13 +72,13 @@ def choose_snapshot(network: str, topk: int | None = None, pkl_idx: int | None =
     that nobody evaluates an arbitrary snapshot by accident.
     """
     if os.path.isfile(network):
-        return SnapshotChoice(network, snapshot_kimg(network), None, None, 'snapshot file given')
+        return SnapshotChoice(network, checkpoint.snapshot_kimg(network), None, None, 'snapshot file given')
     if not os.path.isdir(network):
         raise dnnlib.UserError(f'--network {network} is neither a snapshot file nor a run directory')
     run_dir = network
-    snapshots = {snapshot_kimg(p): p for p in list_snapshots(run_dir)}
+    snapshots = {checkpoint.snapshot_kimg(p): p for p in checkpoint.list_snapshots(run_dir)}
     if not snapshots:
-        raise dnnlib.UserError(f'no {SNAPSHOT_GLOB} in {run_dir}; is it a training run directory?')
+        raise dnnlib.UserError(f'no {checkpoint.SNAPSHOT_GLOB} in {run_dir}; is it a training run directory?')
 
     metric_file = os.path.join(run_dir, f'metric-{metric}.jsonl')
     entries = read_metric_lines(metric_file) if os.path.isfile(metric_file) else []
@@ -103,7 +87,7 @@ def choose_snapshot(network: str, topk: int | None = None, pkl_idx: int | None =
         if pkl_idx not in snapshots:
             raise dnnlib.UserError(f'--pkl_idx {pkl_idx}: no network-snapshot-{pkl_idx:06d}.pt in {run_dir}; '
                                    f'available: {", ".join(str(k) for k in sorted(snapshots))}')
-        entry = next((e for e in entries if snapshot_kimg(e['snapshot_pkl']) == pkl_idx), None)
+        entry = next((e for e in entries if checkpoint.snapshot_kimg(e['snapshot_pkl']) == pkl_idx), None)
         return SnapshotChoice(snapshots[pkl_idx], pkl_idx,
                               entry['results'][metric] if entry else None,
                               entry.get('sigma') if entry else None, f'--pkl_idx {pkl_idx}')
@@ -117,7 +101,7 @@ def choose_snapshot(network: str, topk: int | None = None, pkl_idx: int | None =
 
     candidates = []
     for entry in entries:
-        kimg = snapshot_kimg(entry['snapshot_pkl'])
+        kimg = checkpoint.snapshot_kimg(entry['snapshot_pkl'])
         if topk is not None and kimg > topk:
             continue
         if sigma is not None and not math.isclose(float(entry.get('sigma', math.nan)), sigma, rel_tol=1e-6):

@@ -15,10 +15,12 @@ leaves a half-written snapshot under the final name.
 from __future__ import annotations
 
 import copy
+import glob
 import functools
 import inspect
 import io
 import os
+import re
 from typing import Any
 
 import torch
@@ -26,6 +28,8 @@ import torch
 import dnnlib
 
 FORMAT = 'ilsgan-snapshot-v1'
+SNAPSHOT_PATTERN = 'network-snapshot-{:06d}.pt'  # KKKKKK = kimg
+SNAPSHOT_GLOB = 'network-snapshot-*.pt'
 
 # Only classes from the project's own packages are ever constructed from a snapshot.
 ALLOWED_PREFIXES = ('training.', 'metrics.', 'torch_utils.')
@@ -139,3 +143,19 @@ def load_snapshot(path: str, device: torch.device | str = 'cpu') -> dict:
         module = build_module(record, device).eval().requires_grad_(False)
         result[name] = module
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Snapshot names in a run directory.
+
+def snapshot_kimg(path: str) -> int:
+    """The kimg number in a snapshot file name: ``network-snapshot-000200.pt`` → 200."""
+    match = re.search(r'network-snapshot-(\d+)', os.path.basename(path))
+    if match is None:
+        raise dnnlib.UserError(f'{path} is not named network-snapshot-KKKKKK.pt; pass a snapshot of a run')
+    return int(match.group(1))
+
+
+def list_snapshots(run_dir: str) -> list[str]:
+    """Snapshot files of a run directory, oldest (lowest kimg) first."""
+    return sorted(glob.glob(os.path.join(run_dir, SNAPSHOT_GLOB)), key=snapshot_kimg)

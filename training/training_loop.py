@@ -10,10 +10,8 @@ steps; the loop itself reads as a list of commented phases.
 from __future__ import annotations
 
 import copy
-import glob
 import json
 import os
-import re
 import time
 from typing import Any
 
@@ -24,9 +22,6 @@ import dnnlib
 from torch_utils import checkpoint, distributed, misc, training_stats
 from training.loss import ILSLoss, NonFiniteLossError, ils_sigma  # noqa: F401 (re-exported)
 from training.networks import sample_eps
-
-SNAPSHOT_PATTERN = 'network-snapshot-{:06d}.pt'
-
 
 # ----------------------------------------------------------------------------------------------
 # Set-up helpers.
@@ -62,10 +57,10 @@ def lazy_adam(params: list[torch.nn.Parameter], cfg: dnnlib.EasyDict, reg_interv
 def find_resume_snapshot(path: str) -> str:
     """A snapshot file, or the latest ``network-snapshot-*.pt`` of a run directory."""
     if os.path.isdir(path):
-        found = glob.glob(os.path.join(path, 'network-snapshot-*.pt'))
+        found = checkpoint.list_snapshots(path)
         if not found:
-            raise dnnlib.UserError(f'--resume: no network-snapshot-*.pt in {path}')
-        return max(found, key=lambda f: (int(re.findall(r'(\d+)\.pt$', f)[0]), os.path.getmtime(f)))
+            raise dnnlib.UserError(f'--resume: no {checkpoint.SNAPSHOT_GLOB} in {path}')
+        return found[-1]
     if not os.path.isfile(path):
         raise dnnlib.UserError(f'--resume: {path} is neither a snapshot file nor a run directory')
     return path
@@ -400,7 +395,7 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
         progress = dict(cur_nimg=cur_nimg, cur_tick=cur_tick + 1, batch_idx=batch_idx)
         if done or cur_tick % cfg.snap == 0:
             rng_states = distributed.all_gather_object(rng_at_tick)  # every rank's stream, for --resume
-            snapshot_path = os.path.join(run_dir, SNAPSHOT_PATTERN.format(cur_nimg // 1000))
+            snapshot_path = os.path.join(run_dir, checkpoint.SNAPSHOT_PATTERN.format(cur_nimg // 1000))
             if writes:
                 save_grids(run_dir, f'{cur_nimg // 1000:06d}', G_ema, grid_z, cfg, batch_gpu)
                 modules = dict(G=G, G_ema=G_ema, D=D, augment_pipe=nets.augment_pipe, estimators=nets.estimators)
