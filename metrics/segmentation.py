@@ -364,14 +364,14 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, 
 
 def save_test_grid(path: str, images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor) -> None:
     """PNG of three rows: test images, ground-truth masks, predicted masks (at the mask size)."""
-    from PIL import Image
+    from torch_utils.misc import save_image_grid
     size = masks.shape[-1]
     rgb = images.float()
     if rgb.shape[-1] != size:
         rgb = F.interpolate(rgb, size=(size, size), mode='nearest')
     rows = [rgb.to(torch.uint8)] + [(m.to(torch.uint8) * 255)[:, None].expand(-1, 3, -1, -1) for m in (masks, preds)]
-    grid = torch.cat([torch.cat(list(row), dim=2) for row in rows], dim=1)  # [3, 3·R, n·R]
-    Image.fromarray(grid.permute(1, 2, 0).numpy(), 'RGB').save(path)
+    tiles = torch.cat(rows).permute(0, 2, 3, 1).contiguous().numpy()  # [3·n, R, R, 3], row-major
+    save_image_grid(tiles, path, rows=3, cols=len(images))
 
 
 def append_jsonl(path: str, entry: dict) -> None:
