@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import dnnlib
-from torch_utils import checkpoint
+from torch_utils import checkpoint, misc
 
 LAYER_FOLDERS = ('img', 'mask', 'fg', 'bg', 'fg_masked')
 
@@ -126,17 +126,12 @@ def image_to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x * 127.5 + 128).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def mask_to_uint8(m: torch.Tensor) -> np.ndarray:
-    """[N, 1, H, W] in [0, 1] → uint8 grey RGB [N, H, W, 3], round(255·m)."""
-    return (m * 255).round().clamp(0, 255).to(torch.uint8).repeat(1, 3, 1, 1).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def encode_layers(layers: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """The generator's layers as the uint8 arrays written per folder of :data:`LAYER_FOLDERS`."""
     fg_over_white = layers['mask'] * layers['fg'] + (1 - layers['mask'])  # white = 1 in [-1, 1]
     return {
         'img': image_to_uint8(layers['img']),
-        'mask': mask_to_uint8(layers['mask']),
+        'mask': misc.to_uint8(layers['mask'], low=0.0, high=1.0),  # grey RGB, round(255·m)
         'fg': image_to_uint8(layers['fg']),
         'bg': image_to_uint8(layers['bg']),
         'fg_masked': image_to_uint8(fg_over_white),
