@@ -5,6 +5,7 @@ Everything here is plain Python so that it can be imported (and tested) without 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import io
@@ -150,9 +151,11 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.errno is not None and err.filename is None:  # name the file
+            raise OSError(err.errno, err.strerror, path) from err
         raise
 
 
@@ -183,8 +186,39 @@ def format_time(seconds: float) -> str:
     return f'{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m'
 
 
+def user_error_message(err: BaseException) -> str:
+    """The one line to show for ``err``: its own message, or, when another process re-raised it
+    with that process's traceback (a DataLoader worker, a spawned rank), the original's last line."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and 'Traceback' in str(err):
+        # The last line reads "<module>.<Class>: <message>"; keep the message.
+        return re.sub(r'^[\w.]+(Error|Exception)?: ', '', lines[-1])
+    return lines[0] if lines else type(err).__name__
+
+
+# What to do about the operating-system errors a user can cause and fix.
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: 'free some space (or choose another --outdir); a training run continues with --resume',
+    errno.EDQUOT: 'free some space (or choose another --outdir); a training run continues with --resume',
+    errno.EACCES: 'check the permissions, or choose another output folder',
+    errno.EPERM: 'check the permissions, or choose another output folder',
+    errno.EROFS: 'the file system is read-only; choose another output folder',
+    errno.ENOTDIR: 'part of the path is a file, not a folder; choose another output folder',
+}
+
+
+def os_error_message(err: OSError) -> str:
+    """``"<what failed>: <file>; <what to do>"`` for an OSError raised while reading or writing."""
+    where = f': {err.filename}' if err.filename else ''
+    what = err.strerror or user_error_message(err)
+    hint = _OS_ERROR_HINTS.get(err.errno)
+    return f'{what}{where}' + (f'; {hint}' if hint else '')
+
+
 def report_user_errors(func):
-    """Decorator for entry points: a :class:`UserError` becomes ``error: <message>`` and exit code 2."""
+    """Decorator for entry points: a :class:`UserError` becomes ``error: <message>`` and exit code
+    2; an OSError (disk full, permission denied, ...) becomes ``error: <what>: <file>; <hint>`` and
+    exit code 1. Neither shows a traceback."""
     import functools
     import sys
 
@@ -193,8 +227,11 @@ def report_user_errors(func):
         try:
             return func(*args, **kwargs)
         except UserError as err:
-            print(f'error: {err}', file=sys.stderr, flush=True)
+            print(f'error: {user_error_message(err)}', file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        except OSError as err:
+            print(f'error: {os_error_message(err)}', file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
 
     return wrapper
 

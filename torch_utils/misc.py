@@ -86,15 +86,19 @@ class Tee:
         self.stream = stream or sys.stdout
 
     def write(self, text: str) -> int:
+        written = self.stream.write(text)  # the console first: a full disk must not hide the output
         self.file.write(text)
-        return self.stream.write(text)
+        return written
 
     def flush(self) -> None:
-        self.file.flush()
         self.stream.flush()
+        self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:
+            pass  # a failed log write was already raised by write() and reported
 
 
 def peak_memory_gb(device: torch.device) -> float:

@@ -253,7 +253,7 @@ def make_main(resolution: int):
             print(f'error: {err}', file=sys.stderr, flush=True)
             raise SystemExit(1) from None
         except torch.multiprocessing.ProcessRaisedException as err:
-            print(f'error: a training process failed: {str(err).strip().splitlines()[-1]}', file=sys.stderr,
+            print(f'error: a training process failed: {dnnlib.user_error_message(err)}', file=sys.stderr,
                   flush=True)
             raise SystemExit(1) from None
         if run_dir is not None and c.auto_test:

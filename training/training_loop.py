@@ -230,6 +230,16 @@ def evaluate_metrics(cfg: dnnlib.EasyDict, G_ema: torch.nn.Module, run_dir: str,
     return values
 
 
+def write_failed(err: OSError, last_snapshot: str | None) -> dnnlib.UserError:
+    """A write that failed at a tick end, as one line saying what survived and how to go on."""
+    if last_snapshot is None:
+        kept = 'no snapshot was written yet'
+    else:
+        kept = f'the last complete snapshot is {last_snapshot}: continue with --resume={last_snapshot}'
+    where = f': {err.filename}' if err.filename else ''
+    return dnnlib.UserError(f'training stopped: {err.strerror or err}{where} ({kept})')
+
+
 def open_tensorboard(run_dir: str) -> Any:
     """A SummaryWriter when TensorBoard is installed; None otherwise (never a hard dependency)."""
     try:
@@ -390,26 +400,31 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
         training_stats.report('Timing/maintenance_sec', maintenance_time)
         training_stats.report('Resources/peak_mem_gb', misc.peak_memory_gb(device))
 
-        # Snapshot: grids, network file (rank 0), metrics (all ranks).
-        metric_values: dict[str, float] = {}
-        progress = dict(cur_nimg=cur_nimg, cur_tick=cur_tick + 1, batch_idx=batch_idx)
-        if done or cur_tick % cfg.snap == 0:
-            rng_states = distributed.all_gather_object(rng_at_tick)  # every rank's stream, for --resume
-            snapshot_path = os.path.join(run_dir, checkpoint.SNAPSHOT_PATTERN.format(cur_nimg // 1000))
-            if writes:
-                save_grids(run_dir, f'{cur_nimg // 1000:06d}', G_ema, grid_z, cfg, batch_gpu)
-                modules = dict(G=G, G_ema=G_ema, D=D, augment_pipe=nets.augment_pipe, estimators=nets.estimators)
-                checkpoint.save_snapshot(snapshot_path, modules, snapshot_data(cfg, progress, sigma, optimizers,
-                                                                              ada, rng_states))
-            last_snapshot = snapshot_path
-            if cfg.metrics:
-                metric_values = evaluate_metrics(cfg, G_ema, run_dir, snapshot_path, sigma, device, rank, world_size)
+        # Snapshot: grids, network file (rank 0), metrics (all ranks). A failed write (disk full,
+        # permissions) stops the run with the snapshot it can resume from; the atomic writes leave
+        # every earlier file whole.
+        try:
+            metric_values: dict[str, float] = {}
+            progress = dict(cur_nimg=cur_nimg, cur_tick=cur_tick + 1, batch_idx=batch_idx)
+            if done or cur_tick % cfg.snap == 0:
+                rng_states = distributed.all_gather_object(rng_at_tick)  # every rank's stream, for --resume
+                snapshot_path = os.path.join(run_dir, checkpoint.SNAPSHOT_PATTERN.format(cur_nimg // 1000))
+                if writes:
+                    save_grids(run_dir, f'{cur_nimg // 1000:06d}', G_ema, grid_z, cfg, batch_gpu)
+                    modules = dict(G=G, G_ema=G_ema, D=D, augment_pipe=nets.augment_pipe, estimators=nets.estimators)
+                    checkpoint.save_snapshot(snapshot_path, modules, snapshot_data(cfg, progress, sigma, optimizers,
+                                                                                  ada, rng_states))
+                last_snapshot = snapshot_path
+                if cfg.metrics:
+                    metric_values = evaluate_metrics(cfg, G_ema, run_dir, snapshot_path, sigma, device, rank, world_size)
 
-        # Statistics: reduce over ranks, status line, stats.jsonl, TensorBoard.
-        stats = training_stats.collect(device if device.type == 'cuda' else 'cpu')
-        if writes:
-            print(status_line(stats) + ''.join(f'  {k} {v:.4g}' for k, v in metric_values.items()), flush=True)
-            write_stats(run_dir, stats, writer, cur_nimg / 1000, metric_values)
+            # Statistics: reduce over ranks, status line, stats.jsonl, TensorBoard.
+            stats = training_stats.collect(device if device.type == 'cuda' else 'cpu')
+            if writes:
+                print(status_line(stats) + ''.join(f'  {k} {v:.4g}' for k, v in metric_values.items()), flush=True)
+                write_stats(run_dir, stats, writer, cur_nimg / 1000, metric_values)
+        except OSError as err:
+            raise write_failed(err, last_snapshot) from None
         set_rng_state(rng_at_tick)
         cur_tick += 1
         tick_start_nimg, tick_start_time = cur_nimg, time.time()
