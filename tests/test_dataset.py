@@ -279,3 +279,65 @@ def test_cli_fails_naming_a_corrupt_mask(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert 's_stripes_maskresized.png' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# Export of ground-truth pairs (the segmentation ceiling).
+
+def test_export_round_trips_images_exactly_and_masks_as_0_or_255(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 3, 16, 16), dtype=np.uint8)
+    masks = rng.integers(0, 2, (5, 16, 16), dtype=np.uint8)
+    out = tmp_path / 'gt'
+    out.mkdir()                                                  # an existing empty folder is fine
+    assert ds.export_pairs(ds.ArrayDataset('toy16', images, masks), str(out), count=4, source={'data': 'toy'}) == 4
+    assert sorted(os.listdir(out / 'img')) == sorted(os.listdir(out / 'mask')) == [f'{i:06d}.png' for i in range(1, 5)]
+    for i in range(4):
+        np.testing.assert_array_equal(decoded(str(out / 'img' / f'{i + 1:06d}.png')), images[i].transpose(1, 2, 0))
+        np.testing.assert_array_equal(decoded(str(out / 'mask' / f'{i + 1:06d}.png')),
+                                      np.repeat(masks[i][:, :, None] * 255, 3, axis=2))
+    meta = json.loads((out / 'meta.json').read_text())
+    assert meta['n'] == 4 and meta['resolution'] == 16 and meta['data'] == 'toy' and meta['ground_truth']
+    back = ds.open_dataset(str(out), 'test', 16)                 # what eval_segmentation.py --syn-data reads
+    assert len(back) == 4
+    for i in range(4):
+        np.testing.assert_array_equal(back[i][0], images[i])
+        np.testing.assert_array_equal(back[i][1], masks[i])
+
+
+def test_export_refuses_maskless_sets_non_empty_folders_and_too_many_pairs(tmp_path):
+    images = np.zeros((2, 3, 8, 8), np.uint8)
+    with pytest.raises(dnnlib.UserError, match='has no masks'):
+        ds.export_pairs(ds.ArrayDataset('plain8', images, None), str(tmp_path / 'a'))
+    assert not (tmp_path / 'a').exists()
+    with_masks = ds.ArrayDataset('toy8', images, np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(dnnlib.UserError, match='holds 2'):
+        ds.export_pairs(with_masks, str(tmp_path / 'b'), count=3)
+    (tmp_path / 'c').mkdir()
+    (tmp_path / 'c' / 'keep.txt').write_text('mine')
+    with pytest.raises(dnnlib.UserError, match='not empty') as err:
+        ds.export_pairs(with_masks, str(tmp_path / 'c'))
+    assert '\n' not in str(err.value) and os.listdir(tmp_path / 'c') == ['keep.txt']
+
+
+def test_cli_exports_the_synthetic_train_split_with_its_masks(tmp_path, monkeypatch):
+    monkeypatch.setitem(ds.synthetic.DEFAULT_NUM_IMAGES, 'train', 3)
+    out = tmp_path / 'gt'
+    result = CliRunner().invoke(ds.main, ['--data=synthetic', '--resolution=32', f'--export={out}', '--count=2'])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])['exported'] == 2
+    reference = ds.synthetic.generate('train', 2)                # independent: render at 128, box-filter to 32
+    img32, mask32 = ds.synthetic.downsample(reference['img'], reference['mask'], 4)
+    for i in range(2):
+        np.testing.assert_array_equal(decoded(str(out / 'img' / f'{i + 1:06d}.png')), img32[i].transpose(1, 2, 0))
+        np.testing.assert_array_equal(decoded(str(out / 'mask' / f'{i + 1:06d}.png'))[:, :, 0], mask32[i] * 255)
+    assert not (out / 'img' / '000003.png').exists()
+    assert json.loads((out / 'meta.json').read_text())['split'] == 'train'
+
+
+def test_cli_export_of_a_maskless_train_split_is_a_one_line_error(trees, tmp_path):
+    base, _ = trees
+    result = CliRunner().invoke(ds.main, ['--data=car', f'--data-root={base / "cars"}', f'--export={tmp_path / "gt"}'])
+    assert result.exit_code == 2
+    assert 'has no masks' in result.output and 'Traceback' not in result.output
+    assert not (tmp_path / 'gt').exists()

@@ -6,9 +6,12 @@ from) yields ``(image, np.zeros([0]))``; the ``'test'`` split and img/mask pair 
 gives the layouts; every failure to find or read a file is a :class:`dnnlib.UserError` naming
 it, and a sample that cannot be read is never replaced by another one.
 
-Inspect a dataset (sizes as JSON, a preview grid, and a full read of every file):
+Inspect a dataset (sizes as JSON, a preview grid, and a full read of every file), or export its
+ground-truth pairs as a synthetic-sample folder (``eval_segmentation.py --syn-data=DIR`` then trains
+the UNet on true masks: the ceiling a generated set can reach):
 
     python -m training.dataset --data=car --data-root=PATH --resolution=64 --grid=car.png
+    python -m training.dataset --data=synthetic --resolution=32 --export=gt32 --split=train --count=2000
 """
 
 from __future__ import annotations
@@ -386,8 +389,11 @@ def _base_name(path: str) -> str:
 # The built-in synthetic set (training/synthetic.py).
 
 def open_synthetic(split: str, resolution: int, cache_root: str, num_images: int | None = None,
-                   synthetic_seed: int = 0, **kwargs) -> ArrayDataset:
-    """The procedural set at R = 128/2^k, generated once into ``cache_root`` and reused."""
+                   synthetic_seed: int = 0, train_masks: bool = False, **kwargs) -> ArrayDataset:
+    """The procedural set at R = 128/2^k, generated once into ``cache_root`` and reused.
+
+    The train split yields no masks (what the GAN sees) unless ``train_masks``.
+    """
     native = synthetic.NATIVE_RESOLUTION
     if resolution > native or native % resolution != 0:
         raise dnnlib.UserError(f'the synthetic dataset exists at resolutions dividing {native} '
@@ -396,7 +402,7 @@ def open_synthetic(split: str, resolution: int, cache_root: str, num_images: int
     data = synthetic.load_or_generate(cache_root, split, count, synthetic_seed, verbose=True)
     images, masks = synthetic.downsample(data['img'], data['mask'], native // resolution)
     name = f'synthetic{resolution}' + ('' if split == 'train' else '-test')
-    return ArrayDataset(name, images, masks if split == 'test' else None, **kwargs)
+    return ArrayDataset(name, images, masks if split == 'test' or train_masks else None, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,7 +410,7 @@ def open_synthetic(split: str, resolution: int, cache_root: str, num_images: int
 
 def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_root: str | None = None,
                  xflip: bool = False, max_size: int | None = None, seed: int = 0,
-                 num_images: int | None = None, synthetic_seed: int = 0) -> Dataset:
+                 num_images: int | None = None, synthetic_seed: int = 0, train_masks: bool = False) -> Dataset:
     """Open a dataset by name (cub|bird|birds, dog|dogs, car|cars, synthetic) or path.
 
     A path is a folder with ``img/`` and ``mask/`` (pairs, always with masks), or a folder or zip
@@ -412,7 +418,8 @@ def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_roo
     ``$ILSGAN_DATA_ROOT/<birds|dogs|cars>``, else ``./datasets/DRC_processed/<...>`` (this is the
     edge that reads the environment). ``xflip`` doubles the set with mirrored copies;
     ``max_size`` keeps a subset chosen with ``seed``. ``num_images`` and ``synthetic_seed`` pick
-    the size and the stream of the synthetic set.
+    the size and the stream of the synthetic set; ``train_masks`` keeps the masks of its train
+    split (the only train split that has them).
     """
     if split not in SPLITS:
         raise dnnlib.UserError(f'unknown split {split!r}; use one of {", ".join(SPLITS)}')
@@ -424,7 +431,8 @@ def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_roo
     options = dict(xflip=xflip, max_size=max_size, seed=seed)
     kind = dataset_kind(data)
     if kind == 'synthetic':
-        return open_synthetic(split, resolution, dnnlib.cache_dir(), num_images, synthetic_seed, **options)
+        return open_synthetic(split, resolution, dnnlib.cache_dir(), num_images, synthetic_seed, train_masks,
+                              **options)
     if kind == 'drc':
         drc_kind = DRC_KINDS[data.lower()]
         root = resolve_drc_root(drc_kind, data_root, os.environ.get('ILSGAN_DATA_ROOT'))
@@ -492,15 +500,71 @@ def inspect_dataset(open_split: Callable[[str], Dataset | None], grid_path: str 
     return sizes
 
 
+# ----------------------------------------------------------------------------------------------
+# Export of ground-truth pairs.
+
+def export_pairs(dataset: Dataset, outdir: str, count: int | None = None, source: dict | None = None) -> int:
+    """Write the first ``count`` (default: all) (image, mask) pairs in the synthetic-sample layout.
+
+    ``outdir``/img/000001.png (RGB) and ``outdir``/mask/000001.png (grey RGB, 255·m: the encoder
+    of generated masks), then ``meta.json`` (``source`` and the dataset's name, resolution and n),
+    written last so that a folder without it is an interrupted export. :func:`open_pairs` reads
+    the pairs back pixel for pixel. Refuses a dataset without masks and an existing non-empty
+    ``outdir`` (never overwritten). Returns the count.
+    """
+    import torch
+    from metrics.generate import sample_file
+    from torch_utils import misc
+
+    if not dataset.has_masks:
+        raise dnnlib.UserError(f'{dataset.name} has no masks, so it has no pairs to export; export a split with '
+                               f'masks (a test split, the synthetic train split, or a folder of img/ + mask/)')
+    count = len(dataset) if count is None else count
+    if not 1 <= count <= len(dataset):
+        raise dnnlib.UserError(f'cannot export {count} pairs: {dataset.name} holds {len(dataset)}')
+    if os.path.exists(outdir) and (not os.path.isdir(outdir) or os.listdir(outdir)):
+        raise dnnlib.UserError(f'{outdir} already exists and is not empty; choose another export folder '
+                               f'(it is never overwritten)')
+    for folder in ('img', 'mask'):
+        os.makedirs(os.path.join(outdir, folder), exist_ok=True)
+    for i in dnnlib.progress_bar(range(count), desc='exporting', unit='pair', leave=False):
+        image, mask = dataset[i]
+        grey = misc.to_uint8(torch.from_numpy(mask)[None, None].float(), low=0.0, high=1.0)[0]
+        Image.fromarray(image.transpose(1, 2, 0)).save(os.path.join(outdir, 'img', sample_file(i)), compress_level=1)
+        Image.fromarray(grey).save(os.path.join(outdir, 'mask', sample_file(i)), compress_level=1)
+    meta = dict(source or {}, dataset=dataset.name, resolution=dataset.resolution, n=count,
+                layers=['img', 'mask'], ground_truth=True)
+    dnnlib.write_bytes_atomic(os.path.join(outdir, 'meta.json'), json.dumps(meta, indent=2).encode('utf-8'))
+    return count
+
+
 @click.command()
 @click.option('--data', required=True, help='cub | dog | car | synthetic | folder or zip of images | folder with img/ + mask/')
 @click.option('--data-root', default=None,
               help='DRC dataset folder (default: $ILSGAN_DATA_ROOT/<birds|dogs|cars>, else ./datasets/DRC_processed/...)')
 @click.option('--resolution', default=64, show_default=True, type=int, help='Image size R')
 @click.option('--grid', 'grid_path', default=None, help='Write a PNG preview here: train images, then test images over their masks')
+@click.option('--export', 'export_dir', default=None, metavar='DIR',
+              help='Instead: write the (image, mask) pairs of --split as DIR/img/000001.png, DIR/mask/000001.png '
+                   'and DIR/meta.json, for eval_segmentation.py --syn-data=DIR')
+@click.option('--split', type=click.Choice(SPLITS), default='train', show_default=True, help='Split to --export')
+@click.option('--count', type=click.IntRange(min=1), default=None,
+              help='Pairs to --export, the first ones  [default: all]')
 @dnnlib.report_user_errors
-def main(data: str, data_root: str | None, resolution: int, grid_path: str | None) -> None:
-    """Read every image and mask of a dataset once, then print the size of each split as JSON."""
+def main(data: str, data_root: str | None, resolution: int, grid_path: str | None, export_dir: str | None,
+         split: str, count: int | None) -> None:
+    """Read every image and mask of a dataset once, then print the size of each split as JSON.
+
+    With --export, write the ground-truth pairs of one split instead and print their count as JSON.
+    """
+    if export_dir is not None:
+        if grid_path:
+            raise dnnlib.UserError('--grid inspects and --export exports: pass one of them')
+        dataset = open_dataset(data, split, resolution, data_root, train_masks=True)
+        written = export_pairs(dataset, export_dir, count, source=dict(data=data, data_root=data_root, split=split))
+        print(json.dumps(dict(exported=written, split=split, resolution=resolution, outdir=export_dir)))
+        return
+
     def open_split(split: str) -> Dataset | None:
         if split == 'test' and dataset_kind(data) == 'images':
             return None   # a plain image folder has no masks, hence no test split
