@@ -37,11 +37,13 @@ def _sync(device: torch.device) -> None:
 
 
 def time_phases(cfg_name: str, script_resolution: int, batch: int, iters: int, device: torch.device,
-                fp32: bool) -> dict:
+                fp32: bool, layout: str = 'preset') -> dict:
     """Seconds per call of each phase (median of ``iters`` after one warm-up) and derived rates."""
     with tempfile.TemporaryDirectory() as outdir:
         cfg = train_cli.build_training_config(outdir=outdir, data='synthetic', resolution=script_resolution,
                                               cfg=cfg_name, batch=batch, metrics='none', fp32=fp32)
+    if layout != 'preset':
+        cfg.channels_last = layout == 'nhwc'
     nets = build_networks(cfg, device)
     if nets.augment_pipe is not None:
         nets.augment_pipe.p.fill_(0.2)
@@ -49,6 +51,8 @@ def time_phases(cfg_name: str, script_resolution: int, batch: int, iters: int, d
     loss = ILSLoss(G, D, nets.composition, nets.augment_pipe, nets.estimators, **cfg.loss_kwargs)
     opt_G, opt_D = lazy_adam(list(G.parameters()), cfg, 4), lazy_adam(list(D.parameters()), cfg, 16)
     reals = torch.rand([batch, 3, cfg.resolution, cfg.resolution], device=device) * 2 - 1
+    if cfg.channels_last:
+        reals = reals.contiguous(memory_format=torch.channels_last)   # as training_loop.data_stream
 
     def latents():
         return torch.randn([batch, G.z_dim], device=device), sample_eps(batch, nets.composition.eps_dim, device)
@@ -87,6 +91,7 @@ def time_phases(cfg_name: str, script_resolution: int, batch: int, iters: int, d
         seconds[name] = sorted(times)[len(times) // 2]
     per_iter = seconds['G_main'] + seconds['D_main'] + seconds['D_reg'] / cfg.D_reg_interval
     return dict(cfg=cfg_name, resolution=cfg.resolution, batch=batch, device=str(device), fp32=fp32,
+                layout='nhwc' if cfg.channels_last else 'nchw',
                 threads=torch.get_num_threads(), **{f'sec_{k}': round(v, 4) for k, v in seconds.items()},
                 sec_per_iter=round(per_iter, 4), images_per_sec=round(batch / per_iter, 2),
                 sec_per_kimg=round(1000 / batch * per_iter, 2), peak_mem_gb=round(misc.peak_memory_gb(device), 3))
@@ -99,19 +104,24 @@ def time_phases(cfg_name: str, script_resolution: int, batch: int, iters: int, d
 @click.option('--iters', type=click.IntRange(min=1), default=3, show_default=True, help='Timed calls per phase.')
 @click.option('--device', default=None, help='torch device [default: cuda if available, else cpu].')
 @click.option('--fp32', is_flag=True, help='Disable fp16 layers (GPU only; the CPU always runs fp32).')
+@click.option('--layout', type=click.Choice(['preset', 'nchw', 'nhwc']), default='preset', show_default=True,
+              help="Memory layout of G and D: the preset's channels_last field, or forced.")
+@click.option('--threads', type=click.IntRange(min=1), default=None, help='torch CPU threads [default: torch\'s].')
 @click.option('--json', 'as_json', is_flag=True, help='Print the figures as one JSON list at the end.')
-def main(cfg, resolution, batch, iters, device, fp32, as_json):
+def main(cfg, resolution, batch, iters, device, fp32, layout, threads, as_json):
     """Print training images/s and sec/kimg per preset and batch."""
+    if threads:
+        torch.set_num_threads(threads)
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     cases = DEFAULT_CASES if cfg is None else [(cfg, int(resolution), b) for b in ([batch] if batch else [8, 32])]
     rows = []
     for name, script_res, b in cases:
-        row = time_phases(name, script_res, b, iters, device, fp32)
+        row = time_phases(name, script_res, b, iters, device, fp32, layout)
         rows.append(row)
         print(f'{name:10s} R={row["resolution"]:<4d} batch {b:<3d} {device.type:4s}  '
               f'{row["images_per_sec"]:8.2f} img/s  {row["sec_per_kimg"]:9.2f} sec/kimg  '
               f'(G {row["sec_G_main"]:.3f}s, D {row["sec_D_main"]:.3f}s, R1 {row["sec_D_reg"]:.3f}s per call; '
-              f'{row["threads"]} threads)', flush=True)
+              f'{row["threads"]} threads, {row["layout"]})', flush=True)
     if as_json:
         print(json.dumps(rows, indent=2))
 

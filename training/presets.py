@@ -21,6 +21,7 @@ BASE: dict[str, Any] = dict(
     metric_num_gen=None,            # None: each metric's own sample count (10k for *10k_full)
     # Networks (METHOD §1-2): fmaps 0.5 → channel_base 16384, channel_max 256.
     z_dim=512, w_dim=512, mapping_layers=8, channel_base=16384, channel_max=256,
+    mapping_lr_mul=0.01,            # learning-rate multiplier of the mapping networks
     mbstd=4, num_fp16_res=4, conv_clamp=256,
     # Optimisers and lazy regularisation (METHOD §3).
     lrate=0.0025, betas=[0.0, 0.99], adam_eps=1e-8,
@@ -42,6 +43,7 @@ BASE: dict[str, Any] = dict(
     # Image grids written at start and at every snapshot: fakes (rows × cols) and layers.
     grid_rows=16, grid_cols=16, layer_rows=8, layer_groups=2,
     workers=3,
+    channels_last=False,            # G and D in NHWC memory layout (faster on a CPU; the CUDA kernels take NCHW)
     cpu_threads=None,               # torch threads when training on a CPU; None = torch's default
     # Overrides of metrics.auto_test.AutoTestSizes for the auto test that train_ILS_64.py runs
     # after training; empty = the original's sizes (10 000 samples, 6000 UNet iterations, ...).
@@ -65,7 +67,7 @@ PRESETS_64: dict[str, dict[str, Any]] = {
     'cpu': dict(resolution=32, z_dim=64, w_dim=64, mapping_layers=2, channel_base=1024, channel_max=32,
                 batch=16, kimg=30, kimg_per_tick=1, snap=5, anti_kimg=15, min_msize=0.15, max_msize=0.6,
                 metrics=[], metric_num_gen=512, grid_rows=8, grid_cols=8, layer_groups=1,
-                estimator_channels=[16, 32, 32, 32, 32], workers=0, cpu_threads=1,
+                estimator_channels=[16, 32, 32, 32, 32], workers=0, cpu_threads=1, channels_last=True,
                 auto_test_sizes=dict(n=2000, seg_iters=600, seg_batch=32, seg_base_width=16,
                                      seg_val_interval=200, mine_steps=600, mine_hidden=256, mine_eval_every=100)),
 }

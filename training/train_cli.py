@@ -111,7 +111,7 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
     c.G_kwargs = dict(class_name='training.networks.LayeredGenerator', img_resolution=spec.resolution,
                       z_dim=spec.z_dim, w_dim=spec.w_dim, channel_base=spec.channel_base,
                       channel_max=spec.channel_max, mapping_layers=spec.mapping_layers,
-                      num_fp16_res=spec.num_fp16_res, conv_clamp=spec.conv_clamp)
+                      mapping_lr_mul=spec.mapping_lr_mul, num_fp16_res=spec.num_fp16_res, conv_clamp=spec.conv_clamp)
     c.D_kwargs = dict(class_name='training.networks.Discriminator', img_resolution=spec.resolution,
                       channel_base=spec.channel_base, channel_max=spec.channel_max,
                       num_fp16_res=spec.num_fp16_res, conv_clamp=spec.conv_clamp,

@@ -41,6 +41,10 @@ def build_networks(cfg: dnnlib.EasyDict, device: torch.device) -> dnnlib.EasyDic
         nets.estimators = build(cfg.estimator_kwargs).train().requires_grad_(False)
         if device.type == 'cuda' and distributed.get_world_size() > 1:
             nets.estimators = torch.nn.SyncBatchNorm.convert_sync_batchnorm(nets.estimators)
+    if cfg.get('channels_last'):
+        # NHWC is oneDNN's native layout: CPU convolutions skip their reorders (bench_training.py).
+        for net in (nets.G, nets.D):
+            net.to(memory_format=torch.channels_last)
     for net in (nets.G, nets.D, nets.augment_pipe, nets.estimators):
         if net is not None:
             distributed.broadcast_module_(net)  # every rank starts from rank 0's weights
@@ -125,8 +129,10 @@ def data_stream(dataset: Any, cfg: dnnlib.EasyDict, rank: int, world_size: int, 
                                          pin_memory=device.type == 'cuda',
                                          prefetch_factor=4 if cfg.workers > 0 else None,
                                          generator=torch.Generator().manual_seed(cfg.seed))  # not the global RNG
+    layout = torch.channels_last if cfg.get('channels_last') else torch.contiguous_format
     for images, _labels in loader:
-        yield images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
+        images = images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
+        yield images.contiguous(memory_format=layout)
 
 
 # ----------------------------------------------------------------------------------------------
