@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench quality clean
 
 setup: $(VENV)/.ready
 
@@ -24,6 +24,15 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+# Figures, not tests (README, "Measured"): training speed per preset (the paper presets take ~30 min
+# on a 2-core CPU), the post-training stages at the demo sizes, and the longer quality run (~25 min).
+bench: setup
+	$(BIN)/python bench/bench_training.py
+	$(BIN)/python bench/bench_chain.py --cfg=cpu --preset-sizes=cpu
+
+quality: setup
+	PYTHON=$(BIN)/python bash bench/quality.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -33,6 +33,7 @@ def tiny_config(outdir, **options):
         c.estimator_kwargs['widths'] = [4, 4, 4, 4, 4]
     c.dataset_kwargs['num_images'] = SYNTHETIC_IMAGES
     c.update(grid_rows=2, grid_cols=4, layer_rows=4, layer_groups=1)
+    c.cpu_threads = None   # keep the suite's single thread: tiny tensors only lose with more
     return c
 
 
@@ -255,7 +256,7 @@ def test_cli_dry_run_prints_config_and_makes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize('args,message', [
-    (['--cfg=nope'], 'unknown --cfg=nope; valid: ILS_predL, ILS_predN, ILS_learnL, ILS_learnN, ILS_L1, cpu'),
+    (['--cfg=nope'], 'unknown --cfg=nope; valid: ILS_predL, ILS_predN, ILS_learnL, ILS_learnN, ILS_L1, cpu, cpu64'),
     (['--batch=30', '--gpus=4'], '--batch=30 is not divisible by --gpus=4'),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):

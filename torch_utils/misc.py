@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import sys
@@ -99,6 +100,21 @@ class Tee:
             self.file.close()
         except OSError:
             pass  # a failed log write was already raised by write() and reported
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int | None):
+    """Run the block with ``count`` torch CPU threads (None: leave them), then restore the old count.
+
+    A CPU run repeats exactly only at a fixed thread count, so the CPU presets name theirs.
+    """
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def peak_memory_gb(device: torch.device) -> float:

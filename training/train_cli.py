@@ -152,7 +152,8 @@ def _worker(rank: int, world_size: int, device: torch.device, run_dir: str | Non
     if tee is not None:
         sys.stdout = tee
     try:
-        training_loop(run_dir, c, rank=rank, world_size=world_size, device=device)
+        with misc.cpu_threads(c.get('cpu_threads') if device.type == 'cpu' else None):
+            training_loop(run_dir, c, rank=rank, world_size=world_size, device=device)
     finally:
         if tee is not None:
             sys.stdout = tee.stream
@@ -195,7 +196,8 @@ def run_auto_test_hook(run_dir: str, c: dnnlib.EasyDict) -> None:
         print('auto test: metrics.auto_test is not available; skipped', flush=True)
         return
     from metrics import auto_test
-    auto_test.run_auto_test(run_dir, c)
+    with misc.cpu_threads(c.get('cpu_threads') if not torch.cuda.is_available() else None):
+        auto_test.run_auto_test(run_dir, c)
 
 
 # ----------------------------------------------------------------------------------------------

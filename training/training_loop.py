@@ -298,8 +298,6 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
     writes = rank == 0
     batch_gpu = cfg.batch // world_size
     seed_everything(cfg.seed * world_size + rank)
-    if device.type == 'cpu' and cfg.get('cpu_threads'):
-        torch.set_num_threads(cfg.cpu_threads)  # CPU results repeat only at a fixed thread count
     torch.backends.cudnn.benchmark = not cfg.nobench
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.allow_tf32)
     training_stats.reset()
