@@ -207,12 +207,13 @@ _OS_ERROR_HINTS = {
 }
 
 
-def os_error_message(err: OSError) -> str:
-    """``"<what failed>: <file>; <what to do>"`` for an OSError raised while reading or writing."""
+def os_error_message(err: OSError, hint: bool = True) -> str:
+    """``"<what failed>: <file>; <what to do>"`` for an OSError raised while reading or writing
+    (without the last part when ``hint`` is False: the caller says what to do)."""
     where = f': {err.filename}' if err.filename else ''
     what = err.strerror or user_error_message(err)
-    hint = _OS_ERROR_HINTS.get(err.errno)
-    return f'{what}{where}' + (f'; {hint}' if hint else '')
+    advice = _OS_ERROR_HINTS.get(err.errno) if hint else None
+    return f'{what}{where}' + (f'; {advice}' if advice else '')
 
 
 def report_user_errors(func):

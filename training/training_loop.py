@@ -242,8 +242,7 @@ def write_failed(err: OSError, last_snapshot: str | None) -> dnnlib.UserError:
         kept = 'no snapshot was written yet'
     else:
         kept = f'the last complete snapshot is {last_snapshot}: continue with --resume={last_snapshot}'
-    where = f': {err.filename}' if err.filename else ''
-    return dnnlib.UserError(f'training stopped: {err.strerror or err}{where} ({kept})')
+    return dnnlib.UserError(f'training stopped: {dnnlib.os_error_message(err, hint=False)} ({kept})')
 
 
 def open_tensorboard(run_dir: str) -> Any:
