@@ -2,20 +2,29 @@
 
     python bench/bench_training.py                        # cpu preset + ILS_predL/64 + ILS/128, batch 8 and 32
     python bench/bench_training.py --cfg=ILS_predL --batch=32 --iters=20 --device=cuda
+    python bench/bench_training.py --cfg=ILS_predL --batch=8 --ab=layout --iters=3   # NCHW vs NHWC side by side
 
 It times the loss phases exactly as the training loop runs them (fresh z and shifts per phase,
 ADA at p = 0.2 so the augmentation is exercised, R1 counted as 1/16 of an iteration) on random
 "real" images, so no dataset is read. Prints one line per configuration and, with --json, the
 figures as JSON. A figure, not a test: nothing here asserts a speed.
+
+``--ab=NAME`` builds the two variants of :data:`AB_VARIANTS` of one preset in this process and
+times their phases interleaved (A B B A A B ...), so that a machine whose speed drifts, or is
+shared, slows both alike; it reports each variant's median and the median of the per-round
+ratios B/A. Only such ratios are comparable between days on a shared machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
+from typing import Callable
 
 import click
 import torch
@@ -23,105 +32,274 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from torch_utils import misc  # noqa: E402
+from torch_utils.ops import bias_act, upfirdn2d  # noqa: E402
 from training import train_cli  # noqa: E402
-from training.loss import ILSLoss  # noqa: E402
 from training.networks import sample_eps  # noqa: E402
-from training.training_loop import build_networks, lazy_adam, optimizer_step  # noqa: E402
+from training.training_loop import (build_networks, lazy_adam, optimizer_step, phase_losses,  # noqa: E402
+                                    uses_channels_last)
 
 DEFAULT_CASES = [('cpu', 64, 16), ('ILS_predL', 64, 8), ('ILS_predL', 64, 32), ('ILS', 128, 8), ('ILS', 128, 32)]
+PHASES = ('G_main', 'D_main', 'D_reg', 'estimators')
+
+# --ab: (A, B) keyword arguments of PhaseBench.
+AB_VARIANTS: dict[str, tuple[dict, dict]] = {
+    'layout': (dict(layout='nchw'), dict(layout='nhwc')),
+    'impl': (dict(impl='ref'), dict(impl='cuda')),
+    'compile': (dict(compile=False), dict(compile=True)),
+}
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def reference_ops():
+    """Run bias_act and upfirdn2d (and so conv2d_resample) as their pure-PyTorch references,
+    as ``impl='ref'`` would, even on CUDA tensors with the plugins built."""
+    saved = bias_act._plugin, upfirdn2d._plugin
+    bias_act._plugin = upfirdn2d._plugin = lambda: None
+    try:
+        yield
+    finally:
+        bias_act._plugin, upfirdn2d._plugin = saved
+
+
+class PhaseBench:
+    """One preset's networks, loss and optimisers on ``device``; ``phases`` maps a phase name to a
+    call that runs it once as the training loop does (``estimators`` only for learned estimators:
+    their NLL fit alone, which D-main also runs).
+
+    layout: 'preset' (the config's own, which follows the device), 'nchw' or 'nhwc'.
+    impl: 'cuda' (the CUDA kernels where built) or 'ref' (the reference ops throughout).
+    compile: G and D through ``torch.compile`` in G-main and D-main (the training option --compile).
+    """
+
+    def __init__(self, cfg_name: str, script_resolution: int, batch: int, device: torch.device,
+                 fp32: bool = False, layout: str = 'preset', impl: str = 'cuda', compile: bool = False,
+                 p: float = 0.2) -> None:
+        with tempfile.TemporaryDirectory() as outdir:
+            cfg = train_cli.build_training_config(outdir=outdir, data='synthetic', resolution=script_resolution,
+                                                  cfg=cfg_name, batch=batch, metrics='none', fp32=fp32)
+        if layout != 'preset':
+            cfg.channels_last = layout == 'nhwc'
+        cfg.compile = compile
+        self.cfg, self.device, self.batch, self.impl = cfg, device, batch, impl
+        self.nets = nets = build_networks(cfg, device)
+        if nets.augment_pipe is not None:
+            nets.augment_pipe.p.fill_(p)
+        self.loss, self.loss_reg = phase_losses(nets, cfg)
+        G, D = nets.G, nets.D
+        self.opt_G = lazy_adam(list(G.parameters()), cfg, cfg.G_reg_interval)
+        D_params = list(D.parameters()) + (list(nets.estimators.parameters()) if nets.estimators is not None else [])
+        self.opt_D, self.D_params = lazy_adam(D_params, cfg, cfg.D_reg_interval), D_params
+        reals = torch.rand([batch, 3, cfg.resolution, cfg.resolution], device=device) * 2 - 1
+        self.reals = reals.contiguous(memory_format=torch.channels_last) if uses_channels_last(cfg, device) else reals
+        self.phases: dict[str, Callable[[], dict]] = dict(G_main=self.g_main, D_main=self.d_main, D_reg=self.d_reg)
+        if nets.estimators is not None:
+            self.phases['estimators'] = self.estimator_fit
+
+    @property
+    def layout(self) -> str:
+        return 'nhwc' if uses_channels_last(self.cfg, self.device) else 'nchw'
+
+    def ops(self):
+        return reference_ops() if self.impl == 'ref' else contextlib.nullcontext()
+
+    def latents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.randn([self.batch, self.nets.G.z_dim], device=self.device),
+                sample_eps(self.batch, self.nets.composition.eps_dim, self.device))
+
+    def g_main(self) -> dict:
+        G = self.nets.G
+        with self.ops():
+            G.requires_grad_(True)
+            self.opt_G.zero_grad(set_to_none=True)
+            losses = self.loss.generator_main(*self.latents(), sigma=1.0)
+            G.requires_grad_(False)
+            optimizer_step(self.opt_G, list(G.parameters()))
+        return losses
+
+    def d_main(self) -> dict:
+        D, estimators = self.nets.D, self.nets.estimators
+        with self.ops():
+            D.requires_grad_(True)
+            if estimators is not None:
+                estimators.requires_grad_(True)
+            self.opt_D.zero_grad(set_to_none=True)
+            losses, _ = self.loss.discriminator_main(self.reals, *self.latents())
+            if estimators is not None:
+                estimators.requires_grad_(False)
+            optimizer_step(self.opt_D, self.D_params)
+            D.requires_grad_(False)
+        return losses
+
+    def d_reg(self) -> dict:
+        D = self.nets.D
+        with self.ops():
+            D.requires_grad_(True)
+            self.opt_D.zero_grad(set_to_none=True)
+            losses, _ = self.loss_reg.discriminator_reg(self.reals, gain=self.cfg.D_reg_interval)
+            optimizer_step(self.opt_D, self.D_params)
+            D.requires_grad_(False)
+        return losses
+
+    def estimator_fit(self) -> dict:
+        estimators = self.nets.estimators
+        with self.ops():
+            with torch.no_grad():
+                layers = self.nets.G(self.latents()[0])
+            estimators.requires_grad_(True)
+            self.opt_D.zero_grad(set_to_none=True)
+            nll = self.loss.estimator_fit_loss(layers)
+            nll.backward()
+            optimizer_step(self.opt_D, list(estimators.parameters()))
+            estimators.requires_grad_(False)
+        return {'Loss/estimator/nll': nll.detach()}
+
+    def iterations(self, count: int, host_sync: bool) -> None:
+        """``count`` iterations of G-main + D-main back to back; with ``host_sync`` each one ends by
+        reading its losses' finiteness on the host, as the per-iteration NaN check of main did."""
+        for _ in range(count):
+            losses = dict(self.g_main(), **self.d_main())
+            if host_sync:
+                bool(torch.isfinite(torch.stack([v.float() for v in losses.values()])).all())
+
+
+def timed(call: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call, the device drained before and after."""
+    sync(device)
+    start = time.perf_counter()
+    call()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved(runs: dict[str, Callable[[], object]], rounds: int, device: torch.device,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds of each call per round, the calls taken in ABBA order (A B, B A, A B, ...) after
+    ``warmup`` untimed rounds, so slow drift of the machine weighs on every run alike."""
+    names = list(runs)
+    for _ in range(warmup):
+        for name in names:
+            runs[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times[name].append(timed(runs[name], device))
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of b/a: robust to a load that changes between rounds."""
+    return statistics.median(y / x for x, y in zip(a, b))
+
+
+def per_iteration(seconds: dict[str, float], reg_interval: int) -> float:
+    """G-main + D-main + D-reg / interval (+ nothing for 'estimators': D-main already fits them)."""
+    return seconds['G_main'] + seconds['D_main'] + seconds['D_reg'] / reg_interval
+
+
+def rates(bench: PhaseBench, seconds: dict[str, float]) -> dict:
+    per_iter = per_iteration(seconds, bench.cfg.D_reg_interval)
+    return dict(sec_per_iter=round(per_iter, 4), images_per_sec=round(bench.batch / per_iter, 2),
+                sec_per_kimg=round(1000 / bench.batch * per_iter, 2))
+
+
+def describe(bench: PhaseBench) -> dict:
+    return dict(cfg=bench.cfg.cfg, resolution=bench.cfg.resolution, batch=bench.batch, device=str(bench.device),
+                fp32=bool(bench.cfg.fp32), layout=bench.layout, impl=bench.impl, threads=torch.get_num_threads())
+
+
 def time_phases(cfg_name: str, script_resolution: int, batch: int, iters: int, device: torch.device,
-                fp32: bool, layout: str = 'preset') -> dict:
-    """Seconds per call of each phase (median of ``iters`` after one warm-up) and derived rates."""
-    with tempfile.TemporaryDirectory() as outdir:
-        cfg = train_cli.build_training_config(outdir=outdir, data='synthetic', resolution=script_resolution,
-                                              cfg=cfg_name, batch=batch, metrics='none', fp32=fp32)
-    if layout != 'preset':
-        cfg.channels_last = layout == 'nhwc'
-    nets = build_networks(cfg, device)
-    if nets.augment_pipe is not None:
-        nets.augment_pipe.p.fill_(0.2)
-    G, D = nets.G, nets.D
-    loss = ILSLoss(G, D, nets.composition, nets.augment_pipe, nets.estimators, **cfg.loss_kwargs)
-    opt_G, opt_D = lazy_adam(list(G.parameters()), cfg, 4), lazy_adam(list(D.parameters()), cfg, 16)
-    reals = torch.rand([batch, 3, cfg.resolution, cfg.resolution], device=device) * 2 - 1
-    if cfg.channels_last:
-        reals = reals.contiguous(memory_format=torch.channels_last)   # as training_loop.data_stream
+                fp32: bool, layout: str = 'preset', impl: str = 'cuda', warmup: int = 1) -> dict:
+    """Seconds per call of each phase (median of ``iters`` after ``warmup``) and derived rates."""
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+    bench = PhaseBench(cfg_name, script_resolution, batch, device, fp32=fp32, layout=layout, impl=impl)
+    seconds = {name: median(interleaved({name: phase}, iters, device, warmup)[name])
+               for name, phase in bench.phases.items()}
+    return dict(describe(bench), **{f'sec_{k}': round(v, 4) for k, v in seconds.items()}, **rates(bench, seconds),
+                peak_mem_gb=round(misc.peak_memory_gb(device), 3))
 
-    def latents():
-        return torch.randn([batch, G.z_dim], device=device), sample_eps(batch, nets.composition.eps_dim, device)
 
-    def g_main():
-        G.requires_grad_(True)
-        opt_G.zero_grad(set_to_none=True)
-        loss.generator_main(*latents(), sigma=1.0)
-        G.requires_grad_(False)
-        optimizer_step(opt_G, list(G.parameters()))
+def ab_phases(variant_a: PhaseBench, variant_b: PhaseBench, rounds: int, warmup: int = 1) -> dict:
+    """Every phase of two variants of one preset, interleaved; medians, paired ratios B/A per phase
+    and per iteration (> 1: B is slower)."""
+    device = variant_a.device
+    result: dict = dict(A=describe(variant_a), B=describe(variant_b), rounds=rounds, phases={})
+    per_round = {'A': [0.0] * rounds, 'B': [0.0] * rounds}
+    for name in variant_a.phases:
+        times = interleaved({'A': variant_a.phases[name], 'B': variant_b.phases[name]}, rounds, device, warmup)
+        weight = 1 / variant_a.cfg.D_reg_interval if name == 'D_reg' else (0.0 if name == 'estimators' else 1.0)
+        for key in per_round:
+            per_round[key] = [t + weight * s for t, s in zip(per_round[key], times[key])]
+        result['phases'][name] = dict(sec_A=round(median(times['A']), 4), sec_B=round(median(times['B']), 4),
+                                      ratio_B_over_A=round(paired_ratio(times['A'], times['B']), 3))
+    result['sec_per_iter_A'] = round(median(per_round['A']), 4)
+    result['sec_per_iter_B'] = round(median(per_round['B']), 4)
+    result['ratio_B_over_A'] = round(paired_ratio(per_round['A'], per_round['B']), 3)
+    return result
 
-    def d_main():
-        D.requires_grad_(True)
-        opt_D.zero_grad(set_to_none=True)
-        loss.discriminator_main(reals, *latents())
-        optimizer_step(opt_D, list(D.parameters()))
-        D.requires_grad_(False)
 
-    def d_reg():
-        D.requires_grad_(True)
-        opt_D.zero_grad(set_to_none=True)
-        loss.discriminator_reg(reals, gain=cfg.D_reg_interval)
-        optimizer_step(opt_D, list(D.parameters()))
-        D.requires_grad_(False)
-
-    seconds = {}
-    for name, phase in (('G_main', g_main), ('D_main', d_main), ('D_reg', d_reg)):
-        phase()  # warm-up (cuDNN autotuning, allocator)
-        times = []
-        for _ in range(iters):
-            _sync(device)
-            start = time.perf_counter()
-            phase()
-            _sync(device)
-            times.append(time.perf_counter() - start)
-        seconds[name] = sorted(times)[len(times) // 2]
-    per_iter = seconds['G_main'] + seconds['D_main'] + seconds['D_reg'] / cfg.D_reg_interval
-    return dict(cfg=cfg_name, resolution=cfg.resolution, batch=batch, device=str(device), fp32=fp32,
-                layout='nhwc' if cfg.channels_last else 'nchw',
-                threads=torch.get_num_threads(), **{f'sec_{k}': round(v, 4) for k, v in seconds.items()},
-                sec_per_iter=round(per_iter, 4), images_per_sec=round(batch / per_iter, 2),
-                sec_per_kimg=round(1000 / batch * per_iter, 2), peak_mem_gb=round(misc.peak_memory_gb(device), 3))
+def print_ab(result: dict, label: str) -> None:
+    a, b = result['A'], result['B']
+    print(f'{a["cfg"]} R={a["resolution"]} batch {a["batch"]} {a["device"]}: A/B {label} '
+          f'(A={a["layout"]}/{a["impl"]}, B={b["layout"]}/{b["impl"]}, {result["rounds"]} interleaved rounds)')
+    for name, row in result['phases'].items():
+        print(f'  {name:10s} A {row["sec_A"]:9.4f} s  B {row["sec_B"]:9.4f} s  B/A {row["ratio_B_over_A"]:.3f}')
+    print(f'  iteration  A {result["sec_per_iter_A"]:9.4f} s  B {result["sec_per_iter_B"]:9.4f} s  '
+          f'B/A {result["ratio_B_over_A"]:.3f}', flush=True)
 
 
 @click.command()
 @click.option('--cfg', default=None, help='One preset (default: a set of presets and batches).')
 @click.option('--resolution', type=click.Choice(['64', '128']), default='64', help='Script of --cfg.')
 @click.option('--batch', type=int, default=None, help='Batch of --cfg [default: 8 and 32].')
-@click.option('--iters', type=click.IntRange(min=1), default=3, show_default=True, help='Timed calls per phase.')
+@click.option('--iters', type=click.IntRange(min=1), default=3, show_default=True,
+              help='Timed calls per phase (with --ab: interleaved rounds).')
 @click.option('--device', default=None, help='torch device [default: cuda if available, else cpu].')
 @click.option('--fp32', is_flag=True, help='Disable fp16 layers (GPU only; the CPU always runs fp32).')
 @click.option('--layout', type=click.Choice(['preset', 'nchw', 'nhwc']), default='preset', show_default=True,
-              help="Memory layout of G and D: the preset's channels_last field, or forced.")
+              help="Memory layout of G and D: the preset's channels_last field (auto: NHWC on a CPU), or forced.")
+@click.option('--impl', type=click.Choice(['cuda', 'ref']), default='cuda', show_default=True,
+              help='CUDA kernels (where built) or the reference ops.')
+@click.option('--ab', type=click.Choice(list(AB_VARIANTS)), default=None,
+              help='Time two variants of --cfg side by side in this process (needs --cfg and --batch).')
 @click.option('--threads', type=click.IntRange(min=1), default=None, help='torch CPU threads [default: torch\'s].')
 @click.option('--json', 'as_json', is_flag=True, help='Print the figures as one JSON list at the end.')
-def main(cfg, resolution, batch, iters, device, fp32, layout, threads, as_json):
+def main(cfg, resolution, batch, iters, device, fp32, layout, impl, ab, threads, as_json):
     """Print training images/s and sec/kimg per preset and batch."""
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # as the training loop (unless --nobench)
+    if ab is not None:
+        if cfg is None or batch is None:
+            raise click.UsageError('--ab needs --cfg and --batch')
+        kwargs = dict(fp32=fp32, layout=layout, impl=impl)
+        a, b = ({**kwargs, **variant} for variant in AB_VARIANTS[ab])
+        result = ab_phases(PhaseBench(cfg, int(resolution), batch, device, **a),
+                           PhaseBench(cfg, int(resolution), batch, device, **b), iters)
+        print_ab(result, ab)
+        if as_json:
+            print(json.dumps(result, indent=2))
+        return
     cases = DEFAULT_CASES if cfg is None else [(cfg, int(resolution), b) for b in ([batch] if batch else [8, 32])]
     rows = []
     for name, script_res, b in cases:
-        row = time_phases(name, script_res, b, iters, device, fp32, layout)
+        row = time_phases(name, script_res, b, iters, device, fp32, layout, impl)
         rows.append(row)
         print(f'{name:10s} R={row["resolution"]:<4d} batch {b:<3d} {device.type:4s}  '
               f'{row["images_per_sec"]:8.2f} img/s  {row["sec_per_kimg"]:9.2f} sec/kimg  '
               f'(G {row["sec_G_main"]:.3f}s, D {row["sec_D_main"]:.3f}s, R1 {row["sec_D_reg"]:.3f}s per call; '
-              f'{row["threads"]} threads, {row["layout"]})', flush=True)
+              f'{row["threads"]} threads, {row["layout"]}, {row["impl"]})', flush=True)
     if as_json:
         print(json.dumps(rows, indent=2))
 

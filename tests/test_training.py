@@ -15,7 +15,7 @@ import torch
 from torch_utils import checkpoint, training_stats
 from training import loss as loss_module
 from training import train_cli
-from training.training_loop import lazy_adam, update_ema
+from training.training_loop import FiniteCheck, build_networks, lazy_adam, phase_losses, update_ema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC_IMAGES = 96  # a small synthetic set keeps generation and FID statistics quick
@@ -205,6 +205,61 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_snapshot(tmp_path, 
     assert data['cur_nimg'] == 8  # written at the end of tick 0 ... and the poisoned tick 1 wrote nothing
     for value in checkpoint.read_snapshot(kept[0])['modules']['G']['state'].values():
         assert torch.isfinite(value.float()).all()
+
+
+def test_finite_check_names_the_first_bad_loss_and_its_kimg_only_when_checked():
+    check = FiniteCheck()
+    check.observe({'Loss/G/total': torch.tensor(1.0), 'Loss/D/total': torch.tensor(2.0)}, cur_nimg=0)
+    check.observe({'Loss/G/total': torch.tensor(3.0), 'Loss/D/total': torch.tensor(float('inf')),
+                   'Loss/r1': torch.tensor(float('nan'))}, cur_nimg=32)   # D first: the order of the dict
+    check.observe({'Loss/G/total': torch.tensor(float('nan')), 'Loss/D/total': torch.tensor(0.5)}, cur_nimg=64)
+    with pytest.raises(loss_module.NonFiniteLossError,
+                       match=r'^Loss/D/total became inf at kimg 0\.032; training stopped, the last good snapshot '
+                             r'is run/network-snapshot-000000\.pt$'):
+        check.check('run/network-snapshot-000000.pt')
+    check.check(None)  # the failed check consumed what it saw; nothing new, nothing raised
+    check.observe({'Loss/G/total': torch.tensor(4.0)}, cur_nimg=96)
+    check.check(None)
+
+
+def test_a_transient_nan_inside_a_tick_still_stops_the_run_before_its_snapshot(tmp_path, monkeypatch):
+    """The NaN check runs once per tick (no host sync per iteration): a NaN in the first iteration
+    of tick 1 that is gone in the second still stops the run at the tick end, naming its kimg,
+    and tick 1 writes no snapshot."""
+    calls = {'n': 0}
+    original = loss_module.mask_binarization_loss
+
+    def poisoned(mask):
+        calls['n'] += 1
+        return original(mask) * float('nan') if calls['n'] == 2 else original(mask)
+
+    monkeypatch.setattr(loss_module, 'mask_binarization_loss', poisoned)
+    c = tiny_config(tmp_path, kimg=0.1)
+    with pytest.raises(loss_module.NonFiniteLossError, match=r'Loss/G/total became nan at kimg 0\.008; .*'
+                                                             r'network-snapshot-000000\.pt'):
+        train_cli.launch(c)
+    assert calls['n'] == 3  # tick 1 ran both its iterations before the check
+    assert [os.path.basename(p) for p in snapshots(glob.glob(os.path.join(tmp_path, '0*'))[0])] == [
+        'network-snapshot-000000.pt']
+
+
+def test_compile_option_compiles_g_and_d_for_the_main_phases_and_keeps_r1_eager(tmp_path):
+    c = tiny_config(tmp_path, compile=True)
+    assert c.compile is True and tiny_config(tmp_path).compile is False
+    nets = build_networks(c, torch.device('cpu'))
+    compiled = []
+
+    def fake_compiler(module):
+        compiled.append(module)
+        return module.__class__.__name__  # a stand-in object: only its identity matters here
+
+    main_loss, reg_loss = phase_losses(nets, c, compiler=fake_compiler)
+    assert compiled == [nets.G, nets.D]
+    assert (main_loss.G, main_loss.D) == ('LayeredGenerator', 'Discriminator')
+    assert reg_loss.G is nets.G and reg_loss.D is nets.D           # R1's double backward stays eager
+    c.compile = False
+    plain_main, plain_reg = phase_losses(nets, c, compiler=fake_compiler)
+    assert plain_main is plain_reg and plain_main.D is nets.D and len(compiled) == 2
 
 
 def test_metric_line_written_at_snapshot_with_tiny_detector(tmp_path):

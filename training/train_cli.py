@@ -57,7 +57,7 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
                           gamma: float | None = None, aug: str | None = None, p: float | None = None,
                           target: float | None = None, augpipe: str | None = None, allow_tf32: bool = False,
                           nobench: bool = False, detector: str | None = None, auto_test: bool = False,
-                          **unused: Any) -> dnnlib.EasyDict:
+                          compile: bool = False, **unused: Any) -> dnnlib.EasyDict:
     """Command-line options → the complete, validated training config (no side effects).
 
     ``resolution`` is the script's (64 or 128); ``cfg`` defaults to its default preset. Options
@@ -105,7 +105,7 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
 
     c = dnnlib.EasyDict(spec)
     c.update(outdir=outdir, data=data, data_root=data_root, gpus=gpus, seed=seed, resume=resume, mirror=mirror,
-             fp32=fp32, allow_tf32=allow_tf32, nobench=nobench, detector=detector, auto_test=auto_test,
+             fp32=fp32, allow_tf32=allow_tf32, nobench=nobench, detector=detector, auto_test=auto_test, compile=compile,
              batch_gpu=batch_gpu, run_desc=f'{_data_name(data)}-{cfg}-batch{spec.batch}')
     c.dataset_kwargs = dict(data=data, split='train', resolution=spec.resolution, data_root=data_root, xflip=mirror)
     c.G_kwargs = dict(class_name='training.networks.LayeredGenerator', img_resolution=spec.resolution,
@@ -235,6 +235,8 @@ def make_main(resolution: int):
     @click.option('--fp32', is_flag=True, help='Disable mixed precision.')
     @click.option('--allow-tf32', is_flag=True, help='Allow TF32 matmuls and convolutions.')
     @click.option('--nobench', is_flag=True, help='Disable cuDNN benchmarking.')
+    @click.option('--compile', is_flag=True,
+                  help='torch.compile G and D for G-main and D-main (R1 stays eager); the first iterations compile.')
     @click.option('-n', '--dry-run', is_flag=True, help='Print the config and exit.')
     @(click.option('--auto-test/--no-auto-test', default=True, show_default=True,
                    help='After training: generation → segmentation → MINE.')

@@ -41,8 +41,7 @@ def build_networks(cfg: dnnlib.EasyDict, device: torch.device) -> dnnlib.EasyDic
         nets.estimators = build(cfg.estimator_kwargs).train().requires_grad_(False)
         if device.type == 'cuda' and distributed.get_world_size() > 1:
             nets.estimators = torch.nn.SyncBatchNorm.convert_sync_batchnorm(nets.estimators)
-    if cfg.get('channels_last'):
-        # NHWC is oneDNN's native layout: CPU convolutions skip their reorders (bench_training.py).
+    if uses_channels_last(cfg, device):
         for net in (nets.G, nets.D):
             net.to(memory_format=torch.channels_last)
     for net in (nets.G, nets.D, nets.augment_pipe, nets.estimators):
@@ -50,6 +49,33 @@ def build_networks(cfg: dnnlib.EasyDict, device: torch.device) -> dnnlib.EasyDic
             distributed.broadcast_module_(net)  # every rank starts from rank 0's weights
     nets.G_ema = copy.deepcopy(nets.G).eval()
     return nets
+
+
+def uses_channels_last(cfg: dnnlib.EasyDict, device: torch.device) -> bool:
+    """G, D and the reals in NHWC: the preset's ``channels_last``, or when it is None (auto), on a CPU.
+
+    NHWC is oneDNN's native layout: CPU convolutions skip their reorders (bench_training.py
+    --ab=layout). The CUDA kernels take NCHW, so on a GPU it stays off unless asked for.
+    """
+    choice = cfg.get('channels_last')
+    return device.type == 'cpu' if choice is None else bool(choice)
+
+
+def phase_losses(nets: dnnlib.EasyDict, cfg: dnnlib.EasyDict, compiler: Any = None) -> tuple[ILSLoss, ILSLoss]:
+    """(loss of G-main and D-main, loss of D-reg) over ``nets``.
+
+    With ``cfg.compile`` G and D run through ``compiler`` (default ``torch.compile``) in G-main and
+    D-main. R1 differentiates D twice, which compiled graphs do not support, so D-reg keeps the
+    eager modules. Both share the modules' parameters: snapshots and optimisers see no difference.
+    """
+    def make(G: Any, D: Any) -> ILSLoss:
+        return ILSLoss(G, D, nets.composition, nets.augment_pipe, nets.estimators, **cfg.loss_kwargs)
+
+    eager = make(nets.G, nets.D)
+    if not cfg.get('compile'):
+        return eager, eager
+    compiler = compiler or torch.compile
+    return make(compiler(nets.G), compiler(nets.D)), eager
 
 
 def lazy_adam(params: list[torch.nn.Parameter], cfg: dnnlib.EasyDict, reg_interval: int) -> torch.optim.Adam:
@@ -129,7 +155,7 @@ def data_stream(dataset: Any, cfg: dnnlib.EasyDict, rank: int, world_size: int, 
                                          pin_memory=device.type == 'cuda',
                                          prefetch_factor=4 if cfg.workers > 0 else None,
                                          generator=torch.Generator().manual_seed(cfg.seed))  # not the global RNG
-    layout = torch.channels_last if cfg.get('channels_last') else torch.contiguous_format
+    layout = torch.channels_last if uses_channels_last(cfg, device) else torch.contiguous_format
     for images, _labels in loader:
         images = images.to(device, non_blocking=True).to(torch.float32) / 127.5 - 1
         yield images.contiguous(memory_format=layout)
@@ -165,16 +191,38 @@ def sum_over_ranks(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return distributed.all_reduce_sum_(tensor.to(device)).cpu()
 
 
-def check_finite(losses: dict[str, torch.Tensor], cur_nimg: int, last_snapshot: str | None) -> None:
-    """Raise :class:`NonFiniteLossError` naming the loss if any (rank-averaged) value is NaN/inf."""
-    names = list(losses)
-    values = distributed.all_reduce_mean_(torch.stack([losses[n].float() for n in names]))
-    finite = torch.isfinite(values)
-    if bool(finite.all()):
-        return
-    bad = names[int((~finite).nonzero()[0])]
-    raise NonFiniteLossError(f'{bad} became {values[names.index(bad)].item()} at kimg {cur_nimg / 1000:.3f}; '
-                             f'training stopped, the last good snapshot is {last_snapshot or "none (none written yet)"}')
+class FiniteCheck:
+    """The losses of every iteration since the last :meth:`check`, kept on the device.
+
+    :meth:`observe` costs one stack per iteration and no host synchronisation; :meth:`check`
+    (at the tick end, before any snapshot is written) reads them all at once and raises
+    :class:`NonFiniteLossError` naming the first loss whose rank-averaged value was NaN/inf and
+    the kimg of that iteration.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[list[str], torch.Tensor, int]] = []  # (names, values [len(names)], cur_nimg)
+
+    def observe(self, losses: dict[str, torch.Tensor], cur_nimg: int) -> None:
+        self.pending.append((list(losses), torch.stack([v.detach().float() for v in losses.values()]), cur_nimg))
+
+    def check(self, last_snapshot: str | None) -> None:
+        """Every rank calls this at the same iteration (it all-reduces)."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        values = distributed.all_reduce_mean_(torch.cat([v for _, v, _ in pending]))
+        finite = torch.isfinite(values)
+        if bool(finite.all()):
+            return
+        first = int((~finite).nonzero()[0])
+        offset = 0
+        for names, _, cur_nimg in pending:
+            if first < offset + len(names):
+                break
+            offset += len(names)
+        raise NonFiniteLossError(f'{names[first - offset]} became {values[first].item()} at kimg {cur_nimg / 1000:.3f}; '
+                                 f'training stopped, the last good snapshot is {last_snapshot or "none (none written yet)"}')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,7 +338,8 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
 
     Every rank calls this (``world_size`` processes in the group); the global batch is split into
     ``batch // world_size`` per rank. Returns ``dict(cur_nimg, last_snapshot)``.
-    Raises :class:`training.loss.NonFiniteLossError` if a loss turns NaN/inf.
+    Raises :class:`training.loss.NonFiniteLossError` if a loss turns NaN/inf (checked at each tick
+    end, before that tick's snapshot).
     """
     device = torch.device(device)
     start_time = time.time()
@@ -309,7 +358,7 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
     D_params = list(D.parameters()) + (list(nets.estimators.parameters()) if nets.estimators is not None else [])
     optimizers = {'G': lazy_adam(list(G.parameters()), cfg, cfg.G_reg_interval),
                   'D': lazy_adam(D_params, cfg, cfg.D_reg_interval)}  # estimators share D's optimiser
-    loss = ILSLoss(G, D, nets.composition, nets.augment_pipe, nets.estimators, **cfg.loss_kwargs)
+    loss, loss_reg = phase_losses(nets, cfg)
     ada = None
     if cfg.aug == 'ada':
         from training.augment import AdaptiveAugment
@@ -331,6 +380,7 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
         save_grids(run_dir, 'init', G_ema, grid_z, cfg, batch_gpu)
     reals = data_stream(dataset, cfg, rank, world_size, batch_gpu, batch_idx, device)
     last_snapshot = None
+    finite_check = FiniteCheck()
     tick_start_nimg, tick_start_time = cur_nimg, time.time()
     maintenance_time = 0.0
     if writes:
@@ -371,13 +421,13 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
         # D-reg (every D_reg_interval): lazy R1 on reals, scaled by the interval.
         if batch_idx % cfg.D_reg_interval == 0:
             optimizers['D'].zero_grad(set_to_none=True)
-            r1_losses, real_logits = loss.discriminator_reg(real_img, gain=cfg.D_reg_interval)
+            r1_losses, real_logits = loss_reg.discriminator_reg(real_img, gain=cfg.D_reg_interval)
             losses.update(r1_losses)
             if ada is not None:
                 ada.observe(real_logits)
             optimizer_step(optimizers['D'], D_params)
         D.requires_grad_(False)
-        check_finite(losses, cur_nimg, last_snapshot)
+        finite_check.observe(losses, cur_nimg)
 
         # EMA of G, ADA adjustment, counters.
         update_ema(G_ema, G, cur_nimg, cfg.batch, cfg.ema_kimg, cfg.ema_ramp)
@@ -390,6 +440,7 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
         done = cur_nimg >= cfg.kimg * 1000
         if not done and cur_tick != 0 and cur_nimg < tick_start_nimg + cfg.kimg_per_tick * 1000:
             continue
+        finite_check.check(last_snapshot)  # once per tick (a host sync), before any snapshot of this tick
         tick_end_time = time.time()
         rng_at_tick = rng_state()  # maintenance draws random numbers; the training stream must not see it
         tick_kimg = (cur_nimg - tick_start_nimg) / 1000
