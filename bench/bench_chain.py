@@ -102,6 +102,69 @@ def print_row(head: str, figures: dict) -> None:
     print(f'{head}  {figures["wall_s"]:8.2f} s wall  peak {figures["peak_mem_gb"]:.3f} GB', flush=True)
 
 
+def run_chain(sizes: AutoTestSizes, device: torch.device, network: str | None = None, cfg: str = 'ILS_predL',
+              resolution: int = 64, fp32: bool = False, scale: int | None = None, real_data: str | None = 'synthetic',
+              stages: tuple[str, ...] = STAGES, workers: int = 3, echo: bool = True) -> list[dict]:
+    """Run generation (always) and the wanted post-training stages at ``sizes`` in a temporary
+    folder; one row of figures per wanted stage (printed when ``echo``). ``real_data=None`` tests
+    the UNet on the generated samples themselves (a smoke run with nothing else to read)."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix='bench_chain-') as tmp:
+        snapshot = network or fresh_snapshot(cfg, resolution, device, fp32, tmp)
+        syn_dir = os.path.join(tmp, 'synthetic_data')
+        with contextlib.redirect_stdout(io.StringIO()):
+            generate.generate_from_network(snapshot, n=min(WARMUP_SAMPLES, sizes.n),
+                                           outdir=os.path.join(tmp, 'warm-up'), latest=True, device=str(device),
+                                           progress=False)
+        with stage('gen', device) as gen:
+            _, meta = generate.generate_from_network(snapshot, n=sizes.n, outdir=syn_dir, latest=True,
+                                                     device=str(device), progress=False)
+        scale = scale or meta['resolution']
+        if 'gen' in stages:
+            gen.update(n=sizes.n, resolution=meta['resolution'],
+                       images_per_sec=round(sizes.n / max(meta['seconds'], 0.01), 2))
+            rows.append(gen)
+            if echo:
+                print_row(f'generate  R={gen["resolution"]:<4d} n {sizes.n:<6d} {device.type:4s} '
+                          f'{gen["images_per_sec"]:10.2f} img/s', gen)
+
+        if 'seg' in stages:
+            seg_cfg = segmentation.SegmentationConfig(
+                syn_data=syn_dir, real_data=real_data or syn_dir, aug='color', protocol='scale', scale=scale,
+                iters=sizes.seg_iters, batch=sizes.seg_batch, base_width=sizes.seg_base_width,
+                val_interval=min(sizes.seg_val_interval, sizes.seg_iters), num_workers=workers,
+                outdir=os.path.join(tmp, 'seg'), device=str(device), progress=False)
+            with stage('seg', device) as seg:
+                result = segmentation.run_segmentation_eval(seg_cfg)
+            vals = read_jsonl(os.path.join(result['run_dir'], 'metric-val.jsonl'))
+            seg.update(iters=sizes.seg_iters, batch=sizes.seg_batch, base_width=sizes.seg_base_width,
+                       scale=scale, iters_per_sec=round(rate(vals, sizes.seg_iters, result['total_time']), 2),
+                       IoU=round(result['results']['IoU'], 4))
+            rows.append(seg)
+            if echo:
+                print_row(f'UNet      R={scale:<4d} iters {sizes.seg_iters} batch {sizes.seg_batch} '
+                          f'width {sizes.seg_base_width}  {seg["iters_per_sec"]:8.2f} it/s', seg)
+
+        if 'mine' in stages:
+            mine_cfg = mine.MineConfig(steps=sizes.mine_steps, hidden=sizes.mine_hidden, batch=sizes.mine_batch,
+                                       eval_every=min(sizes.mine_eval_every, sizes.mine_steps), device=str(device),
+                                       progress=False)
+            with stage('mine', device) as mi:
+                result = mine.estimate_layer_mi(syn_dir, mine_cfg, mode='both', num_workers=workers,
+                                                outdir=os.path.join(tmp, 'mine'))
+            per_mode = {mode: round(rate(read_jsonl(os.path.join(result['run_dir'], f'metric-mine-{mode}.jsonl')),
+                                         sizes.mine_steps, result['total_time'] / 2), 2)
+                        for mode in ('separate', 'single')}
+            mi.update(steps=sizes.mine_steps, hidden=sizes.mine_hidden, batch=sizes.mine_batch,
+                      steps_per_sec=per_mode)
+            rows.append(mi)
+            if echo:
+                print_row(f'MINE      steps {sizes.mine_steps} hidden {sizes.mine_hidden} batch {sizes.mine_batch}  '
+                          f'{per_mode["separate"]:8.2f} steps/s (separate, 2 critics)  '
+                          f'{per_mode["single"]:8.2f} steps/s (single)', mi)
+    return rows
+
+
 @click.command()
 @click.option('--network', default=None,
               help='Snapshot file or run directory [default: a fresh generator of --cfg].')
@@ -135,57 +198,8 @@ def main(network, cfg, resolution, preset_sizes, n, seg_iters, seg_batch, seg_ba
         raise click.BadParameter(f'choose among {", ".join(STAGES)}', param_hint='--stages')
     sizes = chain_sizes(preset_sizes, n=n, seg_iters=seg_iters, seg_batch=seg_batch, seg_base_width=seg_base_width,
                         mine_steps=mine_steps, mine_hidden=mine_hidden)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix='bench_chain-') as tmp:
-        snapshot = network or fresh_snapshot(cfg, int(resolution), device, fp32, tmp)
-        syn_dir = os.path.join(tmp, 'synthetic_data')
-        with contextlib.redirect_stdout(io.StringIO()):
-            generate.generate_from_network(snapshot, n=min(WARMUP_SAMPLES, sizes.n),
-                                           outdir=os.path.join(tmp, 'warm-up'), latest=True, device=str(device),
-                                           progress=False)
-        with stage('gen', device) as gen:
-            _, meta = generate.generate_from_network(snapshot, n=sizes.n, outdir=syn_dir, latest=True,
-                                                     device=str(device), progress=False)
-        scale = scale or meta['resolution']
-        if 'gen' in wanted:
-            gen.update(n=sizes.n, resolution=meta['resolution'],
-                       images_per_sec=round(sizes.n / meta['seconds'], 2))
-            rows.append(gen)
-            print_row(f'generate  R={gen["resolution"]:<4d} n {sizes.n:<6d} {device.type:4s} '
-                      f'{gen["images_per_sec"]:10.2f} img/s', gen)
-
-        if 'seg' in wanted:
-            seg_cfg = segmentation.SegmentationConfig(
-                syn_data=syn_dir, real_data=real_data, aug='color', protocol='scale', scale=scale,
-                iters=sizes.seg_iters, batch=sizes.seg_batch, base_width=sizes.seg_base_width,
-                val_interval=min(sizes.seg_val_interval, sizes.seg_iters), num_workers=workers,
-                outdir=os.path.join(tmp, 'seg'), device=str(device), progress=False)
-            with stage('seg', device) as seg:
-                result = segmentation.run_segmentation_eval(seg_cfg)
-            vals = read_jsonl(os.path.join(result['run_dir'], 'metric-val.jsonl'))
-            seg.update(iters=sizes.seg_iters, batch=sizes.seg_batch, base_width=sizes.seg_base_width,
-                       scale=scale, iters_per_sec=round(rate(vals, sizes.seg_iters, result['total_time']), 2),
-                       IoU=round(result['results']['IoU'], 4))
-            rows.append(seg)
-            print_row(f'UNet      R={scale:<4d} iters {sizes.seg_iters} batch {sizes.seg_batch} '
-                      f'width {sizes.seg_base_width}  {seg["iters_per_sec"]:8.2f} it/s', seg)
-
-        if 'mine' in wanted:
-            mine_cfg = mine.MineConfig(steps=sizes.mine_steps, hidden=sizes.mine_hidden, batch=sizes.mine_batch,
-                                       eval_every=min(sizes.mine_eval_every, sizes.mine_steps), device=str(device),
-                                       progress=False)
-            with stage('mine', device) as mi:
-                result = mine.estimate_layer_mi(syn_dir, mine_cfg, mode='both', num_workers=workers,
-                                                outdir=os.path.join(tmp, 'mine'))
-            per_mode = {mode: round(rate(read_jsonl(os.path.join(result['run_dir'], f'metric-mine-{mode}.jsonl')),
-                                         sizes.mine_steps, result['total_time'] / 2), 2)
-                        for mode in ('separate', 'single')}
-            mi.update(steps=sizes.mine_steps, hidden=sizes.mine_hidden, batch=sizes.mine_batch,
-                      steps_per_sec=per_mode)
-            rows.append(mi)
-            print_row(f'MINE      steps {sizes.mine_steps} hidden {sizes.mine_hidden} batch {sizes.mine_batch}  '
-                      f'{per_mode["separate"]:8.2f} steps/s (separate, 2 critics)  '
-                      f'{per_mode["single"]:8.2f} steps/s (single)', mi)
+    rows = run_chain(sizes, device, network=network, cfg=cfg, resolution=int(resolution), fp32=fp32, scale=scale,
+                     real_data=real_data, stages=tuple(wanted), workers=workers)
     if as_json:
         print(json.dumps(rows, indent=2))
 

@@ -74,17 +74,20 @@ class PhaseBench:
     layout: 'preset' (the config's own, which follows the device), 'nchw' or 'nhwc'.
     impl: 'cuda' (the CUDA kernels where built) or 'ref' (the reference ops throughout).
     compile: G and D through ``torch.compile`` in G-main and D-main (the training option --compile).
+    adjust: called on the config before the networks are built (e.g. to shrink them for a smoke run).
     """
 
     def __init__(self, cfg_name: str, script_resolution: int, batch: int, device: torch.device,
                  fp32: bool = False, layout: str = 'preset', impl: str = 'cuda', compile: bool = False,
-                 p: float = 0.2) -> None:
+                 p: float = 0.2, adjust: Callable | None = None) -> None:
         with tempfile.TemporaryDirectory() as outdir:
             cfg = train_cli.build_training_config(outdir=outdir, data='synthetic', resolution=script_resolution,
                                                   cfg=cfg_name, batch=batch, metrics='none', fp32=fp32)
         if layout != 'preset':
             cfg.channels_last = layout == 'nhwc'
         cfg.compile = compile
+        if adjust is not None:
+            adjust(cfg)
         self.cfg, self.device, self.batch, self.impl = cfg, device, batch, impl
         self.nets = nets = build_networks(cfg, device)
         if nets.augment_pipe is not None:

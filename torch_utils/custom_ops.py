@@ -22,6 +22,7 @@ import torch
 verbosity = 'brief'  # 'none' | 'brief' | 'full' (full shows the compiler output)
 
 _plugins: dict[str, ModuleType | None] = {}
+build_errors: dict[str, str] = {}  # module_name → the whole text of its failure (compiler output included)
 
 _OPS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'ops')
 
@@ -79,6 +80,7 @@ def get_plugin(module_name: str, sources: list[str], headers: list[str] = (),
             if verbosity != 'none':
                 print('failed.', flush=True)
             reason = f'{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ""}'
+            build_errors[module_name] = f'{type(error).__name__}: {error}'
             plugin = None
     if plugin is None:
         warnings.warn(f'CUDA plugin "{module_name}" unavailable ({reason}); '

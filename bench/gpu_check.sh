@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The prepared GPU check (bench/gpu_check.py): one command, at most 8 minutes on one GPU.
+#
+#   bash bench/gpu_check.sh                 # writes gpu_check.json and gpu_check.log to ${OUT:-./gpu_check}
+#   bash bench/gpu_check.sh --quick         # tiny sizes: a smoke run, also on a CPU
+#   PYTHON=.venv/bin/python bash bench/gpu_check.sh --stages=env,build,kernels
+#
+# Runs with the machine's own python3 from the repository root, no venv needed. Every stage has
+# its own time limit; the JSON is rewritten after each stage, so a run cut off early still
+# reports what it finished. Extra arguments go to bench/gpu_check.py (see its --help).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+exec "$PYTHON" bench/gpu_check.py --out="${OUT:-./gpu_check}" "$@"

@@ -1,0 +1,122 @@
+"""bench/gpu_check.sh on the CPU: ``--quick`` runs every stage and reports each one in the JSON;
+a stage that fails or hangs is recorded, and the stages after it still run. The kernel checks
+themselves run here on CPU tensors (where the "CUDA" path is the reference), so their shapes,
+masks and double backward are exercised before a GPU ever sees them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bench import gpu_check
+from training.training_loop import status_line
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = [name for name, _ in gpu_check.STAGES]
+
+
+def run_check(out, *args):
+    env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, OMP_NUM_THREADS='1')
+    proc = subprocess.run(['bash', os.path.join(ROOT, 'bench', 'gpu_check.sh'), '--quick', *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    with open(os.path.join(out, 'gpu_check.json'), encoding='utf-8') as f:
+        return proc, json.load(f)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU behaviour of --quick')
+def test_quick_run_reports_every_stage_with_sane_figures(tmp_path):
+    proc, report = run_check(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    stages = report['stages']
+    assert list(stages) == STAGES and report['quick'] is True and report['finished'] is not None
+    for name, stage in stages.items():
+        assert 0 < stage['seconds'] <= stage['timeout_s'] + 1, name
+        assert f'[{name}] {stage["status"]}' in proc.stdout  # one console line per stage
+    env = stages['env']
+    assert env['status'] == 'ok' and env['torch'] == torch.__version__ and env['cuda_available'] is False
+    assert isinstance(env['pyspng'], bool) and env['python'].count('.') == 2
+    assert stages['build'] == dict(stages['build'], status='skipped', reason='no CUDA')
+    kernels = stages['kernels']
+    assert kernels['status'] == 'skipped' and kernels['reason'] == 'no CUDA'
+    assert kernels['network_calls'] == sum(kernels['calls_by_op'].values()) and min(kernels['calls_by_op'].values()) > 0
+    test_ops = gpu_check._test_ops()
+    assert kernels['suite_cases'] == 2 * (2 * len(test_ops.TORCH_ACTIVATIONS)
+                                          + 2 * (len(test_ops.UPFIRDN_CASES) + len(test_ops.GPU_UPFIRDN_CASES)))
+    phases = stages['phases']
+    assert phases['status'] == 'ok'
+    (preset,) = phases['presets']
+    assert set(preset['ms_cuda']) == set(preset['ms_ref']) == {'G_main', 'D_main', 'D_reg'}
+    assert min(preset['ms_cuda'].values()) > 0 and preset['peak_mem_gb']['cuda'] > 0
+    assert phases['ab_layout']['nhwc_over_nchw'] > 0 and phases['ab_host_sync']['sync_over_no_sync'] > 0
+    train = stages['train']
+    assert train['status'] == 'ok' and train['returncode'] == 0
+    assert [t['tick'] for t in train['ticks']] == [0, 1] and train['sec_per_kimg'] == train['ticks'][1]['sec_per_kimg']
+    chain = stages['chain']
+    assert chain['status'] == 'ok' and [r['stage'] for r in chain['rows']] == ['gen', 'seg', 'mine']
+    assert min(chain['projected_paper_sizes'].values()) > 0
+    assert stages['compile']['status'] == 'skipped'
+    assert sorted(os.listdir(tmp_path)) == ['gpu_check.json', 'gpu_check.log', 'train-log.txt']
+
+
+def test_failed_and_hung_stages_are_recorded_and_later_stages_still_run(tmp_path):
+    proc, report = run_check(tmp_path, '--stages=env,build,phases', '--inject=env=fail,build=hang', '--timeout=build=3')
+    assert proc.returncode == 0, proc.stderr
+    env, build = report['stages']['env'], report['stages']['build']
+    assert env['status'] == 'failed' and env['error'] == 'RuntimeError: injected failure in stage env'
+    assert build['status'] == 'timeout' and build['timeout_s'] == 3 and build['seconds'] < 10
+    assert report['stages']['phases']['status'] == 'ok'  # after a failed build: the reference ops, no new build
+    assert 'injected failure in stage env' in open(tmp_path / 'gpu_check.log').read()
+
+
+def test_unknown_stage_is_a_usage_error(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'gpu_check.py'), '--stages=env,warp'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and 'unknown stage(s) warp' in proc.stderr
+
+
+def test_training_log_parser_reads_the_loops_status_lines():
+    def line(tick, kimg, sec_per_kimg, mem):
+        stats = {'Progress/tick': tick, 'Progress/kimg': kimg, 'Timing/total_sec': 100.0 * (tick + 1),
+                 'Timing/sec_per_kimg': sec_per_kimg, 'Resources/peak_mem_gb': mem, 'Loss/G/total': 1.5}
+        return status_line({k: {'mean': v} for k, v in stats.items()})
+
+    text = '\n'.join(['Training for 1 kimg...', line(0, 0.032, 900.5, 1.25), line(1, 0.288, 12.25, 2.5),
+                      line(2, 0.544, 11.5, 2.75), line(3, 0.8, 13.0, 2.5), 'Done: 1.000 kimg in 30s.'])
+    figures = gpu_check.parse_training_log(text)
+    assert [t['tick'] for t in figures['ticks']] == [0, 1, 2, 3]
+    assert figures['ticks'][1] == dict(tick=1, kimg=0.288, sec_per_kimg=12.25, mem_gb=2.5)
+    assert figures['sec_per_kimg'] == 12.25 and figures['peak_mem_gb'] == 2.75  # median after the warm-up tick
+
+
+def test_compare_counts_elements_outside_the_tolerance():
+    want = torch.tensor([1.0, -2.0, 100.0, 0.0])
+    got = torch.tensor([1.0005, -2.0, 100.5, float('nan')])
+    result = gpu_check.compare(got, want, rtol=1e-3, atol=1e-4)
+    # |d| = 5e-4 (allowed 1.1e-3), 0, 0.5 (allowed 0.1001), NaN (never allowed).
+    assert result['outside'] == 2 and result['rtol'] == 1e-3
+    masked = gpu_check.compare(got, want, rtol=1e-3, atol=1e-4, where=torch.tensor([True, True, False, False]))
+    assert masked['outside'] == 0 and masked['max_abs'] == pytest.approx(5e-4, rel=1e-3)
+    assert masked['rel'] == pytest.approx(5e-4 / 5 ** 0.5, rel=1e-3)
+
+
+def test_kernel_checks_run_every_recorded_and_suite_case_on_the_cpu():
+    """On CPU tensors both paths are the reference: every case must run (forward, first and second
+    gradients, masks) and agree exactly; on a GPU the same code compares the kernels."""
+    device = torch.device('cpu')
+    calls = gpu_check.network_op_calls('cpu64', 4, device)
+    ops = {c['op'] for c in calls}
+    assert ops == {'bias_act', 'upfirdn2d', 'conv2d_resample'}
+    assert any(c['op'] == 'conv2d_resample' and c['groups'] > 1 for c in calls)  # generation's grouped convs
+    assert any(c['op'] == 'upfirdn2d' and len(c['filter']) == 12 for c in calls)  # ADA's sym6 warp
+    test_ops = gpu_check._test_ops()
+    picked = [next(c for c in calls if c['op'] == op) for op in sorted(ops)]
+    picked += [c for c in gpu_check.suite_op_cases(test_ops) if c['op'] == 'bias_act' and c['act'] == 'lrelu']
+    picked += gpu_check.suite_op_cases(test_ops)[-3:]
+    for call in picked:
+        result = gpu_check.check_call(call, device, test_ops.GPU_TOL)
+        assert result['passed'], call
+        compared = [o for o in result['outputs'].values() if isinstance(o, dict)]
+        assert {'forward', 'grad0', 'double0'} <= set(result['outputs']) and all(o['max_abs'] == 0 for o in compared)
