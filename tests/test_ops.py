@@ -386,6 +386,25 @@ def test_r1_style_double_backward_reaches_the_weights_under_no_weight_gradients(
     torch.testing.assert_close(grad_fix, grad_plain)
 
 
+def test_conv2d_gradfix_wide_nhwc_weight_gradient_equals_nchw_first_and_second_order():
+    """A wide NHWC input on the CPU takes its weight gradient from NCHW copies (faster in oneDNN):
+    the same gradients as NCHW, first order and through an R1-style double backward."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 128, 64, 64)
+    assert x[0].numel() >= conv2d_gradfix.NCHW_WEIGHT_GRAD_MIN_SIZE
+    w = torch.randn(3, 128, 3, 3) / 34
+    results = {}
+    for name, layout in (('nchw', torch.contiguous_format), ('nhwc', torch.channels_last)):
+        xi = x.contiguous(memory_format=layout).requires_grad_(True)
+        wi = w.contiguous(memory_format=layout).requires_grad_(True)
+        y = conv2d_gradfix.conv2d(xi, wi, padding=1)
+        dx, dw = torch.autograd.grad(y.square().sum(), (xi, wi), create_graph=True)
+        ddw, = torch.autograd.grad(dx.square().sum(), wi)  # the second pass of R1 reaches the weights
+        results[name] = (y, dx, dw, ddw)
+    for got, want in zip(results['nhwc'], results['nchw']):
+        torch.testing.assert_close(got, want, rtol=2e-3, atol=1e-3)  # fp32 sums of 8192 terms, other order
+
+
 # ---------------------------------------------------------------------------------------------
 # grid_sample_gradfix
 

@@ -15,7 +15,8 @@ import torch
 from torch_utils import checkpoint, training_stats
 from training import loss as loss_module
 from training import train_cli
-from training.training_loop import FiniteCheck, build_networks, lazy_adam, phase_losses, update_ema
+from training.training_loop import (FiniteCheck, build_networks, lazy_adam, phase_losses, update_ema,
+                                    uses_channels_last)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC_IMAGES = 96  # a small synthetic set keeps generation and FID statistics quick
@@ -205,6 +206,19 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_snapshot(tmp_path, 
     assert data['cur_nimg'] == 8  # written at the end of tick 0 ... and the poisoned tick 1 wrote nothing
     for value in checkpoint.read_snapshot(kept[0])['modules']['G']['state'].values():
         assert torch.isfinite(value.float()).all()
+
+
+def test_channels_last_is_the_presets_choice_or_auto_on_a_cpu_only(tmp_path):
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    assert uses_channels_last(dict(channels_last=None), cpu) and not uses_channels_last(dict(channels_last=None), cuda)
+    assert not uses_channels_last(dict(channels_last=False), cpu) and uses_channels_last(dict(channels_last=True), cuda)
+    c = train_cli.build_training_config(outdir=str(tmp_path), data='synthetic', cfg='ILS_predL', metrics='none')
+    assert c.channels_last is None  # the paper presets: NHWC on a CPU, NCHW on a GPU
+    tiny = tiny_config(tmp_path)
+    tiny.channels_last = None
+    nets = build_networks(tiny, cpu)
+    conv = nets.D.blocks[0].conv0.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
 
 def test_finite_check_names_the_first_bad_loss_and_its_kimg_only_when_checked():

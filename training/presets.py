@@ -43,7 +43,7 @@ BASE: dict[str, Any] = dict(
     # Image grids written at start and at every snapshot: fakes (rows × cols) and layers.
     grid_rows=16, grid_cols=16, layer_rows=8, layer_groups=2,
     workers=3,
-    channels_last=False,            # G and D in NHWC memory layout (faster on a CPU; the CUDA kernels take NCHW)
+    channels_last=None,             # G and D in NHWC: None = on a CPU only (oneDNN's layout; the CUDA kernels take NCHW)
     cpu_threads=None,               # torch threads when training on a CPU; None = torch's default
     # Overrides of metrics.auto_test.AutoTestSizes for the auto test that train_ILS_64.py runs
     # after training; empty = the original's sizes (10 000 samples, 6000 UNet iterations, ...).
