@@ -57,13 +57,14 @@ def sync(device: torch.device) -> None:
 @contextlib.contextmanager
 def reference_ops():
     """Run bias_act and upfirdn2d (and so conv2d_resample) as their pure-PyTorch references,
-    as ``impl='ref'`` would, even on CUDA tensors with the plugins built."""
-    saved = bias_act._plugin, upfirdn2d._plugin
+    as ``impl='ref'`` would: no CUDA kernels, no in-place CPU path of bias_act."""
+    saved = bias_act._plugin, upfirdn2d._plugin, bias_act.fused_cpu
     bias_act._plugin = upfirdn2d._plugin = lambda: None
+    bias_act.fused_cpu = False
     try:
         yield
     finally:
-        bias_act._plugin, upfirdn2d._plugin = saved
+        bias_act._plugin, upfirdn2d._plugin, bias_act.fused_cpu = saved
 
 
 class PhaseBench:
@@ -72,7 +73,8 @@ class PhaseBench:
     their NLL fit alone, which D-main also runs).
 
     layout: 'preset' (the config's own, which follows the device), 'nchw' or 'nhwc'.
-    impl: 'cuda' (the CUDA kernels where built) or 'ref' (the reference ops throughout).
+    impl: 'cuda' (the CUDA kernels where built; bias_act's in-place path on a CPU) or 'ref' (the
+        reference ops throughout).
     compile: G and D through ``torch.compile`` in G-main and D-main (the training option --compile).
     adjust: called on the config before the networks are built (e.g. to shrink them for a smoke run).
     """
@@ -271,7 +273,7 @@ def print_ab(result: dict, label: str) -> None:
 @click.option('--layout', type=click.Choice(['preset', 'nchw', 'nhwc']), default='preset', show_default=True,
               help="Memory layout of G and D: the preset's channels_last field (auto: NHWC on a CPU), or forced.")
 @click.option('--impl', type=click.Choice(['cuda', 'ref']), default='cuda', show_default=True,
-              help='CUDA kernels (where built) or the reference ops.')
+              help="CUDA kernels where built (on a CPU: bias_act's in-place path) or the reference ops.")
 @click.option('--ab', type=click.Choice(list(AB_VARIANTS)), default=None,
               help='Time two variants of --cfg side by side in this process (needs --cfg and --batch).')
 @click.option('--threads', type=click.IntRange(min=1), default=None, help='torch CPU threads [default: torch\'s].')

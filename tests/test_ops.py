@@ -228,6 +228,69 @@ def test_bias_act_closed_form_derivatives_match_autograd(act):
     torch.testing.assert_close(spec.d2(x.detach(), 0.2), d2)
 
 
+def _saved_storages(fn):
+    """{storage pointer: bytes} of the tensors autograd keeps for the backward of fn()."""
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, saved
+
+
+@pytest.mark.parametrize('act', ['lrelu', 'relu'])
+@pytest.mark.parametrize('clamp', [None, 0.8])
+@pytest.mark.parametrize('layout', [torch.contiguous_format, torch.channels_last])
+def test_bias_act_cpu_in_place_path_gives_the_reference_numbers_and_keeps_less(act, clamp, layout):
+    """impl='cuda' on a CPU tensor: the reference's ops in place, bitwise the same forward, input
+    and bias gradients and R1-style double backward; it keeps the output (which the next layer
+    keeps anyway) and a bool mask instead of one or two float tensors of its own."""
+    torch.manual_seed(0)
+    x = (torch.randn(4, 5, 6, 7) * 2).contiguous(memory_format=layout)
+    b, dy, probe = torch.randn(5), torch.randn(4, 5, 6, 7), torch.randn(4, 5, 6, 7)
+    results = {}
+    for impl in ('ref', 'cuda'):
+        xi, bi, dyi = (t.clone().requires_grad_(True) for t in (x, b, dy))
+        y, saved = _saved_storages(lambda: bias_act.bias_act(xi, bi, act=act, alpha=0.3, gain=1.7, clamp=clamp,
+                                                             impl=impl))
+        dx, db = torch.autograd.grad(y, (xi, bi), dyi, create_graph=True)
+        second = torch.autograd.grad((dx * probe).sum(), (xi, bi, dyi), allow_unused=True)
+        second = [torch.zeros_like(t) if g is None else g for g, t in zip(second, (xi, bi, dyi))]
+        results[impl] = [y, dx, db, *second]
+        floats = [p for p, n in saved.items() if n == y.numel() * 4]
+        if impl == 'ref':   # x + b for the activation's backward (+ the clamp's input)
+            assert len(floats) == 1 + (clamp is not None) and y.untyped_storage().data_ptr() not in floats
+        else:               # only y itself, which the next layer keeps anyway (+ a bool mask for the clamp)
+            assert floats == [y.untyped_storage().data_ptr()] and len(saved) == 1 + (clamp is not None)
+    assert results['cuda'][0].is_contiguous(memory_format=layout)
+    for got, want in zip(results['cuda'], results['ref']):
+        assert torch.equal(got, want)
+
+
+def test_bias_act_cpu_in_place_path_gradcheck_and_fallbacks():
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, b: bias_act.bias_act(x, b, act='lrelu', gain=1.3, clamp=1.5)
+    assert torch.autograd.gradcheck(fn, (x, b))
+    assert torch.autograd.gradgradcheck(fn, (x, b))
+    # Other activations, linear, a negative gain: the reference, exactly.
+    for kwargs in (dict(act='swish'), dict(act='linear', clamp=0.5), dict(act='lrelu', gain=-1.0)):
+        torch.testing.assert_close(bias_act.bias_act(x, b, **kwargs), bias_act.bias_act(x, b, impl='ref', **kwargs),
+                                   rtol=0, atol=0)
+
+
+def test_upfirdn2d_symmetric_padding_keeps_no_padded_copy_for_the_backward():
+    x = torch.randn(2, 4, 9, 9, requires_grad=True)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    _, symmetric = _saved_storages(lambda: upfirdn2d.upfirdn2d(x, f, padding=2, impl='ref'))
+    assert x.untyped_storage().data_ptr() in symmetric and all(n <= x.numel() * 4 for n in symmetric.values())
+    _, asymmetric = _saved_storages(lambda: upfirdn2d.upfirdn2d(x, f, padding=[2, 1, 2, 1], impl='ref'))
+    assert x.untyped_storage().data_ptr() not in asymmetric  # F.pad's copy is what the convolution keeps
+
+
 # ---------------------------------------------------------------------------------------------
 # conv2d_resample
 

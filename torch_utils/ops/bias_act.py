@@ -5,7 +5,8 @@
 `b` is broadcast along dimension `dim` of `x`.  The pure-PyTorch reference (`impl='ref'`) is the
 specification; `impl='cuda'` runs the kernel in cuda/bias_act.cu on CUDA tensors (built lazily on
 first use) and falls back to the reference, with one warning, when the kernel cannot be built.
-`impl='cuda'` on a CPU tensor silently means 'ref'.
+`impl='cuda'` on a CPU tensor runs the reference's own ops in place for relu/lrelu
+(`_BiasActSaveOutput`: the same numbers, less memory) and the reference otherwise.
 
 The CUDA path supports first and second order gradients: the first backward runs the same kernel
 in its "gradient" mode, and the backward of that gradient is written with plain PyTorch ops
@@ -132,6 +133,12 @@ def bias_act(x: torch.Tensor, b: torch.Tensor | None = None, dim: int = 1, act: 
     dim = dim % x.ndim if x.ndim else 0
     if impl == 'cuda' and x.is_cuda and _plugin() is not None:
         return _bias_act_cuda(x, b, dim, act, alpha, gain, clamp)
+    if impl == 'cuda' and fused_cpu and x.device.type == 'cpu' and act in _SLOPE_FROM_OUTPUT:
+        spec, alpha, gain, clamp = _resolve(act, alpha, gain, clamp)
+        if gain > 0 and alpha >= 0:
+            if b is not None:
+                _bias_shape(x, b, dim)
+            return _BiasActSaveOutput.apply(x, b, (dim, act, alpha, gain, clamp))
     return _bias_act_ref(x, b, dim, act, alpha, gain, clamp)
 
 
@@ -146,6 +153,76 @@ def _bias_act_ref(x, b, dim, act, alpha, gain, clamp) -> torch.Tensor:
     if clamp >= 0:
         x = x.clamp(-clamp, clamp)
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU path: the reference's ops, in place, keeping only what the gradient needs.
+#
+# For relu/lrelu with gain > 0 and alpha >= 0, the slope act'(x + b) is read off the sign of the
+# output y (y > 0 exactly where x + b > 0), so the backward needs y, which the next layer keeps
+# anyway (every consumer of an lrelu output here saves its input), and one bool per element for
+# the clamp, instead of the reference's two saved float tensors (x + b and act(x + b)). Forward
+# and first backward run the reference's ops in its order (the same numbers); the gradient's own
+# backward (R1) is its adjoint. 'linear' keeps the reference, which saves at most one tensor.
+
+fused_cpu = True  # False: CPU tensors take the reference (bench A/B)
+_SLOPE_FROM_OUTPUT = ('relu', 'lrelu')
+
+
+def _slope_times(g: torch.Tensor, y: torch.Tensor, act: str, alpha: float) -> torch.Tensor:
+    """g · act'(x + b), act' taken from the sign of the output y."""
+    return torch.where(y > 0, g, g * alpha) if act == 'lrelu' else torch.where(y > 0, g, torch.zeros_like(g))
+
+
+class _BiasActSaveOutput(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, b, params):
+        dim, act, alpha, gain, clamp = params
+        y = x + b.to(x.dtype).reshape(_bias_shape(x, b, dim)) if b is not None else x.clone()
+        if act == 'lrelu':
+            F.leaky_relu_(y, alpha)
+        else:
+            y.relu_()
+        if gain != 1:
+            y.mul_(gain)
+        keep = None
+        if clamp >= 0:
+            keep = (y >= -clamp) & (y <= clamp)  # torch.clamp passes the gradient on the closed interval
+            y.clamp_(-clamp, clamp)
+        ctx.save_for_backward(y, keep)
+        ctx.params = params
+        ctx.has_bias = b is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        y, keep = ctx.saved_tensors
+        dx = _BiasActSaveOutputGrad.apply(dy, y, keep, ctx.params)
+        db = None
+        if ctx.has_bias and ctx.needs_input_grad[1]:
+            db = dx.sum([i for i in range(dx.ndim) if i != ctx.params[0]])
+        return dx, db, None
+
+
+class _BiasActSaveOutputGrad(torch.autograd.Function):
+    """dx = act'(x + b) · gain · 1[|gain·act(x + b)| <= clamp] · dy, linear in dy; the slope and the
+    mask are piecewise constant in x, so only dy gets a gradient."""
+
+    @staticmethod
+    def forward(ctx, dy, y, keep, params):
+        _, act, alpha, gain, _ = params
+        ctx.save_for_backward(y, keep)
+        ctx.params = params
+        g = torch.where(keep, dy, torch.zeros_like(dy)) if keep is not None else dy
+        return _slope_times(g * gain if gain != 1 else g, y, act, alpha)
+
+    @staticmethod
+    def backward(ctx, d_dx):
+        y, keep = ctx.saved_tensors
+        _, act, alpha, gain, _ = ctx.params
+        g = _slope_times(d_dx, y, act, alpha)
+        g = g * gain if gain != 1 else g
+        return (torch.where(keep, g, torch.zeros_like(g)) if keep is not None else g), None, None, None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -139,19 +139,22 @@ def _upfirdn2d_ref(x, f, up, down, padding, flip_filter, gain) -> torch.Tensor:
         x = F.pad(x, [0, upx - 1, 0, 0, 0, upy - 1])
         x = x.reshape(n, c, h * upy, w * upx)
 
-    # 2. Pad with zeros, then crop where the padding is negative.
-    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
-    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+    # 2. Pad with zeros, then crop where the padding is negative. Symmetric padding is left to the
+    #    convolution below: the same zeros, without a padded copy that its backward would keep.
+    inner = (py0, px0) if px0 == px1 >= 0 and py0 == py1 >= 0 else (0, 0)
+    if inner == (0, 0):
+        x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+        x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
 
     # 3. FIR filter.  conv2d correlates, so a true convolution needs the taps flipped.
     f = f.to(x.dtype) * (gain ** (f.ndim / 2))
     if not flip_filter:
         f = f.flip(list(range(f.ndim)))
     if f.ndim == 2:
-        x = F.conv2d(x, f[None, None].expand(c, 1, *f.shape), groups=c)
+        x = F.conv2d(x, f[None, None].expand(c, 1, *f.shape), padding=inner, groups=c)
     else:
-        x = F.conv2d(x, f[None, None, None, :].expand(c, 1, 1, f.shape[0]), groups=c)
-        x = F.conv2d(x, f[None, None, :, None].expand(c, 1, f.shape[0], 1), groups=c)
+        x = F.conv2d(x, f[None, None, None, :].expand(c, 1, 1, f.shape[0]), padding=(0, inner[1]), groups=c)
+        x = F.conv2d(x, f[None, None, :, None].expand(c, 1, f.shape[0], 1), padding=(inner[0], 0), groups=c)
 
     # 4. Keep every down-th sample.
     return x[:, :, ::downy, ::downx]
