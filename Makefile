@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench quality clean
+.PHONY: setup demo test bench bench-ab gpu-check quality clean
 
 setup: $(VENV)/.ready
 
@@ -30,6 +30,15 @@ test: setup
 bench: setup
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_chain.py --cfg=cpu --preset-sizes=cpu
+
+# Ratios measured side by side in one process (README, "Measured speed"): main's CPU set-up (NCHW,
+# reference ops) against this branch's, phases and the real training loop (~15 min on 2 cores).
+bench-ab: setup
+	$(BIN)/python bench/bench_training.py --cfg=ILS_predL --batch=8 --ab=main --loop --iters=3 --json
+
+# The prepared GPU check (bench/gpu_check.sh; at most 8 minutes): gpu_check/gpu_check.json.
+gpu-check: setup
+	PYTHON=$(BIN)/python bash bench/gpu_check.sh
 
 quality: setup
 	PYTHON=$(BIN)/python bash bench/quality.sh

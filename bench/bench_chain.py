@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
+from typing import Callable
 
 import click
 import torch
@@ -104,11 +105,19 @@ def print_row(head: str, figures: dict) -> None:
 
 def run_chain(sizes: AutoTestSizes, device: torch.device, network: str | None = None, cfg: str = 'ILS_predL',
               resolution: int = 64, fp32: bool = False, scale: int | None = None, real_data: str | None = 'synthetic',
-              stages: tuple[str, ...] = STAGES, workers: int = 3, echo: bool = True) -> list[dict]:
+              stages: tuple[str, ...] = STAGES, workers: int = 3, echo: bool = True,
+              on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """Run generation (always) and the wanted post-training stages at ``sizes`` in a temporary
-    folder; one row of figures per wanted stage (printed when ``echo``). ``real_data=None`` tests
+    folder; one row of figures per wanted stage (printed when ``echo``, passed to ``on_row`` as
+    soon as it is measured). ``real_data=None`` tests
     the UNet on the generated samples themselves (a smoke run with nothing else to read)."""
-    rows = []
+    rows: list[dict] = []
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
     with tempfile.TemporaryDirectory(prefix='bench_chain-') as tmp:
         snapshot = network or fresh_snapshot(cfg, resolution, device, fp32, tmp)
         syn_dir = os.path.join(tmp, 'synthetic_data')
@@ -123,7 +132,7 @@ def run_chain(sizes: AutoTestSizes, device: torch.device, network: str | None = 
         if 'gen' in stages:
             gen.update(n=sizes.n, resolution=meta['resolution'],
                        images_per_sec=round(sizes.n / max(meta['seconds'], 0.01), 2))
-            rows.append(gen)
+            add(gen)
             if echo:
                 print_row(f'generate  R={gen["resolution"]:<4d} n {sizes.n:<6d} {device.type:4s} '
                           f'{gen["images_per_sec"]:10.2f} img/s', gen)
@@ -140,7 +149,7 @@ def run_chain(sizes: AutoTestSizes, device: torch.device, network: str | None = 
             seg.update(iters=sizes.seg_iters, batch=sizes.seg_batch, base_width=sizes.seg_base_width,
                        scale=scale, iters_per_sec=round(rate(vals, sizes.seg_iters, result['total_time']), 2),
                        IoU=round(result['results']['IoU'], 4))
-            rows.append(seg)
+            add(seg)
             if echo:
                 print_row(f'UNet      R={scale:<4d} iters {sizes.seg_iters} batch {sizes.seg_batch} '
                           f'width {sizes.seg_base_width}  {seg["iters_per_sec"]:8.2f} it/s', seg)
@@ -157,7 +166,7 @@ def run_chain(sizes: AutoTestSizes, device: torch.device, network: str | None = 
                         for mode in ('separate', 'single')}
             mi.update(steps=sizes.mine_steps, hidden=sizes.mine_hidden, batch=sizes.mine_batch,
                       steps_per_sec=per_mode)
-            rows.append(mi)
+            add(mi)
             if echo:
                 print_row(f'MINE      steps {sizes.mine_steps} hidden {sizes.mine_hidden} batch {sizes.mine_batch}  '
                           f'{per_mode["separate"]:8.2f} steps/s (separate, 2 critics)  '

@@ -3,6 +3,8 @@
     python bench/bench_training.py                        # cpu preset + ILS_predL/64 + ILS/128, batch 8 and 32
     python bench/bench_training.py --cfg=ILS_predL --batch=32 --iters=20 --device=cuda
     python bench/bench_training.py --cfg=ILS_predL --batch=8 --ab=layout --iters=3   # NCHW vs NHWC side by side
+    python bench/bench_training.py --cfg=ILS_predL --batch=8 --ab=main --loop --json # main's CPU set-up vs now,
+                                                                  # phases and the real training loop
 
 It times the loss phases exactly as the training loop runs them (fresh z and shifts per phase,
 ADA at p = 0.2 so the augmentation is exercised, R1 counted as 1/16 of an iteration) on random
@@ -12,14 +14,18 @@ figures as JSON. A figure, not a test: nothing here asserts a speed.
 ``--ab=NAME`` builds the two variants of :data:`AB_VARIANTS` of one preset in this process and
 times their phases interleaved (A B B A A B ...), so that a machine whose speed drifts, or is
 shared, slows both alike; it reports each variant's median and the median of the per-round
-ratios B/A. Only such ratios are comparable between days on a shared machine.
+ratios B/A. Only such ratios are comparable between days on a shared machine. ``--loop`` also
+runs the real training loop (synthetic data, ``--aug=fixed --p=0.2``, ticks of two iterations) for
+each variant, in A B B A order, and reports its sec/kimg from log.txt next to the phase figures.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -43,6 +49,9 @@ PHASES = ('G_main', 'D_main', 'D_reg', 'estimators')
 
 # --ab: (A, B) keyword arguments of PhaseBench.
 AB_VARIANTS: dict[str, tuple[dict, dict]] = {
+    # What main ran on a CPU (NCHW, every op its reference) against this branch's defaults. Main's
+    # upfirdn2d also padded symmetric borders by a copy, which A does not: A is, if anything, faster.
+    'main': (dict(layout='nchw', impl='ref'), dict()),
     'layout': (dict(layout='nchw'), dict(layout='nhwc')),
     'impl': (dict(impl='ref'), dict(impl='cuda')),
     'compile': (dict(compile=False), dict(compile=True)),
@@ -252,6 +261,51 @@ def ab_phases(variant_a: PhaseBench, variant_b: PhaseBench, rounds: int, warmup:
     return result
 
 
+STATUS_LINE = re.compile(r'^tick (\d+)\s+kimg ([\d.]+)\s+time .*?sec/kimg ([\d.]+).*?mem ([\d.]+)GB', re.M)
+
+
+def parse_training_log(text: str) -> dict:
+    """sec/kimg per tick of a training log.txt; ``sec_per_kimg`` is the median after tick 0 (the
+    warm-up: one iteration, cuDNN autotuning, the first kernel builds)."""
+    ticks = [dict(tick=int(t), kimg=float(k), sec_per_kimg=float(s), mem_gb=float(m))
+             for t, k, s, m in STATUS_LINE.findall(text)]
+    steady = sorted(t['sec_per_kimg'] for t in ticks[1:])
+    return dict(ticks=ticks, sec_per_kimg=steady[len(steady) // 2] if steady else None,
+                peak_mem_gb=max((t['mem_gb'] for t in ticks), default=None))
+
+
+def run_loop(cfg_name: str, script_resolution: int, batch: int, ticks: int = 2, layout: str = 'preset',
+             impl: str = 'cuda', fp32: bool = False, workers: int | None = None) -> dict:
+    """The real training loop (on the GPU when there is one) on the synthetic data with ADA at
+    p = 0.2 (--aug=fixed): tick 0 (one iteration) and ``ticks`` ticks of two iterations; its
+    log.txt's sec/kimg per tick. The image grids (maintenance, not in sec/kimg) are shrunk to 2×2."""
+    with tempfile.TemporaryDirectory(prefix='bench_loop-') as outdir:
+        c = train_cli.build_training_config(outdir=outdir, data='synthetic', resolution=script_resolution,
+                                            cfg=cfg_name, batch=batch, kimg=batch * (1 + 2 * ticks) / 1000,
+                                            tick=2 * batch / 1000, snap=10 ** 6, metrics='none', aug='fixed', p=0.2,
+                                            fp32=fp32, workers=workers)
+        c.update(grid_rows=2, grid_cols=2, layer_rows=2, layer_groups=1)
+        if layout != 'preset':
+            c.channels_last = layout == 'nhwc'
+        with reference_ops() if impl == 'ref' else contextlib.nullcontext(), \
+                contextlib.redirect_stdout(io.StringIO()):
+            run_dir = train_cli.launch(c)
+        with open(os.path.join(run_dir, 'log.txt'), encoding='utf-8') as f:
+            return parse_training_log(f.read())
+
+
+def ab_loops(cfg_name: str, script_resolution: int, batch: int, a: dict, b: dict, runs: int = 2) -> dict:
+    """Real-loop sec/kimg of variants a and b, runs taken A B B A ...; medians and paired ratio B/A."""
+    seconds: dict[str, list[float]] = {'A': [], 'B': []}
+    for r in range(runs):
+        for key in ('AB' if r % 2 == 0 else 'BA'):
+            seconds[key].append(run_loop(cfg_name, script_resolution, batch, **(a if key == 'A' else b))
+                                ['sec_per_kimg'])
+    return dict(runs=runs, sec_per_kimg_A=[round(v, 2) for v in seconds['A']],
+                sec_per_kimg_B=[round(v, 2) for v in seconds['B']],
+                ratio_B_over_A=round(paired_ratio(seconds['A'], seconds['B']), 3))
+
+
 def print_ab(result: dict, label: str) -> None:
     a, b = result['A'], result['B']
     print(f'{a["cfg"]} R={a["resolution"]} batch {a["batch"]} {a["device"]}: A/B {label} '
@@ -259,7 +313,12 @@ def print_ab(result: dict, label: str) -> None:
     for name, row in result['phases'].items():
         print(f'  {name:10s} A {row["sec_A"]:9.4f} s  B {row["sec_B"]:9.4f} s  B/A {row["ratio_B_over_A"]:.3f}')
     print(f'  iteration  A {result["sec_per_iter_A"]:9.4f} s  B {result["sec_per_iter_B"]:9.4f} s  '
-          f'B/A {result["ratio_B_over_A"]:.3f}', flush=True)
+          f'B/A {result["ratio_B_over_A"]:.3f}  (phase bench: {1000 / a["batch"] * result["sec_per_iter_A"]:.1f} vs '
+          f'{1000 / a["batch"] * result["sec_per_iter_B"]:.1f} sec/kimg)', flush=True)
+    loop = result.get('loop')
+    if loop:
+        print(f'  real loop  sec/kimg A {loop["sec_per_kimg_A"]}  B {loop["sec_per_kimg_B"]}  '
+              f'B/A {loop["ratio_B_over_A"]:.3f}', flush=True)
 
 
 @click.command()
@@ -276,9 +335,10 @@ def print_ab(result: dict, label: str) -> None:
               help="CUDA kernels where built (on a CPU: bias_act's in-place path) or the reference ops.")
 @click.option('--ab', type=click.Choice(list(AB_VARIANTS)), default=None,
               help='Time two variants of --cfg side by side in this process (needs --cfg and --batch).')
+@click.option('--loop', is_flag=True, help='With --ab: also the real training loop of each variant (A B B A).')
 @click.option('--threads', type=click.IntRange(min=1), default=None, help='torch CPU threads [default: torch\'s].')
 @click.option('--json', 'as_json', is_flag=True, help='Print the figures as one JSON list at the end.')
-def main(cfg, resolution, batch, iters, device, fp32, layout, impl, ab, threads, as_json):
+def main(cfg, resolution, batch, iters, device, fp32, layout, impl, ab, loop, threads, as_json):
     """Print training images/s and sec/kimg per preset and batch."""
     if threads:
         torch.set_num_threads(threads)
@@ -292,6 +352,8 @@ def main(cfg, resolution, batch, iters, device, fp32, layout, impl, ab, threads,
         a, b = ({**kwargs, **variant} for variant in AB_VARIANTS[ab])
         result = ab_phases(PhaseBench(cfg, int(resolution), batch, device, **a),
                            PhaseBench(cfg, int(resolution), batch, device, **b), iters)
+        if loop:
+            result['loop'] = ab_loops(cfg, int(resolution), batch, a, b)
         print_ab(result, ab)
         if as_json:
             print(json.dumps(result, indent=2))

@@ -651,19 +651,6 @@ def stage_phases(stage: Stage) -> None:
 
 # -- train -------------------------------------------------------------------------------------
 
-STATUS_LINE = re.compile(r'^tick (\d+)\s+kimg ([\d.]+)\s+time .*?sec/kimg ([\d.]+).*?mem ([\d.]+)GB', re.M)
-
-
-def parse_training_log(text: str) -> dict:
-    """sec/kimg per tick of a training log.txt; ``sec_per_kimg`` is the median after tick 0 (the
-    warm-up: one iteration, cuDNN autotuning, the first kernel builds)."""
-    ticks = [dict(tick=int(t), kimg=float(k), sec_per_kimg=float(s), mem_gb=float(m))
-             for t, k, s, m in STATUS_LINE.findall(text)]
-    steady = sorted(t['sec_per_kimg'] for t in ticks[1:])
-    return dict(ticks=ticks, sec_per_kimg=steady[len(steady) // 2] if steady else None,
-                peak_mem_gb=max((t['mem_gb'] for t in ticks), default=None))
-
-
 def write_image_folder(path: str, count: int, resolution: int) -> str:
     """``count`` random RGB PNGs: a tiny --data folder for the quick run."""
     import numpy as np
@@ -713,6 +700,7 @@ def stage_train(stage: Stage) -> None:
     text = open(log_path, encoding='utf-8').read() if os.path.isfile(log_path) else ''
     if text:
         shutil.copyfile(log_path, os.path.join(stage.out, 'train-log.txt'))
+    from bench.bench_training import parse_training_log
     figures = parse_training_log(text)
     stage.record(returncode=returncode, wall_s=round(time.time() - start, 1), **figures)
     if returncode is None:
@@ -730,14 +718,20 @@ def stage_train(stage: Stage) -> None:
 def stage_chain(stage: Stage) -> None:
     from bench.bench_chain import run_chain
     from metrics.auto_test import AutoTestSizes
+    done: list[dict] = []
+
+    def record_row(row: dict) -> None:  # each sub-stage as soon as it is measured: a timeout keeps them
+        done.append(row)
+        stage.record(rows=done)
+
     if stage.quick:
         sizes = AutoTestSizes(n=16, seg_iters=2, seg_batch=4, seg_base_width=4, seg_val_interval=1, mine_steps=2,
                               mine_hidden=8, mine_eval_every=1, mine_batch=4)
-        rows = run_chain(sizes, stage.device, cfg='cpu', real_data=None, workers=0)
+        rows = run_chain(sizes, stage.device, cfg='cpu', real_data=None, workers=0, on_row=record_row)
     else:
         sizes = AutoTestSizes(n=10_000, seg_iters=400, seg_batch=64, seg_base_width=64, seg_val_interval=200,
                               mine_steps=2000, mine_hidden=3000, mine_eval_every=400, mine_batch=64)
-        rows = run_chain(sizes, stage.device, cfg='ILS_predL', real_data='synthetic', workers=3)
+        rows = run_chain(sizes, stage.device, cfg='ILS_predL', real_data='synthetic', workers=3, on_row=record_row)
     by_stage = {row['stage']: row for row in rows}
     gen, seg, mi = by_stage['gen'], by_stage['seg'], by_stage['mine']
     mine_rates = list(mi['steps_per_sec'].values())

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from bench import gpu_check
+from bench import bench_training, gpu_check
 from training.training_loop import status_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +85,7 @@ def test_training_log_parser_reads_the_loops_status_lines():
 
     text = '\n'.join(['Training for 1 kimg...', line(0, 0.032, 900.5, 1.25), line(1, 0.288, 12.25, 2.5),
                       line(2, 0.544, 11.5, 2.75), line(3, 0.8, 13.0, 2.5), 'Done: 1.000 kimg in 30s.'])
-    figures = gpu_check.parse_training_log(text)
+    figures = bench_training.parse_training_log(text)
     assert [t['tick'] for t in figures['ticks']] == [0, 1, 2, 3]
     assert figures['ticks'][1] == dict(tick=1, kimg=0.288, sec_per_kimg=12.25, mem_gb=2.5)
     assert figures['sec_per_kimg'] == 12.25 and figures['peak_mem_gb'] == 2.75  # median after the warm-up tick
