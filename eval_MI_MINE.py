@@ -28,13 +28,13 @@ from metrics import mine
               help='separate (MI_1, MI_2), single (MI) or both.')
 @click.option('--steps', type=click.IntRange(min=1), default=100_000, show_default=True, help='Optimiser steps.')
 @click.option('--hidden', type=click.IntRange(min=1), default=3000, show_default=True, help='Hidden ReLU units of T.')
-@click.option('--lr', type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True, help='Adam learning rate.')
+@click.option('--lr', type=dnnlib.FiniteFloat(min=0, min_open=True), default=2e-4, show_default=True, help='Adam learning rate.')
 @click.option('--batch', type=click.IntRange(min=2), default=64, show_default=True, help='Batch size.')
 @click.option('--eval-every', type=click.IntRange(min=1), default=400, show_default=True,
               help='Evaluate on the whole set every this many steps (and after the last).')
-@click.option('--ma-rate', type=click.FloatRange(min=0, max=1, max_open=True), default=0.01, show_default=True,
+@click.option('--ma-rate', type=dnnlib.FiniteFloat(min=0, max=1, max_open=True), default=0.01, show_default=True,
               help='Moving-average rate of the bias-corrected gradient; 0 = the original plain DV gradient.')
-@click.option('--seed', type=int, default=0, show_default=True, help='Seeds weights, batches and shuffles.')
+@click.option('--seed', type=dnnlib.SEED, default=0, show_default=True, help='Seeds weights, batches and shuffles.')
 @click.option('--outdir', default=None, help='Parent of the run folder  [default: PATH/MI-estimation-MINE]')
 @click.option('--workers', type=click.IntRange(min=0), default=3, show_default=True, help='Data-loading processes.')
 @click.option('--quiet', is_flag=True, help='No progress bars.')

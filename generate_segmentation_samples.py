@@ -17,14 +17,14 @@ from metrics.generate import generate_from_network
               help='Run directory (snapshot chosen by FID) or a network-snapshot-KKKKKK.pt file.')
 @click.option('--n', 'n', type=click.IntRange(min=1), default=10000, show_default=True,
               help='Number of samples to write.')
-@click.option('--topk', type=int, default=None, metavar='KIMG',
+@click.option('--topk', type=click.IntRange(min=0), default=None, metavar='KIMG',
               help='Only consider snapshots at or below this kimg (a kimg bound, not a sample count).')
-@click.option('--pkl_idx', 'pkl_idx', type=int, default=None, metavar='KIMG',
+@click.option('--pkl_idx', 'pkl_idx', type=click.IntRange(min=0), default=None, metavar='KIMG',
               help='Use the snapshot of exactly this kimg instead of the lowest FID.')
-@click.option('--sigma', type=float, default=None, help='Only consider snapshots trained with this ILS sigma.')
+@click.option('--sigma', type=dnnlib.FiniteFloat(), default=None, help='Only consider snapshots trained with this ILS sigma.')
 @click.option('--latest', is_flag=True, help='Without a metric file, use the newest snapshot.')
-@click.option('--seed', type=int, default=0, show_default=True, help='Sample i is drawn from (seed, i).')
-@click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True, help='Truncation psi.')
+@click.option('--seed', type=dnnlib.SEED, default=0, show_default=True, help='Sample i is drawn from (seed, i).')
+@click.option('--trunc', 'truncation_psi', type=dnnlib.FiniteFloat(), default=1.0, show_default=True, help='Truncation psi.')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True,
               help='Per-pixel noise of the synthesis layers.')
 @click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=64, show_default=True,
@@ -32,7 +32,7 @@ from metrics.generate import generate_from_network
 @click.option('--outdir', default=None, metavar='DIR',
               help='Output folder [default: synthetic_data-KKKKKK beside the snapshot].')
 @click.option('--resume', is_flag=True, help='Complete an interrupted set instead of refusing an existing folder.')
-@click.option('--device', default=None, help='torch device [default: cuda if available, else cpu].')
+@click.option('--device', type=dnnlib.Device(), default=None, help='torch device [default: cuda if available, else cpu].')
 @dnnlib.report_user_errors
 def main(**options):
     """Write img/, mask/, fg/, bg/, fg_masked/ PNGs, latents.npy and meta.json."""

@@ -50,11 +50,19 @@ class AutoTestSizes:
 
 
 def read_training_options(run_dir: str) -> dict:
+    """The run's ``training_options.json``; a missing, empty or damaged file is a one-line UserError."""
     path = os.path.join(run_dir, 'training_options.json')
     if not os.path.isfile(path):
         raise dnnlib.UserError(f'{path} not found: {run_dir} is not a training run directory')
-    with open(path, encoding='utf-8') as f:
-        return json.load(f)
+    try:
+        with open(path, encoding='utf-8') as f:
+            options = json.load(f)
+    except ValueError as err:   # JSONDecodeError and UnicodeDecodeError: empty, cut short, overwritten
+        raise dnnlib.UserError(f'{path} is damaged ({type(err).__name__}: {err}); every snapshot of the run holds '
+                               f'a copy of its options under data["training_options"]: restore the file') from None
+    if not isinstance(options, dict):
+        raise dnnlib.UserError(f'{path} is damaged (not a JSON object); restore the options of the run')
+    return options
 
 
 def choose_auto_snapshot(run_dir: str) -> generate.SnapshotChoice:
@@ -80,27 +88,33 @@ def format_summary(summary: dict) -> str:
 
 
 def run_auto_test(run_dir: str, config: dict | None = None, device: str | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, data_root: str | None = None) -> dict:
     """Run the whole chain on ``run_dir`` (see the module docstring); returns the summary dict.
 
     ``config`` is the training configuration (``training_options.json`` when omitted): its
     ``data``, ``data_root``, ``resolution`` and ``auto_test_sizes`` fields say which real test
-    split to score on, at which size, and how large each stage is.
+    split to score on, at which size, and how large each stage is; ``data_root`` replaces the
+    stored one. Every input (options, device, snapshot, real test split) is checked before
+    ``auto_test/`` is made.
     """
     from metrics import mine, segmentation
+    from training.dataset import open_dataset
 
     start = time.time()
     config = dict(config) if config is not None else read_training_options(run_dir)
     sizes = AutoTestSizes.from_dict(config.get('auto_test_sizes'))
-    data, data_root = config.get('data'), config.get('data_root')
+    data, data_root = config.get('data'), data_root or config.get('data_root')
     if not data:
         raise dnnlib.UserError(f'the training options of {run_dir} name no dataset (field "data")')
+    device = dnnlib.parse_device(device)
+    choice = choose_auto_snapshot(run_dir)
+    resolution = int(config.get('resolution', 64))
+    open_dataset(data, split='test', resolution=resolution, data_root=data_root)   # the real test split is there
     auto_dir = os.path.join(run_dir, 'auto_test')
     os.makedirs(auto_dir, exist_ok=True)
     print(f'Auto test of {run_dir} (sizes: {asdict(sizes)})', flush=True)
 
     # 1-2. Snapshot and synthetic set.
-    choice = choose_auto_snapshot(run_dir)
     syn_dir = os.path.join(auto_dir, f'synthetic_data-{choice.kimg:06d}')
     syn_dir, meta = generate.generate_from_network(choice.path, n=sizes.n, outdir=syn_dir, seed=0,
                                                    device=device, resume=True, progress=progress,
@@ -110,7 +124,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     # resolution (64 in every paper preset; the CPU demo preset trains at 32).
     seg_cfg = segmentation.SegmentationConfig(
         syn_data=syn_dir, real_data=data, real_root=data_root, aug='color', protocol='scale',
-        scale=int(config.get('resolution', 64)),
+        scale=resolution,
         iters=sizes.seg_iters, batch=sizes.seg_batch, base_width=sizes.seg_base_width,
         val_interval=min(sizes.seg_val_interval, sizes.seg_iters), device=device, progress=progress)
     seg = segmentation.run_segmentation_eval(seg_cfg)
@@ -140,12 +154,14 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
 
 @click.command()
 @click.argument('run_dir', type=click.Path(file_okay=False))
-@click.option('--device', default=None, help='torch device [default: cuda if available, else cpu].')
+@click.option('--device', type=dnnlib.Device(), default=None, help='torch device [default: cuda if available, else cpu].')
+@click.option('--data-root', metavar='DIR', default=None,
+              help='Root of the DRC dataset folders [default: the run\'s --data-root].')
 @click.option('--quiet', is_flag=True, help='No progress bars.')
 @dnnlib.report_user_errors
-def main(run_dir: str, device: str | None, quiet: bool) -> None:
+def main(run_dir: str, device: str | None, data_root: str | None, quiet: bool) -> None:
     """Run the auto test (generation → segmentation → MINE) on an existing training run."""
-    run_auto_test(run_dir, device=device, progress=not quiet)
+    run_auto_test(run_dir, device=device, progress=not quiet, data_root=data_root)
 
 
 if __name__ == '__main__':

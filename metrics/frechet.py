@@ -299,16 +299,18 @@ def real_features(dataset_kwargs: dict | None, detector_path: str | None, device
     cache_path = None
     if use_cache and dataset_kwargs is not None:
         cache_path = real_stats_cache_path(dataset_kwargs, detector_path, max_items, keep_features)
-        if _all_ranks_agree(os.path.isfile(cache_path), num_gpus, device):
-            return FeatureStats.from_npz(cache_path, device)
+        cached = dnnlib.read_cache(cache_path, lambda path: FeatureStats.from_npz(path, device))
+        if _all_ranks_agree(cached is not None, num_gpus, device):
+            return cached
     if dataset is None:
         dataset = open_real_dataset(dataset_kwargs)
     stats = compute_dataset_features(dataset, detector, device, max_items=max_items, keep_features=keep_features,
                                      batch_size=batch_size, num_gpus=num_gpus, rank=rank,
                                      num_workers=num_workers, progress=progress)
     if cache_path is not None and rank == 0:
-        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-        dnnlib.write_bytes_atomic(cache_path, stats.to_npz_bytes())
+        with dnnlib.writing_cache(cache_path):
+            os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+            dnnlib.write_bytes_atomic(cache_path, stats.to_npz_bytes())
     return stats
 
 

@@ -251,7 +251,7 @@ def generate_from_network(network: str, n: int, outdir: str | None = None, topk:
     if noise_mode not in ('const', 'random', 'none'):
         raise dnnlib.UserError(f'--noise-mode must be const, random or none, got {noise_mode!r}')
     choice = choice or choose_snapshot(network, topk=topk, pkl_idx=pkl_idx, sigma=sigma, latest=latest)
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    device = dnnlib.parse_device(device)
     G = checkpoint.load_snapshot(choice.path, device=device)['G_ema']
     outdir = outdir or default_outdir(choice.path, choice.kimg)
     print(f'Snapshot: {choice.path} ({choice.reason}; fid={choice.metric_value}, sigma={choice.sigma})')

@@ -158,7 +158,7 @@ def train_critics(pairs: PairFn, num: int, dims: list[tuple[int, int]], cfg: Min
             skips_in_a_row += 1
             if skips_in_a_row > cfg.max_skips:
                 raise dnnlib.UserError(f'the MINE bound was non-finite for {skips_in_a_row} batches in a row; '
-                                       f'lower --lr (now {cfg.lr})')
+                                       f'lower the learning rate (--lr of eval_MI_MINE.py, now {cfg.lr})')
             continue
         skips_in_a_row = 0
         optimizer.zero_grad(set_to_none=True)

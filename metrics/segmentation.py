@@ -254,8 +254,16 @@ def check_config(cfg: SegmentationConfig) -> None:
     if not 0 < cfg.val_fraction < 1:
         raise dnnlib.UserError(f'the validation fraction must lie in (0, 1), got {cfg.val_fraction}')
     check_synthetic_folder(cfg.syn_data)
+    from torch_utils.misc import ensure_writable_dir
+    try:
+        ensure_writable_dir(cfg.outdir or cfg.syn_data)
+    except OSError as err:
+        raise dnnlib.UserError(f'cannot make the run folder in {cfg.outdir or cfg.syn_data} ({err}); '
+                               f'pass --outdir=DIR') from None
     from training.dataset import open_dataset
     open_dataset(cfg.syn_data, split='test', resolution=cfg.resolutions()[0])  # lists the pairs: a mask missing?
+    open_dataset(cfg.real_data, split='test', resolution=cfg.resolutions()[0], data_root=cfg.real_root,
+                 root_option='--real-root')   # lists the real test split: found, with masks?
 
 
 def check_synthetic_folder(path: str) -> None:
@@ -302,10 +310,12 @@ def load_sets(cfg: SegmentationConfig) -> dict[str, tuple[torch.Tensor, torch.Te
         val_target = torch.utils.data.Subset(syn_target, range(num_train, len(syn_target)))
         sets['val'] = (sets['val'][0], load_pairs(val_target, cfg.num_workers, 'val masks', cfg.progress)[1])
 
-    real = open_dataset(cfg.real_data, split='test', resolution=input_res, data_root=cfg.real_root)
+    real = open_dataset(cfg.real_data, split='test', resolution=input_res, data_root=cfg.real_root,
+                        root_option='--real-root')
     images, masks = load_pairs(real, cfg.num_workers, 'real test pairs', cfg.progress)
     if target_res != input_res:
-        real_target = open_dataset(cfg.real_data, split='test', resolution=target_res, data_root=cfg.real_root)
+        real_target = open_dataset(cfg.real_data, split='test', resolution=target_res, data_root=cfg.real_root,
+                                   root_option='--real-root')
         masks = load_pairs(real_target, cfg.num_workers, 'test masks', cfg.progress)[1]
     sets['test'] = (images, masks)
     return sets
@@ -388,7 +398,8 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def pick_device(name: str | None) -> torch.device:
-    return torch.device(name or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    """``name`` checked by :func:`dnnlib.parse_device` (None: cuda when available, else cpu)."""
+    return torch.device(dnnlib.parse_device(name))
 
 
 def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -> dict:
@@ -406,12 +417,12 @@ def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -
     device = pick_device(cfg.device)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
+    sets = load_sets(cfg)   # every pair read (and every input error found) before the run folder is made
     run_dir = run_dir or dnnlib.next_run_dir(cfg.outdir or cfg.syn_data, cfg.run_desc())
     os.makedirs(run_dir, exist_ok=False)
     with open(os.path.join(run_dir, 'options.json'), 'w', encoding='utf-8') as f:
         json.dump({**asdict(cfg), 'protocol_details': cfg.protocol_record(), 'run_dir': run_dir}, f, indent=2)
 
-    sets = load_sets(cfg)
     train_images, train_masks = (t.to(device) for t in sets['train'])
 
     # The seed fixes the weights, the batch order (own generator) and the augmentation draws.

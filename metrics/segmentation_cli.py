@@ -9,6 +9,7 @@ from dataclasses import asdict
 
 import click
 
+import dnnlib
 from metrics import segmentation
 
 COMMON_OPTIONS = [
@@ -23,7 +24,7 @@ COMMON_OPTIONS = [
                  help='Validate every this many iterations (and after the last).'),
     click.option('--base-width', type=click.IntRange(min=1), default=64, show_default=True,
                  help='UNet width of the first level (64 = paper; smaller for CPU demos).'),
-    click.option('--seed', type=int, default=0, show_default=True, help='Seeds weights, batches, augmentation.'),
+    click.option('--seed', type=dnnlib.SEED, default=0, show_default=True, help='Seeds weights, batches, augmentation.'),
     click.option('--outdir', default=None, help='Parent of the run folder  [default: --syn-data]'),
     click.option('--workers', type=click.IntRange(min=0), default=3, show_default=True, help='Data-loading processes.'),
     click.option('--quiet', is_flag=True, help='No progress bars.'),

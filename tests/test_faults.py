@@ -34,11 +34,13 @@ TICK_IMAGES = 16   # tiny_config: ticks of 0.016 kimg (two iterations of batch 8
 
 
 def one_line_error(stderr: str) -> str:
-    """The error line of a failed command, after asserting it is the only thing it printed."""
-    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith('Warning')]
-    assert len(lines) == 1 and lines[0].startswith('error: '), stderr[-2000:]
+    """The error line of a failed command, after asserting that it is its last line and its only
+    ``error:`` line, with no traceback (progress lines such as "Generating …" may come before it)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith('error: '), stderr[-2000:]
+    assert sum(line.startswith('error: ') for line in lines) == 1, stderr[-2000:]
     assert 'Traceback' not in stderr
-    return lines[0]
+    return lines[-1]
 
 
 def write_pngs(folder, count: int, size: int = 32) -> list[str]:
@@ -115,7 +117,7 @@ def test_disk_full_at_a_snapshot_stops_with_one_line_and_keeps_the_previous_snap
 
     def fsync_then_fill(fd):
         calls['n'] += 1
-        if calls['n'] >= 2:   # the first snapshot is written, the second finds the disk full
+        if calls['n'] >= 3:   # training_options.json and the first snapshot are written, the second is not
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_fsync(fd)
 
@@ -125,8 +127,9 @@ def test_disk_full_at_a_snapshot_stops_with_one_line_and_keeps_the_previous_snap
     message = str(err.value)
     run_dir = glob.glob(str(tmp_path / '0*'))[0]
     snapshot = os.path.join(run_dir, 'network-snapshot-000000.pt')
-    assert message == (f'training stopped: No space left on device: {snapshot} (the last complete snapshot is '
-                       f'{snapshot}: continue with --resume={snapshot})')
+    assert message.startswith(f'training stopped: No space left on device: {snapshot}; free some space')
+    assert message.endswith(f'(the last complete snapshot is {snapshot}: continue with --resume={snapshot})')
+    assert dnnlib.exit_code(err.value) == 1   # the machine's state, not the input
     monkeypatch.setattr(os, 'fsync', real_fsync)
     assert checkpoint.read_snapshot(snapshot)['data']['cur_nimg'] == 8   # tick 0's snapshot, whole
     assert not [name for name in os.listdir(run_dir) if name.startswith('.tmp-')]

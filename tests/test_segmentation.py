@@ -273,7 +273,7 @@ def test_cli_names_a_missing_synthetic_folder(tmp_path):
 def test_empty_or_unpaired_synthetic_folders_are_user_errors(tmp_path, dataset_module):
     import dnnlib
     from PIL import Image
-    cfg = seg.SegmentationConfig(syn_data=str(tmp_path), real_data='cub')
+    cfg = seg.SegmentationConfig(syn_data=str(tmp_path), real_data=str(tmp_path))   # the real test set: the same pairs
     with pytest.raises(dnnlib.UserError, match='no img/ folder'):
         seg.check_config(cfg)
     (tmp_path / 'img').mkdir()
@@ -286,7 +286,7 @@ def test_empty_or_unpaired_synthetic_folders_are_user_errors(tmp_path, dataset_m
     Image.new('RGB', (8, 8)).save(tmp_path / 'mask' / '000001.png')
     seg.check_config(cfg)
     with pytest.raises(dnnlib.UserError, match='--aug'):
-        seg.check_config(seg.SegmentationConfig(syn_data=str(tmp_path), real_data='cub', aug='colour'))
+        seg.check_config(seg.SegmentationConfig(syn_data=str(tmp_path), real_data=str(tmp_path), aug='colour'))
 
 
 def test_dry_run_prints_the_paper_defaults(tmp_path, dataset_module):
@@ -297,7 +297,7 @@ def test_dry_run_prints_the_paper_defaults(tmp_path, dataset_module):
     from PIL import Image
     Image.new('RGB', (8, 8)).save(tmp_path / 'img' / '000001.png')
     Image.new('RGB', (8, 8)).save(tmp_path / 'mask' / '000001.png')
-    result = CliRunner().invoke(eval_segmentation.main, [f'--syn-data={tmp_path}', '--real-data=cub', '-n'])
+    result = CliRunner().invoke(eval_segmentation.main, [f'--syn-data={tmp_path}', f'--real-data={tmp_path}', '-n'])
     assert result.exit_code == 0, result.output
     options = json.loads(result.output)
     assert (options['iters'], options['batch'], options['lr'], options['val_interval'], options['base_width'],

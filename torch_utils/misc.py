@@ -12,6 +12,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+import dnnlib
 from torch_utils import distributed
 
 
@@ -76,24 +77,28 @@ def to_uint8(images: torch.Tensor, low: float = -1.0, high: float = 1.0) -> np.n
 
 def save_image_grid(images: np.ndarray, path: str, rows: int, cols: int) -> None:
     """Write uint8 tiles [rows·cols, H, W, 3] as one PNG."""
-    PIL.Image.fromarray(image_grid(images, rows, cols), 'RGB').save(path)
+    with dnnlib.naming_file(path):
+        PIL.Image.fromarray(image_grid(images, rows, cols), 'RGB').save(path)
 
 
 class Tee:
     """Copy everything written to stdout into a log file as well (rank 0 of a run)."""
 
     def __init__(self, path: str, stream: TextIO | None = None) -> None:
+        self.path = path
         self.file = open(path, 'at', buffering=1)
         self.stream = stream or sys.stdout
 
     def write(self, text: str) -> int:
         written = self.stream.write(text)  # the console first: a full disk must not hide the output
-        self.file.write(text)
+        with dnnlib.naming_file(self.path):
+            self.file.write(text)
         return written
 
     def flush(self) -> None:
         self.stream.flush()
-        self.file.flush()
+        with dnnlib.naming_file(self.path):
+            self.file.flush()
 
     def close(self) -> None:
         try:

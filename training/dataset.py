@@ -20,7 +20,9 @@ import dataclasses
 import io
 import json
 import os
+import re
 import zipfile
+import zlib
 from typing import Callable
 
 import click
@@ -43,6 +45,9 @@ DRC_SHORT_NAMES = {'birds': 'cub', 'dogs': 'dog', 'cars': 'car'}
 DRC_MARKERS = {'birds': 'images.txt', 'dogs': 'data_tr_sel.npy', 'cars': 'data_mrcnn_train_select.npy'}
 DEFAULT_DRC_ROOT = os.path.join('datasets', 'DRC_processed')
 SPLITS = ('train', 'test')
+# What opening a zip archive or reading one of its members can raise: a bad CRC, a truncated or
+# damaged archive, a compression method or encryption this Python cannot read, a failed read.
+ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -57,6 +62,7 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
             return np.asarray(image.convert('RGB'))
     except Exception as err:  # every decoder failure (truncated, not an image, ...) means the same
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        reason = re.sub(r' <[\w.]+ object at 0x[0-9a-fA-F]+>', '', reason)  # PIL names its in-memory file
         raise dnnlib.UserError(f'cannot read image {name} ({reason}); replace or remove the file') from None
 
 
@@ -189,9 +195,14 @@ class FileDataset(Dataset):
                     return f.read()
             except OSError as err:
                 raise dnnlib.UserError(f'cannot read {path} ({err.strerror}); check that the file exists') from None
-        if self._zip is None:
-            self._zip = zipfile.ZipFile(self.zip_path)
-        return self._zip.read(path)
+        try:
+            if self._zip is None:
+                self._zip = zipfile.ZipFile(self.zip_path)
+            return self._zip.read(path)
+        except ZIP_READ_ERRORS as err:
+            reason = f'{type(err).__name__}: {err}' if str(err) else type(err).__name__
+            raise dnnlib.UserError(f'cannot read {path} from the zip archive {self.zip_path} ({reason}); '
+                                   f'the archive is damaged: re-create it, or remove that member') from None
 
     def _load(self, raw_index: int) -> tuple[np.ndarray, np.ndarray | None]:
         record, r = self.records[raw_index], self.resolution
@@ -307,20 +318,21 @@ def _mrcnn_records(root: str, kind: str, split: str) -> list[Record]:
     return records
 
 
-def resolve_drc_root(kind: str, data_root: str | None, env_root: str | None) -> str:
+def resolve_drc_root(kind: str, data_root: str | None, env_root: str | None, root_option: str = '--data-root') -> str:
     """The folder of one DRC dataset: ``data_root`` (or its ``kind`` subfolder), else
-    ``env_root/kind``, else ``./datasets/DRC_processed/kind``."""
+    ``env_root/kind``, else ``./datasets/DRC_processed/kind``. ``root_option`` is the caller's
+    name for ``data_root`` (``--data-root``, ``--real-root``), which the error message names."""
     if data_root:
         nested = os.path.join(data_root, kind)
         if not os.path.isfile(os.path.join(data_root, DRC_MARKERS[kind])) and os.path.isdir(nested):
             data_root = nested   # the DRC_processed folder itself was given
-        root, how = data_root, '--data-root'
+        root, how = data_root, root_option
     elif env_root:
         root, how = os.path.join(env_root, kind), '$ILSGAN_DATA_ROOT'
     else:
         root, how = os.path.join(DEFAULT_DRC_ROOT, kind), 'the default location'
     if not os.path.isdir(root):
-        raise dnnlib.UserError(f'{kind} dataset folder not found: {root} (from {how}); pass --data-root=FOLDER '
+        raise dnnlib.UserError(f'{kind} dataset folder not found: {root} (from {how}); pass {root_option}=FOLDER '
                                f'(the folder holding {DRC_MARKERS[kind]}) or set ILSGAN_DATA_ROOT, see README "Datasets"')
     return root
 
@@ -373,7 +385,7 @@ def open_image_folder(path: str, resolution: int, **kwargs) -> FileDataset:
         try:
             with zipfile.ZipFile(path) as archive:
                 members = sorted(n for n in archive.namelist() if _is_image(n))
-        except (zipfile.BadZipFile, OSError) as err:
+        except ZIP_READ_ERRORS as err:
             raise dnnlib.UserError(f'cannot open {path} as a folder or a zip archive of images ({err})') from None
         records, zip_path = [Record(m) for m in members], path
     if not records:
@@ -410,7 +422,8 @@ def open_synthetic(split: str, resolution: int, cache_root: str, num_images: int
 
 def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_root: str | None = None,
                  xflip: bool = False, max_size: int | None = None, seed: int = 0,
-                 num_images: int | None = None, synthetic_seed: int = 0, train_masks: bool = False) -> Dataset:
+                 num_images: int | None = None, synthetic_seed: int = 0, train_masks: bool = False,
+                 root_option: str = '--data-root') -> Dataset:
     """Open a dataset by name (cub|bird|birds, dog|dogs, car|cars, synthetic) or path.
 
     A path is a folder with ``img/`` and ``mask/`` (pairs, always with masks), or a folder or zip
@@ -419,7 +432,8 @@ def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_roo
     edge that reads the environment). ``xflip`` doubles the set with mirrored copies;
     ``max_size`` keeps a subset chosen with ``seed``. ``num_images`` and ``synthetic_seed`` pick
     the size and the stream of the synthetic set; ``train_masks`` keeps the masks of its train
-    split (the only train split that has them).
+    split (the only train split that has them). ``root_option`` is the caller's option for
+    ``data_root``, named in the advice when the DRC folder is not found.
     """
     if split not in SPLITS:
         raise dnnlib.UserError(f'unknown split {split!r}; use one of {", ".join(SPLITS)}')
@@ -435,7 +449,7 @@ def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_roo
                               **options)
     if kind == 'drc':
         drc_kind = DRC_KINDS[data.lower()]
-        root = resolve_drc_root(drc_kind, data_root, os.environ.get('ILSGAN_DATA_ROOT'))
+        root = resolve_drc_root(drc_kind, data_root, os.environ.get('ILSGAN_DATA_ROOT'), root_option)
         return open_drc(drc_kind, split, resolution, root, **options)
     if kind == 'pairs':
         return open_pairs(data, resolution, **options)
@@ -538,12 +552,23 @@ def export_pairs(dataset: Dataset, outdir: str, count: int | None = None, source
     return count
 
 
+def check_grid_path(path: str) -> None:
+    """UserError unless ``path`` names a .png file that can be written (checked before any reading)."""
+    if os.path.isdir(path) or not path.lower().endswith('.png'):
+        raise dnnlib.UserError(f'--grid={path}: name the .png file to write the preview to, e.g. --grid=preview.png')
+    from torch_utils import misc
+    try:
+        misc.ensure_writable_dir(os.path.dirname(os.path.abspath(path)))
+    except OSError as err:
+        raise dnnlib.UserError(f'--grid={path} cannot be written: {err}') from None
+
+
 @click.command()
 @click.option('--data', required=True, help='cub | dog | car | synthetic | folder or zip of images | folder with img/ + mask/')
 @click.option('--data-root', default=None,
               help='DRC dataset folder (default: $ILSGAN_DATA_ROOT/<birds|dogs|cars>, else ./datasets/DRC_processed/...)')
-@click.option('--resolution', default=64, show_default=True, type=int, help='Image size R')
-@click.option('--grid', 'grid_path', default=None, help='Write a PNG preview here: train images, then test images over their masks')
+@click.option('--resolution', default=64, show_default=True, type=click.IntRange(min=4), help='Image size R')
+@click.option('--grid', 'grid_path', default=None, metavar='FILE.png', help='Write a PNG preview here: train images, then test images over their masks')
 @click.option('--export', 'export_dir', default=None, metavar='DIR',
               help='Instead: write the (image, mask) pairs of --split as DIR/img/000001.png, DIR/mask/000001.png '
                    'and DIR/meta.json, for eval_segmentation.py --syn-data=DIR')
@@ -557,6 +582,8 @@ def main(data: str, data_root: str | None, resolution: int, grid_path: str | Non
 
     With --export, write the ground-truth pairs of one split instead and print their count as JSON.
     """
+    if grid_path is not None:
+        check_grid_path(grid_path)
     if export_dir is not None:
         if grid_path:
             raise dnnlib.UserError('--grid inspects and --export exports: pass one of them')

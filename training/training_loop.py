@@ -203,12 +203,16 @@ def save_grids(run_dir: str, tag: str, G: torch.nn.Module, grid_z: torch.Tensor,
                          cfg.layer_rows, 5 * cfg.layer_groups)
 
 
+def reals_indices(dataset_size: int, cfg: dnnlib.EasyDict) -> list[int]:
+    """The grid_rows × grid_cols dataset indices shown in ``reals.png`` (a seeded choice; repeated
+    when the set is smaller than the grid)."""
+    order = np.random.RandomState(cfg.seed).permutation(dataset_size)
+    return [int(order[i % len(order)]) for i in range(cfg.grid_rows * cfg.grid_cols)]
+
+
 def save_reals(run_dir: str, dataset: Any, cfg: dnnlib.EasyDict) -> None:
     """``reals.png``: grid_rows × grid_cols training images (a seeded choice)."""
-    count = cfg.grid_rows * cfg.grid_cols
-    order = np.random.RandomState(cfg.seed).permutation(len(dataset))
-    picks = [order[i % len(order)] for i in range(count)]
-    images = np.stack([np.asarray(dataset[int(i)][0]) for i in picks]).transpose(0, 2, 3, 1)
+    images = np.stack([np.asarray(dataset[i][0]) for i in reals_indices(len(dataset), cfg)]).transpose(0, 2, 3, 1)
     misc.save_image_grid(images, os.path.join(run_dir, 'reals.png'), cfg.grid_rows, cfg.grid_cols)
 
 
@@ -237,12 +241,13 @@ def evaluate_metrics(cfg: dnnlib.EasyDict, G_ema: torch.nn.Module, run_dir: str,
 
 
 def write_failed(err: OSError, last_snapshot: str | None) -> dnnlib.UserError:
-    """A write that failed at a tick end, as one line saying what survived and how to go on."""
+    """A write that failed at a tick end, as one line naming the file, saying what to do and what
+    survived. Raise it ``from err``: an OSError cause makes the exit code 1 (the machine, not the input)."""
     if last_snapshot is None:
-        kept = 'no snapshot was written yet'
+        kept = 'no snapshot was written yet: start the run again'
     else:
         kept = f'the last complete snapshot is {last_snapshot}: continue with --resume={last_snapshot}'
-    return dnnlib.UserError(f'training stopped: {dnnlib.os_error_message(err, hint=False)} ({kept})')
+    return dnnlib.UserError(f'training stopped: {dnnlib.os_error_message(err)} ({kept})')
 
 
 def open_tensorboard(run_dir: str) -> Any:
@@ -256,7 +261,8 @@ def open_tensorboard(run_dir: str) -> Any:
 
 def write_stats(run_dir: str, stats: dict, writer: Any, kimg: float, metrics: dict[str, float]) -> None:
     """One ``stats.jsonl`` line per tick (+ TensorBoard scalars, global step = kimg)."""
-    with open(os.path.join(run_dir, 'stats.jsonl'), 'at') as f:
+    path = os.path.join(run_dir, 'stats.jsonl')
+    with dnnlib.naming_file(path), open(path, 'at') as f:
         f.write(json.dumps(dict(stats, timestamp=time.time())) + '\n')
     if writer is not None:
         step = int(kimg * 1000)
@@ -427,7 +433,7 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
                 print(status_line(stats) + ''.join(f'  {k} {v:.4g}' for k, v in metric_values.items()), flush=True)
                 write_stats(run_dir, stats, writer, cur_nimg / 1000, metric_values)
         except OSError as err:
-            raise write_failed(err, last_snapshot) from None
+            raise write_failed(err, last_snapshot) from err
         set_rng_state(rng_at_tick)
         cur_tick += 1
         tick_start_nimg, tick_start_time = cur_nimg, time.time()
