@@ -1,12 +1,28 @@
 """Faults and bad input, end to end: what the user sees and what survives.
 
-Each case of the fault list has a test; the ones that sit naturally with their module live there:
-a truncated snapshot (test_checkpoint: ``test_truncated_or_missing_snapshot_is_a_user_error_naming_the_file``),
-a missing metric file (test_generate: ``test_choose_snapshot_without_metric_file_needs_latest``), a wrong
-``--cfg`` and ``--batch`` not divisible by ``--gpus`` (test_training: ``test_cli_errors_are_one_line``),
-an existing output folder (test_generate: ``test_generate_dataset_writes_layout_and_refuses_to_overwrite``).
-The rest are here: a training process killed with SIGKILL and resumed, a full disk, an unwritable
-``--outdir``, and a corrupt PNG inside a dataset, read in the main process and in loader workers.
+Each row of README "When something goes wrong" has a test. Here: a training process killed with
+SIGKILL and resumed, a full disk during training, an unwritable ``--outdir``, and a corrupt PNG
+inside a dataset (read in the main process and in loader workers). Elsewhere:
+
+* a truncated snapshot — test_checkpoint ``test_truncated_or_missing_snapshot_is_a_user_error_naming_the_file``;
+* no metric file — test_generate ``test_choose_snapshot_without_metric_file_needs_latest``;
+* a wrong ``--cfg``, ``--batch`` not divisible by ``--gpus`` — test_training ``test_cli_errors_are_one_line``;
+* generation into an existing folder — test_generate ``test_generate_dataset_writes_layout_and_refuses_to_overwrite``;
+* a NaN loss — test_training ``test_nan_loss_stops_with_clear_error_and_keeps_last_good_snapshot``;
+* in test_bad_input: a full disk when the run directory is made
+  (``test_disk_full_when_the_run_directory_is_made_exits_1_naming_the_file_and_leaves_nothing``),
+  NaN / ±inf / out-of-range numbers and seeds (``test_nan_inf_and_out_of_range_numbers_are_refused_…``,
+  ``test_every_number_option_of_every_command_is_a_checked_range``, ``test_training_config_from_python_…``),
+  ``--device`` (``test_wrong_device_stops_generation_and_the_auto_test_…``), ``--gpus`` beyond the CUDA devices
+  (``test_more_processes_than_cuda_devices_is_a_warning_…``), a damaged zip
+  (``test_damaged_zip_member_is_one_line_naming_member_and_zip_…``), a DRC folder not found
+  (``test_dataset_not_found_advice_names_an_option_the_script_has``), a truncated or empty cache
+  (``test_unreadable_synthetic_cache_file_is_made_again_with_one_warning``), ``$ILSGAN_CACHE`` unwritable
+  (``test_cache_that_cannot_be_written_is_one_line_naming_ILSGAN_CACHE_and_exits_1``), ``--resume`` past
+  ``--kimg`` or of another ``--cfg`` (``test_resume_and_detector_are_checked_before_the_run_directory_is_made``),
+  a damaged ``training_options.json`` (``test_damaged_training_options_in_the_auto_test_…``), ``--grid``
+  (``test_grid_must_name_a_png_file_…``); nothing left behind by a refused evaluation
+  (``test_refused_segmentation_eval_leaves_nothing_…``, ``test_auto_test_of_a_run_without_snapshots_…``).
 """
 
 import errno

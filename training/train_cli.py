@@ -256,9 +256,29 @@ def resume_options(options: dict, given: set[str], stored: dict) -> tuple[dict, 
     return {**options, **taken}, taken
 
 
-def _option_text(name: str, value: Any) -> str:
-    value = ','.join(map(str, value)) or 'none' if isinstance(value, list) else value
-    return f'--{name.replace("_", "-")}={value}'
+def options_for_resume(options: dict, ctx: click.Context) -> dict:
+    """The command's ``options`` with those the user did not type taken from the run ``--resume``
+    names; prints one line listing what was taken and what, given again, won."""
+    params = {param.name: param for param in ctx.command.params}
+    given = {name for name in options if ctx.get_parameter_source(name) not in
+             (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}
+    stored, source = stored_options(options['resume'])
+    merged, taken = resume_options(options, given, stored)
+    again = {name: stored[name] for name in sorted(given & set(stored))
+             if name not in NOT_RESUMED and stored[name] != merged[name]}
+    print(f'Resuming with the options of {source}: '
+          + (' '.join(_option_text(params[name], value) for name, value in taken.items()) or 'none differ')
+          + ''.join(f'; {_option_text(params[name], merged[name])} given again wins over '
+                    f'{_option_text(params[name], value)}' for name, value in again.items()), flush=True)
+    return merged
+
+
+def _option_text(param: click.Parameter, value: Any) -> str:
+    """How the user would type ``value`` for ``param``: ``--seed=7``, ``--metrics=none``, ``--no-auto-test``."""
+    if isinstance(param, click.Option) and param.is_flag:
+        return param.opts[0] if value else (param.secondary_opts or [f'(no {param.opts[0]})'])[0]
+    value = (','.join(map(str, value)) or 'none') if isinstance(value, list) else value
+    return f'{param.opts[0]}={value}'
 
 
 def warn_about_processes(gpus: int) -> None:
@@ -377,17 +397,7 @@ def make_main(resolution: int):
         """Train a layered ILSGAN generator."""
         from metrics.detector import resolve_detector_path
         if options['resume']:
-            ctx = click.get_current_context()
-            given = {name for name in options if ctx.get_parameter_source(name) not in
-                     (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}
-            stored, source = stored_options(options['resume'])
-            options, taken = resume_options(options, given, stored)
-            again = {name: stored[name] for name in sorted(given & set(stored))
-                     if name not in NOT_RESUMED and stored[name] != options[name]}
-            print(f'Resuming with the options of {source}: '
-                  + (' '.join(_option_text(name, value) for name, value in taken.items()) or 'none differ')
-                  + ''.join(f'; {_option_text(name, options[name])} given again wins over {value!r}'
-                            for name, value in again.items()), flush=True)
+            options = options_for_resume(options, click.get_current_context())
         options['detector'] = resolve_detector_path(options['detector'])
         c = build_training_config(resolution=resolution, **options)
         if dry_run:
