@@ -45,8 +45,18 @@ class AutoTestSizes:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> 'AutoTestSizes':
+        """The sizes a training config names (unknown keys ignored); UserError for one that is not
+        a positive integer (the config may come from a hand-edited training_options.json)."""
+        if values is not None and not isinstance(values, dict):
+            raise dnnlib.UserError(f'auto_test_sizes={values!r} in the training options is not a JSON object; '
+                                   f'fix training_options.json of the run')
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (values or {}).items() if k in known})
+        sizes = {k: v for k, v in (values or {}).items() if k in known}
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise dnnlib.UserError(f'auto_test_sizes.{name}={value!r} in the training options is not a positive '
+                                       f'integer; fix training_options.json of the run')
+        return cls(**sizes)
 
 
 def read_training_options(run_dir: str) -> dict:
@@ -104,11 +114,15 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     config = dict(config) if config is not None else read_training_options(run_dir)
     sizes = AutoTestSizes.from_dict(config.get('auto_test_sizes'))
     data, data_root = config.get('data'), data_root or config.get('data_root')
-    if not data:
-        raise dnnlib.UserError(f'the training options of {run_dir} name no dataset (field "data")')
+    if not data or not isinstance(data, str):
+        raise dnnlib.UserError(f'the training options of {run_dir} name no dataset (field "data"); '
+                               f'fix training_options.json of the run')
     device = dnnlib.parse_device(device)
     choice = choose_auto_snapshot(run_dir)
-    resolution = int(config.get('resolution', 64))
+    resolution = config.get('resolution', 64)
+    if isinstance(resolution, bool) or not isinstance(resolution, int):
+        raise dnnlib.UserError(f'the training options of {run_dir} give resolution={resolution!r}, not an integer; '
+                               f'fix training_options.json of the run')
     open_dataset(data, split='test', resolution=resolution, data_root=data_root)   # the real test split is there
     auto_dir = os.path.join(run_dir, 'auto_test')
     os.makedirs(auto_dir, exist_ok=True)

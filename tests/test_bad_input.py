@@ -261,6 +261,19 @@ def test_damaged_training_options_in_the_auto_test_is_one_line_naming_the_file(r
     assert line.endswith('restore the file') and not (run_dir / 'auto_test').exists()
 
 
+@pytest.mark.parametrize('options,message', [
+    ({'data': 'synthetic', 'resolution': '64'}, "give resolution='64', not an integer"),
+    ({'data': 'synthetic', 'auto_test_sizes': {'n': 'ten'}}, "auto_test_sizes.n='ten' in the training options is not a "
+                                                              "positive integer"),
+    ({'data': 'synthetic', 'auto_test_sizes': [1]}, 'auto_test_sizes=[1] in the training options is not a JSON object'),
+    ({'resolution': 64}, 'name no dataset (field "data")')])
+def test_training_options_with_wrong_fields_are_one_line_in_the_auto_test(run_dir, options, message):
+    (run_dir / 'training_options.json').write_text(json.dumps(options))
+    result = invoke('python -m metrics.auto_test', str(run_dir))
+    assert result.exit_code == 2 and message in error_line(result)
+    assert not (run_dir / 'auto_test').exists()
+
+
 @pytest.mark.parametrize('grid', ['grid.txt', 'a-folder'])
 def test_grid_must_name_a_png_file_and_is_checked_before_the_dataset_is_read(tmp_path, grid):
     (tmp_path / 'a-folder').mkdir()
