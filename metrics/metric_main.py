@@ -89,5 +89,6 @@ def report_metric(result: dict, run_dir: str, snapshot_pkl: str | None, sigma: f
     line = dict(result, snapshot_pkl=snapshot_pkl, timestamp=time.time(),
                 sigma=None if sigma is None else float(sigma))
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, f'metric-{result["metric"]}.jsonl'), 'at') as f:
+    path = os.path.join(run_dir, f'metric-{result["metric"]}.jsonl')
+    with dnnlib.naming_file(path), open(path, 'at') as f:   # a full disk names the file
         f.write(json.dumps(line) + '\n')

@@ -385,7 +385,7 @@ def save_test_grid(path: str, images: torch.Tensor, masks: torch.Tensor, preds: 
 
 
 def append_jsonl(path: str, entry: dict) -> None:
-    with open(path, 'a', encoding='utf-8') as f:
+    with dnnlib.naming_file(path), open(path, 'a', encoding='utf-8') as f:   # a full disk names the file
         f.write(json.dumps(entry) + '\n')
 
 
