@@ -110,8 +110,12 @@ def resume_from(path: str, nets: dnnlib.EasyDict, optimizers: dict, ada: Any, ra
         except RuntimeError as err:
             raise dnnlib.UserError(f'--resume: the {name} of {path} does not fit this --cfg '
                                    f'({str(err).splitlines()[0]})') from None
+    saved_optimizers = data.get('optimizers')
+    if not isinstance(saved_optimizers, dict) or not set(optimizers) <= set(saved_optimizers):
+        raise dnnlib.UserError(f'--resume: {path} holds no optimiser state (a converted snapshot, or not written by '
+                               f'training); use a network-snapshot of a training run')
     for name, opt in optimizers.items():
-        opt.load_state_dict(data['optimizers'][name])
+        opt.load_state_dict(saved_optimizers[name])
     if ada is not None and data.get('ada') is not None:
         ada.load_state_dict(data['ada'])
     if len(data.get('rng') or []) == world_size:
