@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 import dnnlib
+from torch_utils import safe_pickle
 from training import synthetic
 
 try:
@@ -275,20 +276,27 @@ def _cub_records(root: str, split: str) -> list[Record]:
 
 
 def load_tokens(path: str) -> list[str]:
-    """DRC split file (.npy array of tokens) → list of filename stems."""
+    """DRC split file (.npy array of tokens) → list of filename stems.
+
+    Some DRC releases save the tokens as object arrays, whose data is a pickle: those are read
+    with an allow-list that admits NumPy's array rebuilding and plain strings and numbers only,
+    so a split file can never run code.
+    """
     _need_file(path, 'split file')
     try:
-        try:
-            tokens = np.load(path, allow_pickle=False)
-        except ValueError:
-            # DRC saved some token lists as object arrays, which only unpickling can read. Unpickling
-            # can run code, so it is done only here: for the split files inside the dataset folder
-            # the user pointed us at, after the safe attempt failed.
-            tokens = np.load(path, allow_pickle=True)
+        tokens = safe_pickle.load_npy(path)
+    except safe_pickle.RefusedGlobal as err:
+        raise dnnlib.UserError(f'{path} is not a plain array of file tokens; refusing to unpickle {err.name}; '
+                               f'replace it with the one from the dataset release') from None
     except Exception as err:
         raise dnnlib.UserError(f'cannot read split file {path} ({type(err).__name__}: {err}); '
                                f'replace it with the one from the dataset release') from None
-    return [t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in np.ravel(tokens)]
+    tokens = np.ravel(tokens)
+    strange = [t for t in tokens if not isinstance(t, (str, bytes, int, np.integer))] if tokens.dtype.hasobject else []
+    if strange:
+        raise dnnlib.UserError(f'{path} is not a plain array of file tokens (it holds a {type(strange[0]).__name__}); '
+                               f'replace it with the one from the dataset release')
+    return [t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in tokens]
 
 
 def _mrcnn_records(root: str, kind: str, split: str) -> list[Record]:
