@@ -77,6 +77,10 @@ def test_auto_test_chain_writes_results_and_prints_table(run_dir, capsys):
     assert len(os.listdir(os.path.join(results['synthetic_data'], 'img'))) == TINY_SIZES['n']
     table = capsys.readouterr().out
     assert 'IoU' in table and 'MI (b; f)' in table and 'network-snapshot-000004.pt' in table
+    assert results['MI_converged'] is False and results['MI_why'].startswith("6 steps, fewer than the paper's")
+    mi_row = next(line for line in table.splitlines() if line.startswith('MI (b; f)'))
+    assert mi_row.endswith('(not converged)')
+    assert "MINE            | NOT CONVERGED: 6 steps, fewer than the paper's 100000" in table
 
 
 def test_auto_test_on_a_folder_that_is_not_a_run(tmp_path):
