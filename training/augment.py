@@ -77,10 +77,13 @@ AUGPIPE_SPECS: dict[str, dict] = {
 }
 
 # Segmentation-evaluation augmentations (METHOD.md §8); each op fires with probability 0.5.
+# The original seg pipe draws its translation with std 0.125 in grid_sample's normalised units,
+# where the image spans [-1, 1]: 0.0625 of the image size, half of ADA's 0.125 (ORIGINAL.md §9.1).
+_SEG_GEOM = dict(xflip=1, scale=1, rotate=1, xfrac=1, xfrac_std=0.125 / 2)
 SEGMENTATION_AUG_SPECS: dict[str, dict] = {
     'color': dict(_COLOR),
-    'geom': dict(xflip=1, scale=1, rotate=1, xfrac=1),
-    'gc': dict(_COLOR, xflip=1, scale=1, rotate=1, xfrac=1),
+    'geom': dict(_SEG_GEOM),
+    'gc': dict(_COLOR, **_SEG_GEOM),
 }
 SEGMENTATION_AUG_P = 0.5
 
