@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from metrics import auto_test
-from torch_utils import checkpoint
+from torch_utils import checkpoint, misc
 from training import networks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +61,7 @@ def test_generated_images_match_the_snapshot_generator(run_dir, tmp_path):
     z = torch.from_numpy(np.load(os.path.join(outdir, 'latents.npy')))
     with torch.no_grad():
         layers = G(z, noise_mode='const')
-    expected = generate.image_to_uint8(layers['img'])
+    expected = misc.to_uint8(layers['img'])
     written = np.stack([np.asarray(Image.open(os.path.join(outdir, 'img', f'{i:06d}.png'))) for i in (1, 2, 3)])
     np.testing.assert_array_equal(written, expected)
 
