@@ -136,8 +136,8 @@ class DoubleConv(torch.nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         layers = []
         for c_in in (in_channels, out_channels):
-            # No conv bias: the BatchNorm right after it would cancel it.
-            layers += [torch.nn.Conv2d(c_in, out_channels, 3, padding=1, bias=False),
+            # The conv bias is redundant before BatchNorm, but the original has it (it shapes the init).
+            layers += [torch.nn.Conv2d(c_in, out_channels, 3, padding=1),
                        torch.nn.BatchNorm2d(out_channels), torch.nn.ReLU(inplace=True)]
         super().__init__(*layers)
 

@@ -114,7 +114,7 @@ def test_evaluate_scores_low_resolution_predictions_against_high_resolution_mask
 # The UNet.
 
 def double_conv_params(c_in: int, c_out: int) -> int:
-    return 9 * c_in * c_out + 9 * c_out * c_out + 4 * c_out          # two bias-free convs + two BN (γ, β)
+    return (9 * c_in + 1) * c_out + (9 * c_out + 1) * c_out + 4 * c_out  # two convs with bias + two BN (γ, β)
 
 
 def test_unet_has_the_widths_of_method_8():
