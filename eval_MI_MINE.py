@@ -32,7 +32,7 @@ from metrics import mine
 @click.option('--lr', type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True, help='Adam learning rate.')
 @click.option('--batch', type=click.IntRange(min=2), default=64, show_default=True, help='Batch size.')
 @click.option('--eval-every', type=click.IntRange(min=1), default=400, show_default=True,
-              help='Evaluate on the whole set every this many steps (and after the last).')
+              help='Evaluate on the whole set after 20 steps, then every this many (and after the last).')
 @click.option('--ma-rate', type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
               help='Moving-average rate of MINE\'s bias-corrected gradient (e.g. 0.01); 0 = the original plain DV gradient.')
 @click.option('--seed', type=int, default=0, show_default=True, help='Seeds weights, batches and shuffles.')

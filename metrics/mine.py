@@ -37,7 +37,7 @@ import torch
 
 import dnnlib
 from torch_utils import checkpoint
-from metrics.segmentation import append_jsonl, batch_indices, pick_device
+from metrics.segmentation import append_jsonl, batch_indices, evaluation_due, pick_device
 
 PairFn = Callable[[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -98,7 +98,7 @@ class MineConfig:
     hidden: int = 3000
     lr: float = 2e-4                # Adam, default betas
     batch: int = 64
-    eval_every: int = 400           # 20 ticks of 20 iterations; also after the last step
+    eval_every: int = 400           # 20 ticks of 20 iterations, from the first tick: 20, 420, …; and after the last step
     eval_batch: int = 128
     num_final: int = 20             # the estimate = mean of the last num_final training-set evaluations
     ma_rate: float = 0.0            # 0 = the original's plain DV gradient; 0.01 = MINE's bias correction
@@ -190,7 +190,7 @@ def train_critics(pairs: PairFn, num: int, dims: list[tuple[int, int]], cfg: Min
         step += 1
         progress.update(1)
 
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if evaluation_due(step, cfg.eval_every, cfg.steps):
             values = evaluate_bounds(critics, pairs, num, cfg, generator, device)
             scheduler.step(sum(values))
             entry = {'iteration': step, 'lr': optimizer.param_groups[0]['lr'], **dict(zip(names, values))}

@@ -193,16 +193,16 @@ class UNet(torch.nn.Module):
 
 AUG_KINDS = ('none', 'color', 'geom', 'gc')
 
-# The original's training loop runs in ticks of 20 iterations and validates after the first tick,
-# then every 50 ticks, and at the end: iterations 20, 1020, …, 5020, 6000.
-VAL_TICK = 20
+# The original's UNet and MINE loops run in ticks of 20 iterations and evaluate after the first
+# tick, then every k ticks, and at the end: UNet 20, 1020, …, 5020, 6000; MINE 20, 420, …, 99 620, 100 000.
+TICK_ITERATIONS = 20
 
 
-def validation_due(iteration: int, val_interval: int, iters: int) -> bool:
-    """Whether to validate after ``iteration`` (1-based): after the first tick of min(20,
-    val_interval) iterations, every ``val_interval`` after it, and after the last iteration."""
-    first = min(VAL_TICK, val_interval)
-    return iteration == iters or (iteration >= first and (iteration - first) % val_interval == 0)
+def evaluation_due(iteration: int, interval: int, total: int) -> bool:
+    """Whether to evaluate after ``iteration`` (1-based) of ``total``: after the first tick of
+    min(20, interval) iterations, every ``interval`` after it, and after the last iteration."""
+    first = min(TICK_ITERATIONS, interval)
+    return iteration == total or (iteration >= first and (iteration - first) % interval == 0)
 
 # protocol → (input resolution of train/val/test images, resolution of the masks scored);
 # 'scale' takes both from SegmentationConfig.scale.
@@ -445,7 +445,7 @@ def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -
         loss.backward()
         optimizer.step()
 
-        if validation_due(iteration, cfg.val_interval, cfg.iters):
+        if evaluation_due(iteration, cfg.val_interval, cfg.iters):
             scores, _ = evaluate(model, *sets['val'], cfg.eval_batch, device)
             append_jsonl(os.path.join(run_dir, 'metric-val.jsonl'), {
                 'iteration': iteration, 'results': scores, 'loss': loss.item(),

@@ -62,7 +62,8 @@ def test_mine_estimates_correlated_gaussian_mi(d, steps, hidden, tolerance):
     result = mine.mine_estimate(x, y, steps=steps, hidden=hidden, lr=1e-3, eval_every=100, eval_batch=1000,
                                 num_final=5, device='cpu', progress=False)
     assert abs(result['final'] - gaussian_mi(d, 0.8)) < tolerance, (result['final'], gaussian_mi(d, 0.8))
-    assert len(result['curve']) == steps // 100
+    # As the original: after the first tick of 20 steps, every 100 after it, and at the end.
+    assert [e['iteration'] for e in result['curve']] == list(range(20, steps, 100)) + [steps]
     assert result['final'] == pytest.approx(np.mean([e['MI'] for e in result['curve'][-5:]]))
 
 

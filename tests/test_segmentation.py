@@ -312,7 +312,7 @@ def test_dry_run_prints_the_originals_defaults(tmp_path, dataset_module):
     (20, 1000, [20]),
 ])
 def test_validation_follows_the_originals_tick_schedule(iters, val_interval, expected):
-    assert [i for i in range(1, iters + 1) if seg.validation_due(i, val_interval, iters)] == expected
+    assert [i for i in range(1, iters + 1) if seg.evaluation_due(i, val_interval, iters)] == expected
 
 
 def test_eval128_script_accepts_the_papers_scale_flag_and_rejects_others(tmp_path):
