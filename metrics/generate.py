@@ -121,20 +121,15 @@ def choose_snapshot(network: str, topk: int | None = None, pkl_idx: int | None =
 # ----------------------------------------------------------------------------------------------
 # Encoding and generation.
 
-def image_to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] in [-1, 1] → uint8 [N, H, W, C], round(v·127.5 + 128) clipped (METHOD.md §7)."""
-    return (x * 127.5 + 128).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def encode_layers(layers: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """The generator's layers as the uint8 arrays written per folder of :data:`LAYER_FOLDERS`."""
     fg_over_white = layers['mask'] * layers['fg'] + (1 - layers['mask'])  # white = 1 in [-1, 1]
-    return {
-        'img': image_to_uint8(layers['img']),
-        'mask': misc.to_uint8(layers['mask'], low=0.0, high=1.0),  # grey RGB, round(255·m)
-        'fg': image_to_uint8(layers['fg']),
-        'bg': image_to_uint8(layers['bg']),
-        'fg_masked': image_to_uint8(fg_over_white),
+    return {  # encoded as the original: truncated 127.5·x + 128; the mask grey RGB, round(255·m)
+        'img': misc.to_uint8(layers['img']),
+        'mask': misc.to_uint8(layers['mask'], low=0.0, high=1.0),
+        'fg': misc.to_uint8(layers['fg']),
+        'bg': misc.to_uint8(layers['bg']),
+        'fg_masked': misc.to_uint8(fg_over_white),
     }
 
 

@@ -107,13 +107,23 @@ def test_mrcnn_train_reads_rgb_and_centre_crops(trees, kind, r):
 
 
 @pytest.mark.parametrize('kind', ['dogs', 'cars'])
-def test_mrcnn_test_images_resized_and_masks_thresholded(trees, kind):
+def test_mrcnn_test_images_resized_and_masks_dithered_as_the_original(trees, kind):
     base, info = trees
     d = ds.open_dataset(kind, 'test', 64, data_root=str(base / kind))
     assert len(d) == 2 and d.has_masks
     img, mask = d[0]                                             # 64×64: no resize
     assert (img[0] == 255).all() and (img[1:] == 0).all()
-    np.testing.assert_array_equal(mask[:, :4], np.tile([0, 0, 1, 1], (64, 1)))
+    # Columns 0, 127, 128, 255 repeating: 0 and 255 stay, the two grey columns are Floyd–Steinberg
+    # dithered (about half foreground), where a > 127 threshold would give 0 and 1.
+    assert (mask[:, 0::4] == 0).all() and (mask[:, 3::4] == 1).all()
+    grey = mask[:, 1::4].mean() + mask[:, 2::4].mean()
+    assert 0.8 < grey < 1.2 and 0 < mask[:, 1::4].mean() < 1
+    # The original: PIL mode '1' (dithered), resized in mode '1' (always nearest), > 0.5.
+    path = os.path.join(base, kind, 'data_mrcnn', 'test', 'resized', 's_thresh_maskresized.png')
+    for r in (64, 48):
+        _, mask = ds.open_dataset(kind, 'test', r, data_root=str(base / kind))[0]
+        with Image.open(path) as original:
+            np.testing.assert_array_equal(mask, np.asarray(original.convert('1').resize((r, r)), np.uint8))
     img, mask = d[1]                                             # 192×80 stretched to 64×64, no crop
     src_img, src_mask = info[kind]['test']['s_stripes']
     np.testing.assert_array_equal(img, expected_resize(src_img, 64))

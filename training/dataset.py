@@ -57,8 +57,22 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert('RGB'))
     except Exception as err:  # every decoder failure (truncated, not an image, ...) means the same
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise dnnlib.UserError(f'cannot read image {name} ({reason}); replace or remove the file') from None
+        raise _unreadable(err, name) from None
+
+
+def decode_dithered_mask(data: bytes, name: str) -> np.ndarray:
+    """Encoded mask bytes → [H, W] uint8 in {0, 1}, as the original reads DRC dogs/cars masks:
+    PIL's convert('1') (luma, then Floyd–Steinberg dithering of every grey pixel; 0 and 255 stay)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert('1'), dtype=np.uint8)
+    except Exception as err:
+        raise _unreadable(err, name) from None
+
+
+def _unreadable(err: Exception, name: str) -> dnnlib.UserError:
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return dnnlib.UserError(f'cannot read image {name} ({reason}); replace or remove the file')
 
 
 def grey_channel(rgb: np.ndarray) -> np.ndarray:
@@ -170,7 +184,8 @@ class FileDataset(Dataset):
 
     ``crop``: 'centre' (centre square, GAN training), 'box' (CUB test crop) or 'none' (stretch).
     ``mask_resample``: 'bilinear' resizes the grey mask then thresholds (CUB, pair folders);
-    'nearest' thresholds then resizes with nearest neighbour (DRC dogs/cars masks).
+    'nearest' binarises by dithering (:func:`decode_dithered_mask`) then resizes with nearest
+    neighbour (DRC dogs/cars masks, as the original).
     """
 
     def __init__(self, name: str, resolution: int, records: list[Record], crop: str = 'centre',
@@ -198,7 +213,9 @@ class FileDataset(Dataset):
         record, r = self.records[raw_index], self.resolution
         where = f'{self.zip_path}:{record.image}' if self.zip_path else record.image
         image = decode_rgb(self._read_bytes(record.image), where)
-        mask = grey_channel(decode_rgb(self._read_bytes(record.mask), record.mask)) if record.mask else None
+        decode_mask = decode_dithered_mask if self.mask_resample == 'nearest' else (
+            lambda data, name: grey_channel(decode_rgb(data, name)))
+        mask = decode_mask(self._read_bytes(record.mask), record.mask) if record.mask else None
         if mask is not None and mask.shape != image.shape[:2]:
             raise dnnlib.UserError(f'mask {record.mask} is {mask.shape[1]}x{mask.shape[0]} but its image is '
                                    f'{image.shape[1]}x{image.shape[0]}; image and mask must have the same size')
@@ -211,7 +228,7 @@ class FileDataset(Dataset):
         image = resize(image, r, Image.Resampling.BILINEAR)
         if mask is not None:
             if self.mask_resample == 'nearest':
-                mask = resize(binarize(mask), r, Image.Resampling.NEAREST)
+                mask = resize(mask, r, Image.Resampling.NEAREST)
             else:
                 mask = binarize(resize(mask, r, Image.Resampling.BILINEAR))
         return image.transpose(2, 0, 1), mask

@@ -385,10 +385,10 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
 
         # EMA of G, ADA adjustment, counters.
         update_ema(G_ema, G, cur_nimg, cfg.batch, cfg.ema_kimg, cfg.ema_ramp)
-        if ada is not None and ada.due(batch_idx):
-            ada.update(nets.augment_pipe, ada.mean_sign(lambda t: sum_over_ranks(t, device)))
         cur_nimg += cfg.batch
         batch_idx += 1
+        if ada is not None and ada.due(batch_idx):  # counted first: after iterations 4, 8, …, as the original
+            ada.update(nets.augment_pipe, ada.mean_sign(lambda t: sum_over_ranks(t, device)))
 
         # Tick end? The first tick closes after one iteration, as in StyleGAN2-ADA.
         done = cur_nimg >= cfg.kimg * 1000
