@@ -113,7 +113,9 @@ class Dataset:
         self.xflip = xflip
         self.raw_indices = np.arange(num_raw)
         if max_size is not None and max_size < num_raw:
-            chosen = np.random.default_rng(seed).choice(num_raw, size=max_size, replace=False)
+            # StyleGAN2-ADA's subset (--subset): the first max_size of a legacy-RandomState
+            # permutation drawn with the seed, kept in file order, so a run repeats the original's pick.
+            chosen = np.random.RandomState(seed).permutation(num_raw)[:max_size]
             self.raw_indices = np.sort(chosen)
 
     @property
