@@ -295,3 +295,116 @@ def test_nhwc_sets_the_channels_last_layout_of_g_and_d(tmp_path):
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     nets = build_networks(tiny_run_config(tmp_path, cfg='cpu', nhwc=False), torch.device('cpu'))
     assert nets.D.blocks[0].conv0.weight.is_contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# Segmentation: --crop-ratio, --test-all, --resume-from, --test-only (ORIGINAL §9.3)
+
+def seg_config(tmp_path, **options):
+    from metrics import segmentation as seg
+    return seg.SegmentationConfig(**dict(dict(
+        syn_data=str(tmp_path / 'syn'), real_data=str(tmp_path / 'real'), aug='gc', scale=32, iters=4, batch=4,
+        val_interval=2, base_width=2, num_workers=0, progress=False, device='cpu'), **options))
+
+
+@pytest.fixture
+def pair_sets(tmp_path):
+    from test_segmentation import write_pair_set
+    write_pair_set(tmp_path / 'syn', n=10, resolution=32)
+    write_pair_set(tmp_path / 'real', n=6, resolution=32, split='test')
+    return tmp_path
+
+
+def read_lines(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_crop_ratio_keeps_the_centre_of_the_synthetic_pairs_only(tmp_path):
+    from metrics import segmentation as seg
+    from training.dataset import open_dataset
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[:, :, 2] = 255                          # blue border ...
+    image[4:12, 4:12] = (255, 0, 0)               # ... around a red centre half
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    for folder in ('syn', 'real'):
+        fx.write_image(str(tmp_path / folder / 'img' / '000001.png'), image)
+        fx.write_image(str(tmp_path / folder / 'img' / '000002.png'), image)
+        fx.write_image(str(tmp_path / folder / 'mask' / '000001.png'), np.repeat(mask[..., None], 3, axis=2))
+        fx.write_image(str(tmp_path / folder / 'mask' / '000002.png'), np.repeat(mask[..., None], 3, axis=2))
+    cropped = open_dataset(str(tmp_path / 'syn'), split='test', resolution=16, crop_ratio=0.5)[0]
+    assert (cropped[0].transpose(1, 2, 0) == (255, 0, 0)).all() and (cropped[1] == 1).all()
+    cfg = seg_config(tmp_path, crop_ratio=0.5, scale=16)
+    sets = seg.load_sets(cfg)
+    assert (sets['train'][1] == 1).all() and (sets['val'][1] == 1).all()   # synthetic: cropped to the object
+    assert sets['test'][1].float().mean() == 0.25                          # real test set: untouched
+    assert cfg.run_desc() == 'real-real-gc_aug-16-CropRatio0.5'
+    with pytest.raises(dnnlib.UserError, match='--crop-ratio applies to a folder of img/ \\+ mask/ pairs'):
+        open_dataset(str(tmp_path / 'syn' / 'img'), crop_ratio=0.5)
+    with pytest.raises(dnnlib.UserError, match=r'--crop-ratio must lie in \(0, 1\]'):
+        seg.check_config(seg_config(tmp_path, crop_ratio=1.5))
+
+
+def test_test_all_scores_every_validated_unet_on_the_test_set(pair_sets):
+    from metrics import segmentation as seg
+    results = seg.run_segmentation_eval(seg_config(pair_sets, test_all=True), run_dir=str(pair_sets / 'run'))
+    lines = read_lines(pair_sets / 'run' / 'metric-test_all.jsonl')
+    assert [line['iteration'] for line in lines] == [2, 4]
+    # The selected UNet's line is the final test result: the same weights on the same images.
+    assert next(l['results'] for l in lines if l['iteration'] == results['best_iteration']) == results['results']
+    seg.run_segmentation_eval(seg_config(pair_sets), run_dir=str(pair_sets / 'plain'))
+    assert not (pair_sets / 'plain' / 'metric-test_all.jsonl').exists()
+
+
+def test_resume_from_continues_at_the_saved_iteration_with_adams_state(pair_sets):
+    from metrics import segmentation as seg
+    first = seg.run_segmentation_eval(seg_config(pair_sets), run_dir=str(pair_sets / 'a'))
+    last = torch.load(pair_sets / 'a' / 'unet-last.pt', weights_only=True)    # a safe file, no pickle
+    assert last['data']['iteration'] == 4 and last['data']['best_iteration'] == first['best_iteration']
+    resumed = seg.run_segmentation_eval(seg_config(pair_sets, iters=6, resume_from=str(pair_sets / 'a')),
+                                        run_dir=str(pair_sets / 'b'))
+    assert [line['iteration'] for line in read_lines(pair_sets / 'b' / 'metric-val.jsonl')] == [6]
+    state = torch.load(pair_sets / 'b' / 'unet-last.pt', weights_only=True)['data']['optimizer']['state']
+    assert {float(s['step']) for s in state.values()} == {6.0}              # Adam went on from its 4 steps
+    # Selection runs over the earlier run's best and the new validation.
+    candidates = {first['best_iteration']: first['val']['IoU_dataset'],
+                  6: read_lines(pair_sets / 'b' / 'metric-val.jsonl')[0]['results']['IoU_dataset']}
+    assert resumed['best_iteration'] == max(candidates, key=lambda k: (candidates[k], k == first['best_iteration']))
+    assert torch.load(pair_sets / 'b' / 'unet-best.pt', weights_only=True)['data']['iteration'] == resumed['best_iteration']
+    # A unet-best.pt holds no optimiser state: Adam restarts, counting only the new steps.
+    seg.run_segmentation_eval(seg_config(pair_sets, iters=7, resume_from=str(pair_sets / 'a' / 'unet-best.pt')),
+                              run_dir=str(pair_sets / 'c'))
+    state = torch.load(pair_sets / 'c' / 'unet-last.pt', weights_only=True)['data']['optimizer']['state']
+    assert {float(s['step']) for s in state.values()} == {7.0 - first['best_iteration']}
+    with pytest.raises(dnnlib.UserError, match='at iteration 4 already; raise --iters'):
+        seg.run_segmentation_eval(seg_config(pair_sets, resume_from=str(pair_sets / 'a')))
+    with pytest.raises(dnnlib.UserError, match='trained on 32-pixel inputs, this run uses 16'):
+        seg.run_segmentation_eval(seg_config(pair_sets, scale=16, iters=8, resume_from=str(pair_sets / 'a')))
+
+
+def test_test_only_tests_the_saved_unet_without_training(pair_sets):
+    from metrics import segmentation as seg
+    import eval_segmentation
+    first = seg.run_segmentation_eval(seg_config(pair_sets), run_dir=str(pair_sets / 'a'))
+    common = [f'--syn-data={pair_sets / "syn"}', f'--real-data={pair_sets / "real"}', '--scale=32', '--workers=0',
+              '--quiet', f'--outdir={pair_sets / "out"}']
+    result = CliRunner().invoke(eval_segmentation.main, common + ['--test-only', f'--resume-from={pair_sets / "a"}'])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = [pair_sets / 'out' / name for name in os.listdir(pair_sets / 'out')]
+    results = json.loads((run_dir / 'results.json').read_text())
+    assert results['results'] == first['results'] and results['best_iteration'] == first['best_iteration']
+    assert results['snapshot'] == str(pair_sets / 'a' / 'unet-best.pt')
+    assert sorted(os.listdir(run_dir)) == ['options.json', 'results.json', 'seg-test.png']   # nothing trained
+    for options, message in [(['--test-only'], '--test-only needs --resume-from'),
+                             (['--test-only', '--test-all', f'--resume-from={pair_sets / "a"}'],
+                              'does not combine with --test-only'),
+                             ([f'--resume-from={pair_sets / "nothing"}'], 'nothing does not exist'),
+                             ([f'--resume-from={pair_sets / "syn"}'], 'has no unet-last.pt')]:
+        result = CliRunner().invoke(eval_segmentation.main, common + options)
+        assert result.exit_code == 2 and message in result.output, (options, result.output)
+    # Any other snapshot of this project is refused by name.
+    from torch_utils import checkpoint
+    checkpoint.save_snapshot(str(pair_sets / 'G.pt'), {'G': tiny_G()})
+    result = CliRunner().invoke(eval_segmentation.main, common + ['--test-only', f'--resume-from={pair_sets / "G.pt"}'])
+    assert result.exit_code == 2 and 'holds no UNet' in result.output
