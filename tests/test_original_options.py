@@ -189,6 +189,18 @@ def test_freezed_layers_are_unchanged_by_an_optimiser_step_and_the_others_move(t
         assert moved == (not key.startswith('blocks.0.')), key
 
 
+def test_resume_with_another_freezed_is_a_user_error(tmp_path):
+    from torch_utils import checkpoint
+    from training.training_loop import resume_from
+    D = tiny_D()
+    checkpoint.save_snapshot(str(tmp_path / 'snap.pt'), {'D': D},
+                             data={'optimizers': {'D': torch.optim.Adam(D.parameters()).state_dict()}})
+    frozen = tiny_D(freeze_layers=3)
+    with pytest.raises(dnnlib.UserError, match='the D optimiser state of .* does not fit this run'):
+        resume_from(str(tmp_path / 'snap.pt'), dnnlib.EasyDict(D=frozen),
+                    {'D': torch.optim.Adam(frozen.parameters())}, None, 0, 1)
+
+
 # ----------------------------------------------------------------------------------------------
 # --pl-weight
 

@@ -112,7 +112,11 @@ def resume_from(path: str, nets: dnnlib.EasyDict, optimizers: dict, ada: Any, ra
             raise dnnlib.UserError(f'--resume: the {name} of {path} does not fit this --cfg '
                                    f'({str(err).splitlines()[0]})') from None
     for name, opt in optimizers.items():
-        opt.load_state_dict(data['optimizers'][name])
+        try:
+            opt.load_state_dict(data['optimizers'][name])
+        except ValueError:  # another set of trainable parameters, e.g. another --freezed
+            raise dnnlib.UserError(f'--resume: the {name} optimiser state of {path} does not fit this run; '
+                                   f'resume with the options it was trained with (--freezed)') from None
     if ada is not None and data.get('ada') is not None:
         ada.load_state_dict(data['ada'])
     if len(data.get('rng') or []) == world_size:
