@@ -265,7 +265,8 @@ def check_config(cfg: SegmentationConfig) -> None:
     if cfg.test_only and cfg.resume_from is None:
         raise dnnlib.UserError('--test-only needs --resume-from=RUN_DIR or a unet-*.pt file: the UNet to test')
     if cfg.test_only and cfg.test_all:
-        raise dnnlib.UserError('--test-all tests each UNet validated while training; it does not combine with --test-only')
+        raise dnnlib.UserError('--test-all tests each UNet validated while training; '
+                               'it does not combine with --test-only')
     if cfg.resume_from is not None:
         unet_path(cfg.resume_from, cfg.test_only)
     check_synthetic_folder(cfg.syn_data)

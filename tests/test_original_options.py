@@ -102,7 +102,8 @@ def test_mixing_with_probability_one_replaces_the_ws_after_the_cutoff(mode):
     loss = tiny_loss(style_mixing_prob=1.0, mixing=mode)
     G, num_ws = loss.G.train(), loss.G.num_ws
     fed = []
-    G.synthesis = lambda ws_bg, ws_fg, **kw: fed.append((ws_bg, ws_fg)) or LayeredGenerator.synthesis(G, ws_bg, ws_fg, **kw)
+    G.synthesis = lambda ws_bg, ws_fg, **kw: (fed.append((ws_bg, ws_fg))
+                                              or LayeredGenerator.synthesis(G, ws_bg, ws_fg, **kw))
     z, eps = torch.randn(4, 8), torch.rand(4, 2) * 2 - 1
     for seed in range(6):
         w_avg = [m.w_avg.clone() for m in (G.mapping_bg, G.mapping_fg)]
@@ -300,7 +301,8 @@ def test_cond_is_a_one_line_user_error(tmp_path):
 def test_nhwc_sets_the_channels_last_layout_of_g_and_d(tmp_path):
     from training.training_loop import build_networks
     assert config(tmp_path).channels_last is False and config(tmp_path, nhwc=True).channels_last is True
-    assert config(tmp_path, cfg='cpu').channels_last is True and config(tmp_path, cfg='cpu', nhwc=False).channels_last is False
+    assert config(tmp_path, cfg='cpu').channels_last is True
+    assert config(tmp_path, cfg='cpu', nhwc=False).channels_last is False
     c = tiny_run_config(tmp_path, cfg='cpu', nhwc=True)
     nets = build_networks(c, torch.device('cpu'))
     weight = nets.D.blocks[0].conv0.weight
@@ -383,7 +385,8 @@ def test_resume_from_continues_at_the_saved_iteration_with_adams_state(pair_sets
     candidates = {first['best_iteration']: first['val']['IoU_dataset'],
                   6: read_lines(pair_sets / 'b' / 'metric-val.jsonl')[0]['results']['IoU_dataset']}
     assert resumed['best_iteration'] == max(candidates, key=lambda k: (candidates[k], k == first['best_iteration']))
-    assert torch.load(pair_sets / 'b' / 'unet-best.pt', weights_only=True)['data']['iteration'] == resumed['best_iteration']
+    best_file = torch.load(pair_sets / 'b' / 'unet-best.pt', weights_only=True)
+    assert best_file['data']['iteration'] == resumed['best_iteration']
     # A unet-best.pt holds no optimiser state: Adam restarts, counting only the new steps.
     seg.run_segmentation_eval(seg_config(pair_sets, iters=7, resume_from=str(pair_sets / 'a' / 'unet-best.pt')),
                               run_dir=str(pair_sets / 'c'))
@@ -418,5 +421,6 @@ def test_test_only_tests_the_saved_unet_without_training(pair_sets):
     # Any other snapshot of this project is refused by name.
     from torch_utils import checkpoint
     checkpoint.save_snapshot(str(pair_sets / 'G.pt'), {'G': tiny_G()})
-    result = CliRunner().invoke(eval_segmentation.main, common + ['--test-only', f'--resume-from={pair_sets / "G.pt"}'])
+    result = CliRunner().invoke(eval_segmentation.main,
+                                common + ['--test-only', f'--resume-from={pair_sets / "G.pt"}'])
     assert result.exit_code == 2 and 'holds no UNet' in result.output

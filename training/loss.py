@@ -12,9 +12,10 @@ Terms (each pure: tensors in, tensor out):
 * :func:`mixing_cutoffs` — where the second latent's ws take over when styles are mixed.
 
 :class:`ILSLoss` runs the phases of an iteration that have work to do (G-main, G-reg only with a
-path-length weight, D-main with the estimators' fit, D-reg); each phase computes its losses, reports them to
-:mod:`torch_utils.training_stats` and calls ``backward``. Which network each term updates is
-decided by which parameters have ``requires_grad`` (the loop's job) and by the detaches below.
+path-length weight, D-main with the estimators' fit, D-reg); each phase computes its losses,
+reports them to :mod:`torch_utils.training_stats` and calls ``backward``. Which network each term
+updates is decided by which parameters have ``requires_grad`` (the loop's job) and by the detaches
+below.
 """
 
 from __future__ import annotations
