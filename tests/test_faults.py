@@ -9,6 +9,10 @@ inside a dataset (read in the main process and in loader workers). Elsewhere:
 * a wrong ``--cfg``, ``--batch`` not divisible by ``--gpus`` — test_training ``test_cli_errors_are_one_line``;
 * generation into an existing folder — test_generate ``test_generate_dataset_writes_layout_and_refuses_to_overwrite``;
 * a NaN loss — test_training ``test_nan_loss_stops_with_clear_error_and_keeps_last_good_snapshot``;
+* a file that would run code — test_checkpoint
+  ``test_gadget_snapshot_given_to_an_entry_point_is_one_line_exit_2_and_runs_nothing``, test_dataset
+  ``test_split_file_with_a_pickle_payload_runs_nothing_and_is_one_line_exit_2``, test_legacy
+  ``test_pickle_with_another_callable_is_refused``;
 * in test_bad_input: a full disk when the run directory is made
   (``test_disk_full_when_the_run_directory_is_made_exits_1_naming_the_file_and_leaves_nothing``),
   NaN / ±inf / out-of-range numbers and seeds (``test_nan_inf_and_out_of_range_numbers_are_refused_…``,
