@@ -147,7 +147,7 @@ def test_mixing_options_reach_the_loss_and_bad_values_are_user_errors(tmp_path):
     assert c.run_desc.endswith('-layer_mixing')
     default = config(tmp_path)
     assert (default.loss_kwargs['mixing'], default.loss_kwargs['style_mixing_prob']) == ('orig', 0.0)
-    with pytest.raises(dnnlib.UserError, match='--mixing-prob must lie in'):
+    with pytest.raises(dnnlib.UserError, match='--mixing-prob'):
         config(tmp_path, mixing_prob=1.5)
     result = CliRunner().invoke(train_cli.make_main(64), ['--outdir', str(tmp_path), '--data=synthetic',
                                                           '--mixing=random', '-n'])
@@ -281,12 +281,15 @@ def test_g_reg_phase_runs_only_with_a_path_length_weight(tmp_path, module_cache,
 # --upd-e, --cond, --nhwc
 
 def test_upd_e_is_accepted_and_changes_nothing(tmp_path):
-    assert config(tmp_path, upd_e='D') == config(tmp_path) == config(tmp_path, upd_e='G')
+    def effect(c):   # the config without the options as typed (which record --upd-e)
+        return {key: value for key, value in c.items() if key != 'options'}
+
+    assert effect(config(tmp_path, upd_e='D')) == effect(config(tmp_path)) == effect(config(tmp_path, upd_e='G'))
     main = train_cli.make_main(64)
     result = CliRunner().invoke(main, ['--outdir', str(tmp_path), '--data=synthetic', '--upd-e=D', '-n'])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == json.loads(CliRunner().invoke(
-        main, ['--outdir', str(tmp_path), '--data=synthetic', '-n']).output)
+    assert effect(json.loads(result.output)) == effect(json.loads(CliRunner().invoke(
+        main, ['--outdir', str(tmp_path), '--data=synthetic', '-n']).output))
 
 
 def test_cond_is_a_one_line_user_error(tmp_path):
