@@ -389,6 +389,14 @@ def test_resume_and_detector_are_checked_before_the_run_directory_is_made(tmp_pa
     assert not out.exists()
 
 
+def test_training_with_the_auto_test_on_data_without_a_test_split_stops_before_training(tmp_path, images):
+    result = invoke('train_ILS_64.py', f'--outdir={tmp_path / "out"}', f'--data={images}', '--cfg=cpu')
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert line.startswith(f'error: the auto test after training needs a test split: {images} has no masks')
+    assert line.endswith('; or pass --no-auto-test') and not (tmp_path / 'out').exists()
+
+
 def test_resume_of_a_64_px_run_in_the_128_script_says_which_script(tmp_path, short_run):
     result = invoke('train_ILS_128.py', f'--outdir={tmp_path / "out"}', f'--resume={short_run}')
     assert result.exit_code == 2

@@ -25,7 +25,8 @@ inside a dataset (read in the main process and in loader workers). Elsewhere:
   (``test_cache_that_cannot_be_written_is_one_line_naming_ILSGAN_CACHE_and_exits_1``), ``--resume`` past
   ``--kimg`` or of another ``--cfg`` (``test_resume_and_detector_are_checked_before_the_run_directory_is_made``),
   a damaged ``training_options.json`` (``test_damaged_training_options_in_the_auto_test_…``), ``--grid``
-  (``test_grid_must_name_a_png_file_…``); nothing left behind by a refused evaluation
+  (``test_grid_must_name_a_png_file_…``), data without the test split the auto test needs
+  (``test_training_with_the_auto_test_on_data_without_a_test_split_…``); nothing left behind by a refused evaluation
   (``test_refused_segmentation_eval_leaves_nothing_…``, ``test_auto_test_of_a_run_without_snapshots_…``).
 """
 
