@@ -6,8 +6,8 @@
 
 1. choose the snapshot with the lowest ``fid10k_full`` over the whole run (the newest snapshot
    when the run computed no metric, and the table says so);
-2. generate ``n`` samples into ``RUN_DIR/auto_test/synthetic_data-KKKKKK/`` (an interrupted
-   set is completed, a complete one reused);
+2. generate ``n`` samples into ``RUN_DIR/auto_test/synthetic_data-<tag>/`` (the snapshot's tag,
+   ``000200`` or ``000000_272``; an interrupted set is completed, a complete one reused);
 3. train the UNet on them and test it on the real test split of the training dataset (64 px,
    ``--aug=color``, at the training resolution);
 4. estimate the layers' mutual information with MINE;
@@ -101,7 +101,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
 
     # 1-2. Snapshot and synthetic set.
     choice = choose_auto_snapshot(run_dir)
-    syn_dir = os.path.join(auto_dir, f'synthetic_data-{choice.kimg:06d}')
+    syn_dir = os.path.join(auto_dir, generate.synthetic_folder_name(choice.path))
     syn_dir, meta = generate.generate_from_network(choice.path, n=sizes.n, outdir=syn_dir, seed=0,
                                                    device=device, resume=True, progress=progress,
                                                    choice=choice)
@@ -142,7 +142,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
 @click.argument('run_dir', type=click.Path(file_okay=False))
 @click.option('--device', default=None, help='torch device [default: cuda if available, else cpu].')
 @click.option('--quiet', is_flag=True, help='No progress bars.')
-@dnnlib.report_user_errors
+@dnnlib.report_user_errors(disk_full_hint='the same command completes the interrupted set')
 def main(run_dir: str, device: str | None, quiet: bool) -> None:
     """Run the auto test (generation → segmentation → MINE) on an existing training run."""
     run_auto_test(run_dir, device=device, progress=not quiet)

@@ -220,6 +220,7 @@ class SegmentationConfig:
     device: str | None = None           # default: cuda when available
     progress: bool = True
     grid_size: int = 16                 # test images shown in seg-test.png
+    allow_partial: bool = False         # evaluate a generated set holding fewer samples than its meta.json's n
 
     def resolutions(self) -> tuple[int, int]:
         """(input resolution, scored mask resolution) of this protocol."""
@@ -254,8 +255,7 @@ def check_config(cfg: SegmentationConfig) -> None:
     if not 0 < cfg.val_fraction < 1:
         raise dnnlib.UserError(f'the validation fraction must lie in (0, 1), got {cfg.val_fraction}')
     check_synthetic_folder(cfg.syn_data)
-    from training.dataset import open_dataset
-    open_dataset(cfg.syn_data, split='test', resolution=cfg.resolutions()[0])  # lists the pairs: a mask missing?
+    open_synthetic_pairs(cfg, cfg.resolutions()[0])  # lists the pairs: a mask missing? a partial set?
 
 
 def check_synthetic_folder(path: str) -> None:
@@ -265,6 +265,18 @@ def check_synthetic_folder(path: str) -> None:
                                f'folder written by generate_segmentation_samples.py)')
     if not os.path.isdir(os.path.join(path, 'img')):
         raise dnnlib.UserError(f'{path} has no img/ folder: not a synthetic segmentation set (expected img/ and mask/)')
+
+
+def open_synthetic_pairs(cfg: SegmentationConfig, resolution: int, warn: bool = False) -> torch.utils.data.Dataset:
+    """The (image, mask) pairs of ``cfg.syn_data`` at ``resolution``. A generated set (one with a
+    meta.json) gives the samples present in both img/ and mask/, and is refused when it holds fewer
+    than its n unless ``cfg.allow_partial`` (:func:`metrics.generate.complete_samples`)."""
+    from metrics.generate import complete_samples
+    from training.dataset import open_dataset, open_pairs
+    names = complete_samples(cfg.syn_data, ('img', 'mask'), cfg.allow_partial, warn)
+    if names is None:
+        return open_dataset(cfg.syn_data, split='test', resolution=resolution)
+    return open_pairs(cfg.syn_data, resolution, names=names)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,7 +302,7 @@ def load_sets(cfg: SegmentationConfig) -> dict[str, tuple[torch.Tensor, torch.Te
     """
     from training.dataset import open_dataset
     input_res, target_res = cfg.resolutions()
-    syn = open_dataset(cfg.syn_data, split='test', resolution=input_res)
+    syn = open_synthetic_pairs(cfg, input_res, warn=True)
     num_train = int(math.floor((1 - cfg.val_fraction) * len(syn)))
     if num_train < 1 or num_train >= len(syn):
         raise dnnlib.UserError(f'{cfg.syn_data} holds {len(syn)} pairs: too few to split into training '
@@ -298,7 +310,7 @@ def load_sets(cfg: SegmentationConfig) -> dict[str, tuple[torch.Tensor, torch.Te
     images, masks = load_pairs(syn, cfg.num_workers, 'synthetic pairs', cfg.progress)
     sets = {'train': (images[:num_train], masks[:num_train]), 'val': (images[num_train:], masks[num_train:])}
     if target_res != input_res:
-        syn_target = open_dataset(cfg.syn_data, split='test', resolution=target_res)
+        syn_target = open_synthetic_pairs(cfg, target_res)
         val_target = torch.utils.data.Subset(syn_target, range(num_train, len(syn_target)))
         sets['val'] = (sets['val'][0], load_pairs(val_target, cfg.num_workers, 'val masks', cfg.progress)[1])
 

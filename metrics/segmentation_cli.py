@@ -26,6 +26,9 @@ COMMON_OPTIONS = [
     click.option('--seed', type=int, default=0, show_default=True, help='Seeds weights, batches, augmentation.'),
     click.option('--outdir', default=None, help='Parent of the run folder  [default: --syn-data]'),
     click.option('--workers', type=click.IntRange(min=0), default=3, show_default=True, help='Data-loading processes.'),
+    click.option('--allow-partial', is_flag=True,
+                 help='Evaluate a generated set that holds fewer samples than its meta.json says (a warning '
+                      'gives the count); without it such a set is refused.'),
     click.option('--quiet', is_flag=True, help='No progress bars.'),
     click.option('-n', '--dry-run', is_flag=True, help='Print the resolved options and exit.'),
 ]
