@@ -230,7 +230,7 @@ def user_error_message(err: BaseException) -> str:
 
 # What to do about the operating-system errors a user can cause and fix. After a full disk each
 # command adds its own way to go on (``disk_full_hint`` of report_user_errors).
-_FREE_SPACE = 'free some space (or choose another --outdir)'
+_FREE_SPACE = 'free some space (or choose another output folder)'
 _OS_ERROR_HINTS = {
     errno.ENOSPC: _FREE_SPACE,
     errno.EDQUOT: _FREE_SPACE,

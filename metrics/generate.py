@@ -214,7 +214,8 @@ def check_resumable(outdir: str, previous: dict, meta: dict) -> None:
         if key == 'snapshot_sha256':
             raise dnnlib.UserError(f'cannot resume {outdir}: it was made from another snapshot '
                                    f'({previous.get("snapshot")}, snapshot_sha256 {old[:12]}…), not from '
-                                   f'{meta["snapshot"]} ({new[:12]}…); pass that snapshot, or choose another --outdir')
+                                   f'{meta["snapshot"]} ({new[:12]}…); pass that snapshot, or choose another '
+                                   f'--outdir')
         raise dnnlib.UserError(f'cannot resume {outdir}: it was made with {key}={old!r}, not {new!r}')
 
 

@@ -146,12 +146,13 @@ def test_os_errors_reach_the_user_as_one_line_and_exit_1_with_the_commands_own_a
         dnnlib.report_user_errors(disk_full_hint='a training run continues with --resume')(full_disk)()
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == ('error: No space left on device: /runs/00000/network-snapshot-000010.pt; '
-                                       'free some space (or choose another --outdir); a training run continues '
+                                       'free some space (or choose another output folder); a training run continues '
                                        'with --resume\n')
     with pytest.raises(SystemExit) as exit_info:
         dnnlib.report_user_errors(full_disk)()   # a command with no way to continue says only what to free
     assert exit_info.value.code == 1
-    assert capsys.readouterr().err.endswith('network-snapshot-000010.pt; free some space (or choose another --outdir)\n')
+    assert capsys.readouterr().err.endswith('network-snapshot-000010.pt; free some space (or choose another '
+                                            'output folder)\n')
 
 
 def test_outdir_inside_a_file_is_a_one_line_error(tmp_path):
@@ -251,7 +252,7 @@ def test_disk_full_during_generation_leaves_no_temporary_file_and_names_the_file
     assert result.exit_code == 1
     line = one_line_error(result.stderr)
     named = line.split(': ')[2].split(';')[0]
-    assert line == (f'error: No space left on device: {named}; free some space (or choose another --outdir); '
+    assert line == (f'error: No space left on device: {named}; free some space (or choose another output folder); '
                     f'the same command with --resume completes the set')
     if failed_file == 'latents.npy':
         assert named == str(outdir / 'latents.npy')
