@@ -335,14 +335,15 @@ def resume_command(path: str, meta: dict) -> str:
 def complete_samples(path: str, layers: tuple[str, ...], allow_partial: bool = False,
                      warn: bool = False) -> list[str] | None:
     """File names (``000001.png``, …) of the samples of a generated set present in every folder of
-    ``layers``; None for a folder without a meta.json (a user's own pairs: read as they are).
+    ``layers``; None for a folder that is not one (no meta.json with ``n`` and ``layers``, as
+    generation and ``training.dataset --export`` write it: a user's own pairs, read as they are).
 
     A set holding fewer than its meta.json's ``n`` is refused with a UserError saying how many
     are there and how to complete it, unless ``allow_partial`` (then, with ``warn``, one warning
     line on stderr gives the count).
     """
     meta = read_meta(path)
-    if meta is None or isinstance(meta.get('n'), bool) or not isinstance(meta.get('n'), int):
+    if meta is None or type(meta.get('n')) is not int or not isinstance(meta.get('layers'), list):
         return None
     n = meta['n']
     missing = set(missing_indices(path, n, layers))

@@ -130,8 +130,8 @@ def test_disk_full_at_a_snapshot_stops_with_one_line_and_keeps_the_previous_snap
         train_cli.launch(tiny_config(tmp_path, kimg=0.048))
     message = str(err.value)
     run_dir = glob.glob(str(tmp_path / '0*'))[0]
-    snapshot = os.path.join(run_dir, 'network-snapshot-000000.pt')
-    assert message == (f'training stopped: No space left on device: {snapshot} (the last complete snapshot is '
+    snapshot, failed = (os.path.join(run_dir, f'network-snapshot-000000_{nimg:03d}.pt') for nimg in (8, 24))
+    assert message == (f'training stopped: No space left on device: {failed} (the last complete snapshot is '
                        f'{snapshot}: continue with --resume={snapshot})')
     monkeypatch.setattr(os, 'fsync', real_fsync)
     assert checkpoint.read_snapshot(snapshot)['data']['cur_nimg'] == 8   # tick 0's snapshot, whole
