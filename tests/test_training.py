@@ -358,6 +358,7 @@ def test_two_process_gloo_run_writes_once(tmp_path, image_folder):
     assert [round(s['Progress/kimg']['mean'], 3) for s in stats] == [0.008, 0.024]  # no duplicate lines
     assert stats[0]['Loss/G/adv']['num'] == 8  # 4 per process, reduced over both
     assert result.stdout.count('tick 0 ') == 1
-    assert len(snapshots(run_dir)) == 1
-    data = checkpoint.read_snapshot(snapshots(run_dir)[0])['data']
-    assert data['num_gpus'] == 2 and len(data['rng']) == 2
+    assert [os.path.basename(p) for p in snapshots(run_dir)] == ['network-snapshot-000000_008.pt',
+                                                                  'network-snapshot-000000_024.pt']
+    data = checkpoint.read_snapshot(snapshots(run_dir)[-1])['data']
+    assert data['num_gpus'] == 2 and len(data['rng']) == 2 and data['cur_nimg'] == 24
