@@ -136,8 +136,8 @@ class DoubleConv(torch.nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         layers = []
         for c_in in (in_channels, out_channels):
-            # No conv bias: the BatchNorm right after it would cancel it.
-            layers += [torch.nn.Conv2d(c_in, out_channels, 3, padding=1, bias=False),
+            # The conv bias is redundant before BatchNorm, but the original has it (it shapes the init).
+            layers += [torch.nn.Conv2d(c_in, out_channels, 3, padding=1),
                        torch.nn.BatchNorm2d(out_channels), torch.nn.ReLU(inplace=True)]
         super().__init__(*layers)
 
@@ -193,6 +193,17 @@ class UNet(torch.nn.Module):
 
 AUG_KINDS = ('none', 'color', 'geom', 'gc')
 
+# The original's UNet and MINE loops run in ticks of 20 iterations and evaluate after the first
+# tick, then every k ticks, and at the end: UNet 20, 1020, …, 5020, 6000; MINE 20, 420, …, 99 620, 100 000.
+TICK_ITERATIONS = 20
+
+
+def evaluation_due(iteration: int, interval: int, total: int) -> bool:
+    """Whether to evaluate after ``iteration`` (1-based) of ``total``: after the first tick of
+    min(20, interval) iterations, every ``interval`` after it, and after the last iteration."""
+    first = min(TICK_ITERATIONS, interval)
+    return iteration == total or (iteration >= first and (iteration - first) % interval == 0)
+
 # protocol → (input resolution of train/val/test images, resolution of the masks scored);
 # 'scale' takes both from SegmentationConfig.scale.
 PROTOCOLS = {'scale': None, 'eval128': (64, 128), 'native128': (128, 128)}
@@ -204,13 +215,13 @@ class SegmentationConfig:
     syn_data: str                       # folder with img/ and mask/ (generate_segmentation_samples.py)
     real_data: str                      # cub | dog | car | synthetic | folder of img/ + mask/ pairs
     real_root: str | None = None        # dataset root (as in training/dataset.py)
-    aug: str = 'color'                  # none | color | geom | gc
+    aug: str = 'none'                   # none | color | geom | gc (the paper's commands pass color)
     protocol: str = 'scale'             # scale | eval128 | native128
-    scale: int = 64                     # input = mask resolution of the 'scale' protocol
+    scale: int = 128                    # input = mask resolution of the 'scale' protocol (paper: 64 and 128)
     iters: int = 6000
     batch: int = 64
     lr: float = 1e-3                    # Adam, default betas, constant (METHOD.md §8)
-    val_interval: int = 1000            # validate at every multiple and after the last iteration
+    val_interval: int = 1000            # validate after 20 iterations, every val_interval after, and at the end
     val_fraction: float = 0.1           # the last 10 % of the sorted pairs
     base_width: int = 64
     eval_batch: int = 128
@@ -446,7 +457,7 @@ def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -
         loss.backward()
         optimizer.step()
 
-        if iteration % cfg.val_interval == 0 or iteration == cfg.iters:
+        if evaluation_due(iteration, cfg.val_interval, cfg.iters):
             scores, _ = evaluate(model, *sets['val'], cfg.eval_batch, device)
             append_jsonl(os.path.join(run_dir, 'metric-val.jsonl'), {
                 'iteration': iteration, 'results': scores, 'loss': loss.item(),

@@ -4,7 +4,10 @@ Each case of the fault list has a test; the ones that sit naturally with their m
 a truncated snapshot (test_checkpoint: ``test_truncated_or_missing_snapshot_is_a_user_error_naming_the_file``),
 a missing metric file (test_generate: ``test_choose_snapshot_without_metric_file_needs_latest``), a wrong
 ``--cfg`` and ``--batch`` not divisible by ``--gpus`` (test_training: ``test_cli_errors_are_one_line``),
-an existing output folder (test_generate: ``test_generate_dataset_writes_layout_and_refuses_to_overwrite``).
+an existing output folder (test_generate: ``test_generate_dataset_writes_layout_and_refuses_to_overwrite``),
+a file that would run code (test_checkpoint: ``test_gadget_snapshot_given_to_an_entry_point_is_one_line_exit_2_and_runs_nothing``,
+test_dataset: ``test_split_file_with_a_pickle_payload_runs_nothing_and_is_one_line_exit_2``, test_legacy:
+``test_pickle_with_another_callable_is_refused``).
 Snapshot names that never collide, a refused second save to an existing name, and generation
 ``--resume`` from another snapshot or with other options are in test_training
 (``test_snapshot_names_carry_the_images_seen_and_old_names_still_parse``,

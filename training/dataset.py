@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 import dnnlib
+from torch_utils import safe_pickle
 from training import synthetic
 
 try:
@@ -56,8 +57,22 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert('RGB'))
     except Exception as err:  # every decoder failure (truncated, not an image, ...) means the same
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise dnnlib.UserError(f'cannot read image {name} ({reason}); replace or remove the file') from None
+        raise _unreadable(err, name) from None
+
+
+def decode_dithered_mask(data: bytes, name: str) -> np.ndarray:
+    """Encoded mask bytes → [H, W] uint8 in {0, 1}, as the original reads DRC dogs/cars masks:
+    PIL's convert('1') (luma, then Floyd–Steinberg dithering of every grey pixel; 0 and 255 stay)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert('1'), dtype=np.uint8)
+    except Exception as err:
+        raise _unreadable(err, name) from None
+
+
+def _unreadable(err: Exception, name: str) -> dnnlib.UserError:
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return dnnlib.UserError(f'cannot read image {name} ({reason}); replace or remove the file')
 
 
 def grey_channel(rgb: np.ndarray) -> np.ndarray:
@@ -169,7 +184,8 @@ class FileDataset(Dataset):
 
     ``crop``: 'centre' (centre square, GAN training), 'box' (CUB test crop) or 'none' (stretch).
     ``mask_resample``: 'bilinear' resizes the grey mask then thresholds (CUB, pair folders);
-    'nearest' thresholds then resizes with nearest neighbour (DRC dogs/cars masks).
+    'nearest' binarises by dithering (:func:`decode_dithered_mask`) then resizes with nearest
+    neighbour (DRC dogs/cars masks, as the original).
     """
 
     def __init__(self, name: str, resolution: int, records: list[Record], crop: str = 'centre',
@@ -197,7 +213,9 @@ class FileDataset(Dataset):
         record, r = self.records[raw_index], self.resolution
         where = f'{self.zip_path}:{record.image}' if self.zip_path else record.image
         image = decode_rgb(self._read_bytes(record.image), where)
-        mask = grey_channel(decode_rgb(self._read_bytes(record.mask), record.mask)) if record.mask else None
+        decode_mask = decode_dithered_mask if self.mask_resample == 'nearest' else (
+            lambda data, name: grey_channel(decode_rgb(data, name)))
+        mask = decode_mask(self._read_bytes(record.mask), record.mask) if record.mask else None
         if mask is not None and mask.shape != image.shape[:2]:
             raise dnnlib.UserError(f'mask {record.mask} is {mask.shape[1]}x{mask.shape[0]} but its image is '
                                    f'{image.shape[1]}x{image.shape[0]}; image and mask must have the same size')
@@ -210,7 +228,7 @@ class FileDataset(Dataset):
         image = resize(image, r, Image.Resampling.BILINEAR)
         if mask is not None:
             if self.mask_resample == 'nearest':
-                mask = resize(binarize(mask), r, Image.Resampling.NEAREST)
+                mask = resize(mask, r, Image.Resampling.NEAREST)
             else:
                 mask = binarize(resize(mask, r, Image.Resampling.BILINEAR))
         return image.transpose(2, 0, 1), mask
@@ -275,20 +293,27 @@ def _cub_records(root: str, split: str) -> list[Record]:
 
 
 def load_tokens(path: str) -> list[str]:
-    """DRC split file (.npy array of tokens) → list of filename stems."""
+    """DRC split file (.npy array of tokens) → list of filename stems.
+
+    Some DRC releases save the tokens as object arrays, whose data is a pickle: those are read
+    with an allow-list that admits NumPy's array rebuilding and plain strings and numbers only,
+    so a split file can never run code.
+    """
     _need_file(path, 'split file')
     try:
-        try:
-            tokens = np.load(path, allow_pickle=False)
-        except ValueError:
-            # DRC saved some token lists as object arrays, which only unpickling can read. Unpickling
-            # can run code, so it is done only here: for the split files inside the dataset folder
-            # the user pointed us at, after the safe attempt failed.
-            tokens = np.load(path, allow_pickle=True)
+        tokens = safe_pickle.load_npy(path)
+    except safe_pickle.RefusedGlobal as err:
+        raise dnnlib.UserError(f'{path} is not a plain array of file tokens; refusing to unpickle {err.name}; '
+                               f'replace it with the one from the dataset release') from None
     except Exception as err:
         raise dnnlib.UserError(f'cannot read split file {path} ({type(err).__name__}: {err}); '
                                f'replace it with the one from the dataset release') from None
-    return [t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in np.ravel(tokens)]
+    tokens = np.ravel(tokens)
+    strange = [t for t in tokens if not isinstance(t, (str, bytes, int, np.integer))] if tokens.dtype.hasobject else []
+    if strange:
+        raise dnnlib.UserError(f'{path} is not a plain array of file tokens (it holds a {type(strange[0]).__name__}); '
+                               f'replace it with the one from the dataset release')
+    return [t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in tokens]
 
 
 def _mrcnn_records(root: str, kind: str, split: str) -> list[Record]:

@@ -90,6 +90,8 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
         spec.p = float(p)
     elif p is not None:
         raise dnnlib.UserError('--p only applies to --aug=fixed')
+    if target is not None and spec.aug != 'ada':
+        raise dnnlib.UserError(f'--target only applies to --aug=ada (here --aug={spec.aug}); drop --target')
     from training.augment import AUGPIPE_SPECS
     if spec.augpipe not in AUGPIPE_SPECS:
         raise dnnlib.UserError(f'unknown --augpipe={spec.augpipe}; valid: {", ".join(AUGPIPE_SPECS)}')

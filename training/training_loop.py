@@ -110,8 +110,12 @@ def resume_from(path: str, nets: dnnlib.EasyDict, optimizers: dict, ada: Any, ra
         except RuntimeError as err:
             raise dnnlib.UserError(f'--resume: the {name} of {path} does not fit this --cfg '
                                    f'({str(err).splitlines()[0]})') from None
+    saved_optimizers = data.get('optimizers')
+    if not isinstance(saved_optimizers, dict) or not set(optimizers) <= set(saved_optimizers):
+        raise dnnlib.UserError(f'--resume: {path} holds no optimiser state (a converted snapshot, or not written by '
+                               f'training); use a network-snapshot of a training run')
     for name, opt in optimizers.items():
-        opt.load_state_dict(data['optimizers'][name])
+        opt.load_state_dict(saved_optimizers[name])
     if ada is not None and data.get('ada') is not None:
         ada.load_state_dict(data['ada'])
     if len(data.get('rng') or []) == world_size:
@@ -381,10 +385,10 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
 
         # EMA of G, ADA adjustment, counters.
         update_ema(G_ema, G, cur_nimg, cfg.batch, cfg.ema_kimg, cfg.ema_ramp)
-        if ada is not None and ada.due(batch_idx):
-            ada.update(nets.augment_pipe, ada.mean_sign(lambda t: sum_over_ranks(t, device)))
         cur_nimg += cfg.batch
         batch_idx += 1
+        if ada is not None and ada.due(batch_idx):  # counted first: after iterations 4, 8, …, as the original
+            ada.update(nets.augment_pipe, ada.mean_sign(lambda t: sum_over_ranks(t, device)))
 
         # Tick end? The first tick closes after one iteration, as in StyleGAN2-ADA.
         done = cur_nimg >= cfg.kimg * 1000
