@@ -25,6 +25,13 @@ COMMON_OPTIONS = [
                  help='UNet width of the first level (64 = paper; smaller for CPU demos).'),
     click.option('--seed', type=int, default=0, show_default=True, help='Seeds weights, batches, augmentation.'),
     click.option('--outdir', default=None, help='Parent of the run folder  [default: --syn-data]'),
+    click.option('--test-all', is_flag=True,
+                 help='Also test every validated UNet on the real test set (metric-test_all.jsonl).'),
+    click.option('--resume-from', metavar='PATH',
+                 help='Continue from a UNet: a run folder (its unet-last.pt) or a unet-*.pt file; '
+                      'the file sets the UNet width.'),
+    click.option('--test-only', is_flag=True,
+                 help='No training: test the UNet of --resume-from (a run folder: its unet-best.pt).'),
     click.option('--workers', type=click.IntRange(min=0), default=3, show_default=True, help='Data-loading processes.'),
     click.option('--allow-partial', is_flag=True,
                  help='Evaluate a generated set that holds fewer samples than its meta.json says (a warning '

@@ -80,10 +80,11 @@ def grey_channel(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, 0])
 
 
-def centre_square_crop(image: np.ndarray) -> np.ndarray:
-    """[H, W, C] → [S, S, C], S = min(H, W), the longer side trimmed by floor((long − short)/2) first."""
+def centre_square_crop(image: np.ndarray, ratio: float = 1.0) -> np.ndarray:
+    """[H, W, C] → [S, S, C], S = int(min(H, W)·ratio), centred: each side trimmed by floor((long − S)/2)
+    first. ``ratio`` < 1 is eval_segmentation.py's --crop-ratio."""
     h, w = image.shape[:2]
-    side = min(h, w)
+    side = max(int(min(h, w) * ratio), 1)
     top, left = (h - side) // 2, (w - side) // 2
     return image[top:top + side, left:left + side]
 
@@ -128,7 +129,9 @@ class Dataset:
         self.xflip = xflip
         self.raw_indices = np.arange(num_raw)
         if max_size is not None and max_size < num_raw:
-            chosen = np.random.default_rng(seed).choice(num_raw, size=max_size, replace=False)
+            # StyleGAN2-ADA's subset (--subset): the first max_size of a legacy-RandomState
+            # permutation drawn with the seed, kept in file order, so a run repeats the original's pick.
+            chosen = np.random.RandomState(seed).permutation(num_raw)[:max_size]
             self.raw_indices = np.sort(chosen)
 
     @property
@@ -182,17 +185,19 @@ class Record:
 class FileDataset(Dataset):
     """Samples read from files in a folder or a zip archive, one :class:`Record` each.
 
-    ``crop``: 'centre' (centre square, GAN training), 'box' (CUB test crop) or 'none' (stretch).
+    ``crop``: 'centre' (centre square, GAN training), 'box' (CUB test crop) or 'none' (stretch);
+    then ``crop_ratio`` < 1 keeps the centre square of that fraction of the side (pair folders).
     ``mask_resample``: 'bilinear' resizes the grey mask then thresholds (CUB, pair folders);
     'nearest' binarises by dithering (:func:`decode_dithered_mask`) then resizes with nearest
     neighbour (DRC dogs/cars masks, as the original).
     """
 
     def __init__(self, name: str, resolution: int, records: list[Record], crop: str = 'centre',
-                 mask_resample: str = 'bilinear', zip_path: str | None = None, **kwargs):
+                 mask_resample: str = 'bilinear', zip_path: str | None = None, crop_ratio: float = 1.0, **kwargs):
         has_masks = bool(records) and records[0].mask is not None
         super().__init__(name, resolution, len(records), has_masks=has_masks, **kwargs)
         self.records, self.crop, self.mask_resample, self.zip_path = records, crop, mask_resample, zip_path
+        self.crop_ratio = crop_ratio
         self._zip: zipfile.ZipFile | None = None
 
     def __getstate__(self) -> dict:
@@ -225,6 +230,9 @@ class FileDataset(Dataset):
         elif self.crop == 'box':
             left, top, right, bottom = cub_box_crop(image.shape[1], image.shape[0], record.box)
             image, mask = image[top:bottom, left:right], mask[top:bottom, left:right]
+        if self.crop_ratio < 1:
+            image = centre_square_crop(image, self.crop_ratio)
+            mask = centre_square_crop(mask, self.crop_ratio) if mask is not None else None
         image = resize(image, r, Image.Resampling.BILINEAR)
         if mask is not None:
             if self.mask_resample == 'nearest':
@@ -443,7 +451,8 @@ def open_synthetic(split: str, resolution: int, cache_root: str, num_images: int
 
 def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_root: str | None = None,
                  xflip: bool = False, max_size: int | None = None, seed: int = 0,
-                 num_images: int | None = None, synthetic_seed: int = 0, train_masks: bool = False) -> Dataset:
+                 num_images: int | None = None, synthetic_seed: int = 0, train_masks: bool = False,
+                 crop_ratio: float = 1.0) -> Dataset:
     """Open a dataset by name (cub|bird|birds, dog|dogs, car|cars, synthetic) or path.
 
     A path is a folder with ``img/`` and ``mask/`` (pairs, always with masks), or a folder or zip
@@ -452,7 +461,8 @@ def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_roo
     edge that reads the environment). ``xflip`` doubles the set with mirrored copies;
     ``max_size`` keeps a subset chosen with ``seed``. ``num_images`` and ``synthetic_seed`` pick
     the size and the stream of the synthetic set; ``train_masks`` keeps the masks of its train
-    split (the only train split that has them).
+    split (the only train split that has them). ``crop_ratio`` (pair folders only) keeps the centre
+    square of that fraction of each image and mask before resizing.
     """
     if split not in SPLITS:
         raise dnnlib.UserError(f'unknown split {split!r}; use one of {", ".join(SPLITS)}')
@@ -463,6 +473,8 @@ def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_roo
         raise dnnlib.UserError(f'max_size must be at least 1, got {max_size}')
     options = dict(xflip=xflip, max_size=max_size, seed=seed)
     kind = dataset_kind(data)
+    if crop_ratio != 1 and kind != 'pairs':
+        raise dnnlib.UserError(f'--crop-ratio applies to a folder of img/ + mask/ pairs, not to {data}')
     if kind == 'synthetic':
         return open_synthetic(split, resolution, dnnlib.cache_dir(), num_images, synthetic_seed, train_masks,
                               **options)
@@ -471,7 +483,7 @@ def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_roo
         root = resolve_drc_root(drc_kind, data_root, os.environ.get('ILSGAN_DATA_ROOT'))
         return open_drc(drc_kind, split, resolution, root, **options)
     if kind == 'pairs':
-        return open_pairs(data, resolution, **options)
+        return open_pairs(data, resolution, crop_ratio=crop_ratio, **options)
     if kind == 'images':
         if split == 'test':
             raise dnnlib.UserError(f'{data} has no masks, so it has no test split; segmentation needs a folder '
