@@ -38,16 +38,20 @@ from metrics import mine
 @click.option('--seed', type=dnnlib.SEED, default=0, show_default=True, help='Seeds weights, batches and shuffles.')
 @click.option('--outdir', default=None, help='Parent of the run folder  [default: PATH/MI-estimation-MINE]')
 @click.option('--workers', type=click.IntRange(min=0), default=3, show_default=True, help='Data-loading processes.')
+@click.option('--allow-partial', is_flag=True,
+              help='Evaluate a generated set that holds fewer samples than its meta.json says (a warning '
+                   'gives the count); without it such a set is refused.')
 @click.option('--quiet', is_flag=True, help='No progress bars.')
 @click.option('-n', '--dry-run', is_flag=True, help='Print the resolved options and exit.')
 @dnnlib.report_user_errors
-def main(path, mode, outdir, workers, quiet, dry_run, **options):
+def main(path, mode, outdir, workers, allow_partial, quiet, dry_run, **options):
     """MINE mutual information between generated layers."""
     cfg = mine.MineConfig(progress=not quiet, **options)
     if dry_run:
-        print(json.dumps({'path': path, 'mode': mode, **asdict(cfg)}, indent=2))
+        print(json.dumps({'path': path, 'mode': mode, 'allow_partial': allow_partial, **asdict(cfg)}, indent=2))
         return
-    results = mine.estimate_layer_mi(path, cfg, mode=mode, num_workers=workers, outdir=outdir)
+    results = mine.estimate_layer_mi(path, cfg, mode=mode, num_workers=workers, outdir=outdir,
+                                     allow_partial=allow_partial)
     print(' '.join(f'{name} = {results[name]:.4f}' for name in ('MI_1', 'MI_2', 'MI') if name in results)
           + f' nats  ({results["estimate"]}); written to {results["run_dir"]}')
     if not results['converged']:

@@ -152,16 +152,33 @@ def open_url(path_or_url: str, cache: str | None = None, num_attempts: int = 3, 
     return open(target, 'rb')
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+TEMP_PREFIX = '.tmp-'  # every temporary file this project writes starts so; never a result
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether ``name`` (a file name or path) is a temporary file of an unfinished write."""
+    return os.path.basename(name).startswith(TEMP_PREFIX)
+
+
+def write_bytes_atomic(path: str, data: bytes, overwrite: bool = True, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    With ``overwrite=False`` an existing ``path`` is never replaced: FileExistsError naming it.
+    ``fsync=False`` skips the flush to disk (many small files that a re-run can rewrite). On any
+    failure the temporary file is removed, and an OSError names ``path``.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=os.path.basename(path))
     try:
         with naming_file(path), os.fdopen(fd, 'wb') as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _rename_without_replacing(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -178,6 +195,21 @@ def naming_file(path: str) -> Iterator[None]:
         if err.errno is not None and err.filename is None:
             raise OSError(err.errno, err.strerror, path) from err
         raise
+
+
+def _rename_without_replacing(tmp: str, path: str) -> None:
+    """Give ``tmp`` the name ``path`` unless that name exists (FileExistsError naming it)."""
+    exists = FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+    try:
+        os.link(tmp, path)  # atomic, and fails on an existing name: no window to replace it
+    except FileExistsError:
+        raise exists from None
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(path):
+            raise exists from None
+        os.rename(tmp, path)
+        return
+    os.remove(tmp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,23 +282,29 @@ def user_error_message(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-# What to do about the operating-system errors a user can cause and fix.
+# What to do about the operating-system errors a user can cause and fix. After a full disk each
+# command adds its own way to go on (``disk_full_hint`` of report_user_errors).
+_FREE_SPACE = 'free some space (or choose another output folder)'
 _OS_ERROR_HINTS = {
-    errno.ENOSPC: 'free some space (or choose another --outdir); a training run continues with --resume',
-    errno.EDQUOT: 'free some space (or choose another --outdir); a training run continues with --resume',
+    errno.ENOSPC: _FREE_SPACE,
+    errno.EDQUOT: _FREE_SPACE,
     errno.EACCES: 'check the permissions, or choose another output folder',
     errno.EPERM: 'check the permissions, or choose another output folder',
     errno.EROFS: 'the file system is read-only; choose another output folder',
     errno.ENOTDIR: 'part of the path is a file, not a folder; choose another output folder',
+    errno.EEXIST: 'it is never overwritten; move it away, or choose another output folder',
 }
 
 
-def os_error_message(err: OSError, hint: bool = True) -> str:
+def os_error_message(err: OSError, hint: bool = True, disk_full_hint: str | None = None) -> str:
     """``"<what failed>: <file>; <what to do>"`` for an OSError raised while reading or writing
-    (without the last part when ``hint`` is False: the caller says what to do)."""
+    (without the last part when ``hint`` is False: the caller says what to do). ``disk_full_hint``
+    is the command's way to go on after a full disk, e.g. ``'a training run continues with --resume'``."""
     where = f': {err.filename}' if err.filename else ''
     what = err.strerror or user_error_message(err)
     advice = _OS_ERROR_HINTS.get(err.errno) if hint else None
+    if advice and disk_full_hint and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = f'{advice}; {disk_full_hint}'
     return f'{what}{where}' + (f'; {advice}' if advice else '')
 
 
@@ -279,13 +317,17 @@ def exit_code(err: BaseException) -> int:
     return 2
 
 
-def report_user_errors(func):
+def report_user_errors(func: Any = None, *, disk_full_hint: str | None = None) -> Any:
     """Decorator for entry points: a :class:`UserError` becomes ``error: <message>``; an OSError
     (disk full, permission denied, ...) becomes ``error: <what>: <file>; <hint>``; an EOFError
     (a file that ends too early) is named as such instead of reaching click, which would take it
     for the end of the user's input and print only ``Aborted!``. None shows a traceback; the
-    exit code is :func:`exit_code`'s."""
+    exit code is :func:`exit_code`'s. Use bare (``@report_user_errors``) or with the command's own
+    advice after a full disk (``@report_user_errors(disk_full_hint=...)``)."""
     import functools
+
+    if func is None:
+        return functools.partial(report_user_errors, disk_full_hint=disk_full_hint)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -293,7 +335,7 @@ def report_user_errors(func):
             return func(*args, **kwargs)
         except (UserError, OSError, EOFError) as err:
             if isinstance(err, OSError):
-                message = os_error_message(err)
+                message = os_error_message(err, disk_full_hint=disk_full_hint)
             elif isinstance(err, EOFError):
                 message = f'a file ended too early ({user_error_message(err)}); it is truncated or empty'
             else:

@@ -6,8 +6,8 @@
 
 1. choose the snapshot with the lowest ``fid10k_full`` over the whole run (the newest snapshot
    when the run computed no metric, and the table says so);
-2. generate ``n`` samples into ``RUN_DIR/auto_test/synthetic_data-KKKKKK/`` (an interrupted
-   set is completed, a complete one reused);
+2. generate ``n`` samples into ``RUN_DIR/auto_test/synthetic_data-<tag>/`` (the snapshot's tag,
+   ``000200`` or ``000000_272``; an interrupted set is completed, a complete one reused);
 3. train the UNet on them and test it on the real test split of the training dataset (64 px,
    ``--aug=color``, at the training resolution);
 4. estimate the layers' mutual information with MINE (eval_MI_MINE.py's defaults: the plain DV
@@ -132,7 +132,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     print(f'Auto test of {run_dir} (sizes: {asdict(sizes)})', flush=True)
 
     # 1-2. Snapshot and synthetic set.
-    syn_dir = os.path.join(auto_dir, f'synthetic_data-{choice.kimg:06d}')
+    syn_dir = os.path.join(auto_dir, generate.synthetic_folder_name(choice.path))
     syn_dir, meta = generate.generate_from_network(choice.path, n=sizes.n, outdir=syn_dir, seed=0,
                                                    device=device, resume=True, progress=progress,
                                                    choice=choice)
@@ -176,7 +176,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
 @click.option('--data-root', metavar='DIR', default=None,
               help='Root of the DRC dataset folders [default: the run\'s --data-root].')
 @click.option('--quiet', is_flag=True, help='No progress bars.')
-@dnnlib.report_user_errors
+@dnnlib.report_user_errors(disk_full_hint='the same command completes the interrupted set')
 def main(run_dir: str, device: str | None, data_root: str | None, quiet: bool) -> None:
     """Run the auto test (generation → segmentation → MINE) on an existing training run."""
     run_auto_test(run_dir, device=device, progress=not quiet, data_root=data_root)

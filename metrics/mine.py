@@ -228,19 +228,27 @@ LAYER_RESOLUTION = 64
 
 
 def load_layers(path: str, resolution: int = LAYER_RESOLUTION, num_workers: int = 3,
-                progress: bool = True) -> dict[str, torch.Tensor]:
-    """fg, bg: uint8 [N, 3, R, R]; mask: uint8 [N, R, R] (channel 0 of the mask PNG, soft, 0..255)."""
+                progress: bool = True, allow_partial: bool = False) -> dict[str, torch.Tensor]:
+    """fg, bg: uint8 [N, 3, R, R]; mask: uint8 [N, R, R] (channel 0 of the mask PNG, soft, 0..255).
+
+    A generated set holding fewer samples than its meta.json's n is refused unless
+    ``allow_partial`` (then the samples present in all three folders are read).
+    """
     if not os.path.isdir(path):
         raise dnnlib.UserError(f'synthetic data folder not found: {path}')
-    from training.dataset import open_dataset
+    from training.dataset import open_dataset, open_image_folder
+    from metrics.generate import complete_samples
     from metrics.segmentation import load_pairs
+    for name in ('fg', 'bg', 'mask'):
+        if not os.path.isdir(os.path.join(path, name)):
+            raise dnnlib.UserError(f'{path} has no {name}/ folder: MINE needs the fg/, bg/ and mask/ layers '
+                                   f'written by generate_segmentation_samples.py')
+    samples = complete_samples(path, ('fg', 'bg', 'mask'), allow_partial, warn=True)
     datasets = {}
     for name in ('fg', 'bg', 'mask'):
         folder = os.path.join(path, name)
-        if not os.path.isdir(folder):
-            raise dnnlib.UserError(f'{path} has no {name}/ folder: MINE needs the fg/, bg/ and mask/ layers '
-                                   f'written by generate_segmentation_samples.py')
-        datasets[name] = open_dataset(folder, split='train', resolution=resolution)
+        datasets[name] = (open_dataset(folder, split='train', resolution=resolution) if samples is None else
+                          open_image_folder(folder, resolution, names=samples))
     # Layers are paired by file name: the three folders must list the same names.
     names = {name: [os.path.relpath(r.image, os.path.join(path, name)) for r in ds.records]
              for name, ds in datasets.items()}
@@ -279,7 +287,7 @@ MODES = {'both': ('separate', 'single'), 'separate': ('separate',), 'single': ('
 
 
 def estimate_layer_mi(path: str, cfg: MineConfig, mode: str = 'both', num_workers: int = 3,
-                      outdir: str | None = None) -> dict:
+                      outdir: str | None = None, allow_partial: bool = False) -> dict:
     """Run the MINE evaluations of a synthetic set and write ``<outdir>/<NNNNN>/``.
 
     ``outdir`` defaults to ``<path>/MI-estimation-MINE``. The run folder holds ``options.json``,
@@ -291,7 +299,8 @@ def estimate_layer_mi(path: str, cfg: MineConfig, mode: str = 'both', num_worker
         raise dnnlib.UserError(f'--mode={mode!r} is not one of {", ".join(MODES)}')
     start_time = time.time()
     device = pick_device(cfg.device)
-    layers = {k: v.to(device) for k, v in load_layers(path, num_workers=num_workers, progress=cfg.progress).items()}
+    layers = {k: v.to(device) for k, v in load_layers(path, num_workers=num_workers, progress=cfg.progress,
+                                                          allow_partial=allow_partial).items()}
     outdir = outdir or os.path.join(path, 'MI-estimation-MINE')
     run_dir = dnnlib.next_run_dir(outdir, '').rstrip('-')
     os.makedirs(run_dir, exist_ok=False)

@@ -238,6 +238,7 @@ class SegmentationConfig:
     test_all: bool = False              # also test every validated UNet: metric-test_all.jsonl
     resume_from: str | None = None      # a UNet file or run directory to continue (or to test)
     test_only: bool = False             # no training: test the UNet of resume_from
+    allow_partial: bool = False         # evaluate a generated set holding fewer samples than its meta.json's n
 
     def resolutions(self) -> tuple[int, int]:
         """(input resolution, scored mask resolution) of this protocol."""
@@ -287,8 +288,8 @@ def check_config(cfg: SegmentationConfig) -> None:
     except OSError as err:
         raise dnnlib.UserError(f'cannot make the run folder in {cfg.outdir or cfg.syn_data} ({err}); '
                                f'pass --outdir=DIR') from None
+    open_synthetic_pairs(cfg, cfg.resolutions()[0])  # lists the pairs: a mask missing? a partial set?
     from training.dataset import open_dataset
-    open_dataset(cfg.syn_data, split='test', resolution=cfg.resolutions()[0])  # lists the pairs: a mask missing?
     open_dataset(cfg.real_data, split='test', resolution=cfg.resolutions()[0], data_root=cfg.real_root,
                  root_option='--real-root')   # lists the real test split: found, with masks?
 
@@ -331,6 +332,18 @@ def check_synthetic_folder(path: str) -> None:
         raise dnnlib.UserError(f'{path} has no img/ folder: not a synthetic segmentation set (expected img/ and mask/)')
 
 
+def open_synthetic_pairs(cfg: SegmentationConfig, resolution: int, warn: bool = False) -> torch.utils.data.Dataset:
+    """The (image, mask) pairs of ``cfg.syn_data`` at ``resolution``. A generated set (one with a
+    meta.json) gives the samples present in both img/ and mask/, and is refused when it holds fewer
+    than its n unless ``cfg.allow_partial`` (:func:`metrics.generate.complete_samples`)."""
+    from metrics.generate import complete_samples
+    from training.dataset import open_dataset, open_pairs
+    names = complete_samples(cfg.syn_data, ('img', 'mask'), cfg.allow_partial, warn)
+    if names is None:
+        return open_dataset(cfg.syn_data, split='test', resolution=resolution, crop_ratio=cfg.crop_ratio)
+    return open_pairs(cfg.syn_data, resolution, names=names, crop_ratio=cfg.crop_ratio)
+
+
 # ----------------------------------------------------------------------------------------------
 # Data. Sets are decoded once (in worker processes) and kept as uint8 tensors.
 
@@ -352,9 +365,8 @@ def load_sets(cfg: SegmentationConfig) -> dict[str, tuple[torch.Tensor, torch.Te
 
     Training masks are always at the input resolution (the UNet is trained at its own size).
     """
-    from training.dataset import open_dataset
     input_res, target_res = cfg.resolutions()
-    syn = open_dataset(cfg.syn_data, split='test', resolution=input_res, crop_ratio=cfg.crop_ratio)
+    syn = open_synthetic_pairs(cfg, input_res, warn=True)
     num_train = int(math.floor((1 - cfg.val_fraction) * len(syn)))
     if num_train < 1 or num_train >= len(syn):
         raise dnnlib.UserError(f'{cfg.syn_data} holds {len(syn)} pairs: too few to split into training '
@@ -362,7 +374,7 @@ def load_sets(cfg: SegmentationConfig) -> dict[str, tuple[torch.Tensor, torch.Te
     images, masks = load_pairs(syn, cfg.num_workers, 'synthetic pairs', cfg.progress)
     sets = {'train': (images[:num_train], masks[:num_train]), 'val': (images[num_train:], masks[num_train:])}
     if target_res != input_res:
-        syn_target = open_dataset(cfg.syn_data, split='test', resolution=target_res, crop_ratio=cfg.crop_ratio)
+        syn_target = open_synthetic_pairs(cfg, target_res)
         val_target = torch.utils.data.Subset(syn_target, range(num_train, len(syn_target)))
         sets['val'] = (sets['val'][0], load_pairs(val_target, cfg.num_workers, 'val masks', cfg.progress)[1])
     sets['test'] = load_test_set(cfg)

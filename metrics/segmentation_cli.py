@@ -34,6 +34,9 @@ COMMON_OPTIONS = [
     click.option('--test-only', is_flag=True,
                  help='No training: test the UNet of --resume-from (a run folder: its unet-best.pt).'),
     click.option('--workers', type=click.IntRange(min=0), default=3, show_default=True, help='Data-loading processes.'),
+    click.option('--allow-partial', is_flag=True,
+                 help='Evaluate a generated set that holds fewer samples than its meta.json says (a warning '
+                      'gives the count); without it such a set is refused.'),
     click.option('--quiet', is_flag=True, help='No progress bars.'),
     click.option('-n', '--dry-run', is_flag=True, help='Print the resolved options and exit.'),
 ]

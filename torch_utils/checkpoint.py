@@ -34,8 +34,6 @@ import torch
 import dnnlib
 
 FORMAT = 'ilsgan-snapshot-v1'
-SNAPSHOT_PATTERN = 'network-snapshot-{:06d}.pt'  # KKKKKK = kimg
-SNAPSHOT_GLOB = 'network-snapshot-*.pt'
 
 # Exact class name → class, for every @rebuildable class: the only classes a snapshot may construct.
 _REGISTRY: dict[str, type] = {}
@@ -173,8 +171,10 @@ def build_module(record: dict, device: torch.device | str = 'cpu', where: str = 
     return module.to(device)
 
 
-def save_snapshot(path: str, modules: dict[str, torch.nn.Module | None], data: dict | None = None) -> None:
-    """Write the modules (``None`` entries are skipped) and plain ``data`` to ``path`` atomically."""
+def save_snapshot(path: str, modules: dict[str, torch.nn.Module | None], data: dict | None = None,
+                  overwrite: bool = True) -> None:
+    """Write the modules (``None`` entries are skipped) and plain ``data`` to ``path`` atomically
+    (never replacing an existing file when ``overwrite`` is False: FileExistsError)."""
     payload = {
         'format': FORMAT,
         'modules': {name: module_record(module) for name, module in modules.items() if module is not None},
@@ -183,7 +183,7 @@ def save_snapshot(path: str, modules: dict[str, torch.nn.Module | None], data: d
     _check_plain(payload['data'], 'snapshot data', allow_tensors=True)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    dnnlib.write_bytes_atomic(path, buffer.getvalue())
+    dnnlib.write_bytes_atomic(path, buffer.getvalue(), overwrite=overwrite)
 
 
 def read_snapshot(path: str) -> dict:
@@ -228,15 +228,54 @@ def load_snapshot(path: str, device: torch.device | str = 'cpu') -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # Snapshot names in a run directory.
+#
+# A snapshot is named by the images seen when it was written, so no two snapshots of a run share
+# a name: ``network-snapshot-000200.pt`` at exactly 200 kimg (200 000 images), and
+# ``network-snapshot-000000_272.pt`` at 272 images (kimg 0 plus 272 images: 0.272 kimg), which a
+# tick shorter than 1 kimg produces. The tag sorts as the images do (``_`` sorts after ``.``), so
+# ``ls`` lists a run's snapshots oldest first. Names of older runs (KKKKKK only) read the same way.
 
-def snapshot_kimg(path: str) -> int:
-    """The kimg number in a snapshot file name: ``network-snapshot-000200.pt`` → 200."""
-    match = re.search(r'network-snapshot-(\d+)', os.path.basename(path))
+SNAPSHOT_GLOB = 'network-snapshot-*.pt'
+SNAPSHOT_PATTERN = re.compile(r'network-snapshot-(\d+)(?:_(\d{3}))?\.\w+')  # a whole file name
+
+
+def snapshot_tag(nimg: int) -> str:
+    """``'000200'`` for 200 000 images seen, ``'000000_272'`` for 272: kimg, then the images past it."""
+    kimg, rest = divmod(int(nimg), 1000)
+    return f'{kimg:06d}' if rest == 0 else f'{kimg:06d}_{rest:03d}'
+
+
+def snapshot_name(nimg: int) -> str:
+    """The file name of the snapshot written after ``nimg`` images: ``network-snapshot-<tag>.pt``."""
+    return f'network-snapshot-{snapshot_tag(nimg)}.pt'
+
+
+def snapshot_nimg(path: str) -> int:
+    """The images seen in a snapshot file name: ``network-snapshot-000200.pt`` → 200 000,
+    ``network-snapshot-000000_272.pt`` → 272."""
+    match = SNAPSHOT_PATTERN.fullmatch(os.path.basename(path))
     if match is None:
-        raise dnnlib.UserError(f'{path} is not named network-snapshot-KKKKKK.pt; pass a snapshot of a run')
-    return int(match.group(1))
+        raise dnnlib.UserError(f'{path} is not named network-snapshot-KKKKKK.pt (or network-snapshot-KKKKKK_III.pt); '
+                               f'pass a snapshot of a run')
+    return int(match.group(1)) * 1000 + int(match.group(2) or 0)
+
+
+def snapshot_kimg(path: str) -> float:
+    """The kimg of a snapshot file name: ``network-snapshot-000200.pt`` → 200.0, ``…000000_272.pt`` → 0.272."""
+    return snapshot_nimg(path) / 1000
+
+
+def format_kimg(nimg: int) -> str:
+    """``'200'`` for 200 000 images, ``'0.272'`` for 272: the kimg a user types for ``--pkl_idx``."""
+    return str(nimg // 1000) if nimg % 1000 == 0 else f'{nimg / 1000:.3f}'
 
 
 def list_snapshots(run_dir: str) -> list[str]:
-    """Snapshot files of a run directory, oldest (lowest kimg) first."""
-    return sorted(glob.glob(os.path.join(run_dir, SNAPSHOT_GLOB)), key=snapshot_kimg)
+    """Snapshot files of a run directory, oldest (fewest images seen) first; other names are ignored."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(run_dir), SNAPSHOT_GLOB)):
+        try:
+            found.append((snapshot_nimg(path), path))
+        except dnnlib.UserError:
+            continue  # e.g. network-snapshot-best.pt copied by hand: not a snapshot of the schedule
+    return [path for _, path in sorted(found)]

@@ -389,17 +389,22 @@ def _is_image(name: str) -> bool:
 
 
 def _list_images(folder: str) -> list[str]:
-    """Image files under ``folder`` (recursively), as sorted relative paths."""
+    """Image files under ``folder`` (recursively), as sorted relative paths; the temporary files of
+    an unfinished write (``.tmp-*``, e.g. of a killed generation) are not images of the set."""
     found = []
     for parent, dirs, files in os.walk(folder):
         dirs.sort()
-        found += [os.path.relpath(os.path.join(parent, f), folder) for f in files if _is_image(f)]
+        found += [os.path.relpath(os.path.join(parent, f), folder) for f in files
+                  if _is_image(f) and not dnnlib.is_temp_file(f)]
     return sorted(found)
 
 
-def open_pairs(path: str, resolution: int, **kwargs) -> FileDataset:
-    """A folder of ``img/NAME`` + ``mask/NAME`` (mask: grey PNG, m·255, foreground > 127)."""
-    images = _list_images(os.path.join(path, 'img'))
+def open_pairs(path: str, resolution: int, names: list[str] | None = None, **kwargs) -> FileDataset:
+    """A folder of ``img/NAME`` + ``mask/NAME`` (mask: grey PNG, m·255, foreground > 127).
+
+    ``names`` (relative to img/) chooses the pairs; default: every image of img/.
+    """
+    images = _list_images(os.path.join(path, 'img')) if names is None else names
     if not images:
         raise dnnlib.UserError(f'no images in {os.path.join(path, "img")}; expected img/*.png beside mask/*.png')
     records = [Record(os.path.join(path, 'img', rel), os.path.join(path, 'mask', os.path.splitext(rel)[0] + '.png'))
@@ -409,10 +414,13 @@ def open_pairs(path: str, resolution: int, **kwargs) -> FileDataset:
                        mask_resample='bilinear', **kwargs)
 
 
-def open_image_folder(path: str, resolution: int, **kwargs) -> FileDataset:
-    """Any images in a folder (recursively) or a zip archive: centre square crop, resize to R."""
+def open_image_folder(path: str, resolution: int, names: list[str] | None = None, **kwargs) -> FileDataset:
+    """Any images in a folder (recursively) or a zip archive: centre square crop, resize to R.
+
+    ``names`` (relative to the folder) chooses the images of a folder; default: all of them.
+    """
     if os.path.isdir(path):
-        records = [Record(os.path.join(path, rel)) for rel in _list_images(path)]
+        records = [Record(os.path.join(path, rel)) for rel in (_list_images(path) if names is None else names)]
         zip_path = None
     else:
         try:

@@ -374,7 +374,7 @@ def load_or_generate(cache_root: str, split: str, num_images: int, seed: int = 0
               file=sys.stderr, flush=True)
     with dnnlib.writing_cache(path):   # before the work: an unwritable cache is found now, not after it
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp-', suffix='.npz')
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=dnnlib.TEMP_PREFIX, suffix='.npz')
     try:
         with dnnlib.writing_cache(path), os.fdopen(fd, 'wb') as f:
             data = generate(split, num_images, seed)

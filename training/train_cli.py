@@ -448,7 +448,7 @@ def make_main(resolution: int):
     @(click.option('--auto-test/--no-auto-test', default=True, show_default=True,
                    help='After training: generation → segmentation → MINE.')
       if resolution == 64 else (lambda f: f))
-    @dnnlib.report_user_errors
+    @dnnlib.report_user_errors(disk_full_hint='a training run continues with --resume')
     def main(dry_run: bool, **options: Any) -> None:
         """Train a layered ILSGAN generator."""
         from metrics.detector import resolve_detector_path

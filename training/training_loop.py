@@ -434,12 +434,13 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
             progress = dict(cur_nimg=cur_nimg, cur_tick=cur_tick + 1, batch_idx=batch_idx)
             if done or cur_tick % cfg.snap == 0:
                 rng_states = distributed.all_gather_object(rng_at_tick)  # every rank's stream, for --resume
-                snapshot_path = os.path.join(run_dir, checkpoint.SNAPSHOT_PATTERN.format(cur_nimg // 1000))
+                # Named by the images seen: every snapshot keeps its own file, and none is ever replaced.
+                snapshot_path = os.path.join(run_dir, checkpoint.snapshot_name(cur_nimg))
                 if writes:
-                    save_grids(run_dir, f'{cur_nimg // 1000:06d}', G_ema, grid_z, cfg, batch_gpu)
+                    save_grids(run_dir, checkpoint.snapshot_tag(cur_nimg), G_ema, grid_z, cfg, batch_gpu)
                     modules = dict(G=G, G_ema=G_ema, D=D, augment_pipe=nets.augment_pipe, estimators=nets.estimators)
                     checkpoint.save_snapshot(snapshot_path, modules, snapshot_data(cfg, progress, sigma, optimizers,
-                                                                                  ada, rng_states))
+                                                                                  ada, rng_states), overwrite=False)
                 last_snapshot = snapshot_path
                 if cfg.metrics:
                     metric_values = evaluate_metrics(cfg, G_ema, run_dir, snapshot_path, sigma, device, rank, world_size)
