@@ -369,7 +369,8 @@ def short_run(tmp_path_factory):
         return train_cli.launch(tiny_config(tmp_path_factory.mktemp('short'), kimg=0.024))
 
 
-@pytest.mark.parametrize('case', ['kimg reached', 'other cfg', 'no snapshot', 'detector not TorchScript'])
+@pytest.mark.parametrize('case', ['kimg reached', 'other cfg', 'other --freezed', 'no snapshot',
+                                  'detector not TorchScript'])
 def test_resume_and_detector_are_checked_before_the_run_directory_is_made(tmp_path, short_run, case):
     out = tmp_path / 'out'
     options, message = {
@@ -377,8 +378,10 @@ def test_resume_and_detector_are_checked_before_the_run_directory_is_made(tmp_pa
                          f'--resume: {snapshots(short_run)[-1]} is at kimg 0.024, which already reaches --kimg=0.016; '
                          f'pass a larger --kimg to train on'),
         'other cfg': (dict(resume=short_run, cfg='ILS_learnN'),
-                      f'--resume: {snapshots(short_run)[-1]} holds a G that does not fit this run (--cfg=ILS_learnN at '
-                      f'64 px): it was trained with --cfg=cpu at 32 px; resume it with train_ILS_64.py --cfg=cpu'),
+                      f'--resume: the G of {snapshots(short_run)[-1]} does not fit this run; it was trained with '
+                      f'--cfg=cpu at 32 px: resume it with train_ILS_64.py --cfg=cpu'),
+        'other --freezed': (dict(resume=short_run, freezed=2),
+                            f'--resume: the D optimiser state of {snapshots(short_run)[-1]} does not fit this run'),
         'no snapshot': (dict(resume=str(tmp_path)), f'--resume: no network-snapshot-*.pt in {tmp_path}'),
         'detector not TorchScript': (dict(metrics='fid10k_full', detector=str(short_run) + '/training_options.json'),
                                      'is not a TorchScript detector'),
@@ -387,6 +390,17 @@ def test_resume_and_detector_are_checked_before_the_run_directory_is_made(tmp_pa
         train_cli.launch(tiny_config(out, **options))
     assert message in str(info.value)
     assert not out.exists()
+
+
+def test_checking_the_resume_snapshot_leaves_the_random_streams_as_they_were(tmp_path, short_run):
+    c = tiny_config(tmp_path / 'out', resume=short_run, kimg=0.1)
+    torch.manual_seed(5)
+    np.random.seed(5)
+    train_cli.check_resume(c)
+    after = torch.rand(3), np.random.rand(3)
+    torch.manual_seed(5)
+    np.random.seed(5)
+    assert torch.equal(after[0], torch.rand(3)) and np.array_equal(after[1], np.random.rand(3))
 
 
 def test_training_with_the_auto_test_on_data_without_a_test_split_stops_before_training(tmp_path, images):

@@ -232,29 +232,17 @@ def check_inputs(c: dnnlib.EasyDict) -> None:
 
 
 def check_resume(c: dnnlib.EasyDict) -> None:
-    """The ``--resume`` snapshot loads, its networks fit those of ``c``, and it has not reached
-    ``c.kimg`` yet; otherwise one line saying what the snapshot has."""
-    from training.training_loop import find_resume_snapshot
-    snapshot = find_resume_snapshot(c.resume)
-    payload = checkpoint.read_snapshot(snapshot)
-    data = payload['data']
-    trained = data.get('training_options') or {}
-    has = f'--cfg={trained.get("cfg", "?")} at {data.get("resolution", "?")} px'
-    script = next((f'train_ILS_{res}.py' for res, table in presets.PRESET_TABLES.items() if trained.get('cfg') in table),
-                  None)
-    advice = f'resume it with {script} --cfg={trained["cfg"]}' if script else 'resume it with the --cfg it was trained with'
-    networks = dict(G=c.G_kwargs, D=c.D_kwargs, augment_pipe=c.augment_kwargs, estimators=c.estimator_kwargs)
-    for name, kwargs in networks.items():
-        if kwargs is None:
-            continue
-        record = payload['modules'].get(name)
-        try:
-            dnnlib.construct_class_by_name(**kwargs).load_state_dict(record['state'])
-        except (RuntimeError, KeyError, TypeError, ValueError):
-            what = f'has no {name}' if record is None else f'holds a {name} that does not fit this run'
-            raise dnnlib.UserError(f'--resume: {snapshot} {what} (--cfg={c.cfg} at {c.resolution} px): it was '
-                                   f'trained with {has}; {advice}') from None
-    nimg = int(data.get('cur_nimg', 0))
+    """The ``--resume`` snapshot loads into the networks and optimisers of ``c`` (built on the CPU,
+    as the training loop will; this process's random streams are left as they were) and has not
+    reached ``c.kimg`` yet; otherwise one line saying what the snapshot was trained with."""
+    from training import training_loop as loop
+    snapshot = loop.find_resume_snapshot(c.resume)
+    streams = loop.rng_state()
+    try:
+        nets = loop.build_networks(c, torch.device('cpu'))   # initialising them draws random numbers too
+        nimg = loop.resume_from(snapshot, nets, loop.build_optimizers(nets, c), None, rank=0, world_size=1)['cur_nimg']
+    finally:
+        loop.set_rng_state(streams)
     if nimg >= c.kimg * 1000:
         raise dnnlib.UserError(f'--resume: {snapshot} is at kimg {nimg / 1000:g}, which already reaches '
                                f'--kimg={c.kimg:g}; pass a larger --kimg to train on')

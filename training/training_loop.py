@@ -21,6 +21,7 @@ import torch
 
 import dnnlib
 from torch_utils import checkpoint, distributed, misc, training_stats
+from training import presets
 from training.loss import ILSLoss, NonFiniteLossError, ils_sigma  # noqa: F401 (re-exported)
 from training.networks import sample_eps
 
@@ -51,6 +52,13 @@ def build_networks(cfg: dnnlib.EasyDict, device: torch.device) -> dnnlib.EasyDic
             distributed.broadcast_module_(net)  # every rank starts from rank 0's weights
     nets.G_ema = copy.deepcopy(nets.G).eval()
     return nets
+
+
+def build_optimizers(nets: dnnlib.EasyDict, cfg: dnnlib.EasyDict) -> dict[str, torch.optim.Adam]:
+    """G's and D's Adam; the learned estimators share D's optimiser."""
+    D_params = list(nets.D.parameters()) + (list(nets.estimators.parameters()) if nets.estimators is not None else [])
+    return {'G': lazy_adam(list(nets.G.parameters()), cfg, cfg.G_reg_interval),
+            'D': lazy_adam(D_params, cfg, cfg.D_reg_interval)}
 
 
 def lazy_adam(params: list[torch.nn.Parameter], cfg: dnnlib.EasyDict, reg_interval: int) -> torch.optim.Adam:
@@ -105,12 +113,11 @@ def resume_from(path: str, nets: dnnlib.EasyDict, optimizers: dict, ada: Any, ra
         if module is None:
             continue
         if name not in payload['modules']:
-            raise dnnlib.UserError(f'--resume: {path} has no {name}; was it trained with another --cfg?')
+            raise dnnlib.UserError(f'--resume: {path} has no {name}; {trained_with(data)}')
         try:
             module.load_state_dict(payload['modules'][name]['state'])
-        except RuntimeError as err:
-            raise dnnlib.UserError(f'--resume: the {name} of {path} does not fit this --cfg '
-                                   f'({str(err).splitlines()[0]})') from None
+        except RuntimeError:
+            raise dnnlib.UserError(f'--resume: the {name} of {path} does not fit this run; {trained_with(data)}') from None
     saved_optimizers = data.get('optimizers')
     if not isinstance(saved_optimizers, dict) or not set(optimizers) <= set(saved_optimizers):
         raise dnnlib.UserError(f'--resume: {path} holds no optimiser state (a converted snapshot, or not written by '
@@ -128,6 +135,15 @@ def resume_from(path: str, nets: dnnlib.EasyDict, optimizers: dict, ada: Any, ra
     else:  # another number of processes: a fresh but reproducible stream per rank
         seed_everything(data['cur_nimg'] + rank)
     return dict(cur_nimg=int(data['cur_nimg']), cur_tick=int(data['cur_tick']), batch_idx=int(data['batch_idx']))
+
+
+def trained_with(data: dict) -> str:
+    """What a snapshot's ``data`` says it was trained with, and the command that resumes it."""
+    options = data.get('training_options')
+    cfg = options.get('cfg') if isinstance(options, dict) and isinstance(options.get('cfg'), str) else None
+    script = next((f'train_ILS_{res}.py' for res, table in presets.PRESET_TABLES.items() if cfg in table), None)
+    has = f'it was trained with --cfg={cfg} at {data.get("resolution", "?")} px'
+    return f'{has}: resume it with {script} --cfg={cfg}' if script else f'{has}: resume it with that --cfg'
 
 
 def data_stream(dataset: Any, cfg: dnnlib.EasyDict, rank: int, world_size: int, batch_gpu: int,
@@ -322,8 +338,7 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
     nets = build_networks(cfg, device)
     G, G_ema, D = nets.G, nets.G_ema, nets.D
     D_params = list(D.parameters()) + (list(nets.estimators.parameters()) if nets.estimators is not None else [])
-    optimizers = {'G': lazy_adam(list(G.parameters()), cfg, cfg.G_reg_interval),
-                  'D': lazy_adam(D_params, cfg, cfg.D_reg_interval)}  # estimators share D's optimiser
+    optimizers = build_optimizers(nets, cfg)
     loss = ILSLoss(G, D, nets.composition, nets.augment_pipe, nets.estimators, **cfg.loss_kwargs)
     ada = None
     if cfg.aug == 'ada':
