@@ -296,7 +296,7 @@ def load_tokens(path: str) -> list[str]:
 
 def _mrcnn_records(root: str, kind: str, split: str, train_masks: bool = False) -> list[Record]:
     """Train: ``<token>_orig.png`` (with ``<token>_maskorig.png`` beside it when ``train_masks``: DRC's
-    release has no such files, a user's own layout may); test: ``_resized.png`` + ``_maskresized.png``."""
+    layout as we know it has no such files, another copy may); test: ``_resized.png`` + ``_maskresized.png``."""
     split_files = {'dogs': ('data_tr_sel.npy', 'data_te_sel.npy'),
                    'cars': ('data_mrcnn_train_select.npy', 'data_mrcnn_test_select.npy')}[kind]
     split_path = os.path.join(root, split_files[0 if split == 'train' else 1])
