@@ -93,6 +93,7 @@ def test_table_rows_show_ratios_and_collapse_percentages():
                   generated=dict(empty=0.25, full=0.0, grey=0.125))
     assert layout.format_layout_rows(result) == [('layout spread gen/data', 'position 0.12, area 1.50'),
                                                  ('masks empty/full/grey', '25.0% / 0.0% / 12.5%')]
+    assert layout.format_layout_rows(None) == [('layout spread gen/data', '—'), ('masks empty/full/grey', '—')]
 
 
 def test_generated_set_is_read_soft_and_the_data_binary(tmp_path):
