@@ -7,10 +7,11 @@ and MI_2 = I((1−m)·b; (1−m)·f), ``single`` gives MI = I(f; b). Each number
 last 20 training-set evaluations, in nats. Writes <path>/MI-estimation-MINE/<NNNNN>/ with
 results.json, curve.json, curve.png and the per-evaluation JSONL files.
 
---ma-rate=0 reproduces the original (plain Donsker–Varadhan gradient); the default 0.01 uses
+The default --ma-rate=0 is the original's plain Donsker–Varadhan gradient; --ma-rate=0.01 uses
 MINE's bias-corrected gradient (a moving average of mean e^T in its denominator). The reported
 estimate is the DV bound either way. The default 100 000 steps take minutes on a GPU and far
-too long on a CPU: use --steps and --hidden to shrink a demo.
+too long on a CPU: use --steps and --hidden to shrink a demo, and read the result as a demo: an
+estimate from fewer than 100 000 steps, or a negative one, is printed as NOT CONVERGED.
 """
 
 import json
@@ -31,9 +32,9 @@ from metrics import mine
 @click.option('--lr', type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True, help='Adam learning rate.')
 @click.option('--batch', type=click.IntRange(min=2), default=64, show_default=True, help='Batch size.')
 @click.option('--eval-every', type=click.IntRange(min=1), default=400, show_default=True,
-              help='Evaluate on the whole set every this many steps (and after the last).')
-@click.option('--ma-rate', type=click.FloatRange(min=0, max=1, max_open=True), default=0.01, show_default=True,
-              help='Moving-average rate of the bias-corrected gradient; 0 = the original plain DV gradient.')
+              help='Evaluate on the whole set after 20 steps, then every this many (and after the last).')
+@click.option('--ma-rate', type=click.FloatRange(min=0, max=1, max_open=True), default=0.0, show_default=True,
+              help='Moving-average rate of MINE\'s bias-corrected gradient (e.g. 0.01); 0 = the original plain DV gradient.')
 @click.option('--seed', type=int, default=0, show_default=True, help='Seeds weights, batches and shuffles.')
 @click.option('--outdir', default=None, help='Parent of the run folder  [default: PATH/MI-estimation-MINE]')
 @click.option('--workers', type=click.IntRange(min=0), default=3, show_default=True, help='Data-loading processes.')
@@ -49,6 +50,8 @@ def main(path, mode, outdir, workers, quiet, dry_run, **options):
     results = mine.estimate_layer_mi(path, cfg, mode=mode, num_workers=workers, outdir=outdir)
     print(' '.join(f'{name} = {results[name]:.4f}' for name in ('MI_1', 'MI_2', 'MI') if name in results)
           + f' nats  ({results["estimate"]}); written to {results["run_dir"]}')
+    if not results['converged']:
+        print(f'NOT CONVERGED: {results["why"]}; not a result to report')
 
 
 if __name__ == '__main__':

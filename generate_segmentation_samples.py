@@ -14,7 +14,8 @@ from metrics.generate import generate_from_network
 
 @click.command()
 @click.option('--network', required=True, metavar='PATH',
-              help='Run directory (snapshot chosen by FID) or a network-snapshot-KKKKKK.pt file.')
+              help='Run directory (snapshot chosen by FID), a network-snapshot-KKKKKK.pt file, or a '
+                   'network-snapshot-KKKKKK.pkl of the original code (converted in memory).')
 @click.option('--n', 'n', type=click.IntRange(min=1), default=10000, show_default=True,
               help='Number of samples to write.')
 @click.option('--topk', type=int, default=None, metavar='KIMG',

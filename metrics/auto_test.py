@@ -10,7 +10,8 @@
    set is completed, a complete one reused);
 3. train the UNet on them and test it on the real test split of the training dataset (64 px,
    ``--aug=color``, at the training resolution);
-4. estimate the layers' mutual information with MINE;
+4. estimate the layers' mutual information with MINE (eval_MI_MINE.py's defaults: the plain DV
+   gradient); an estimate from fewer than 100 000 steps, or a negative one, is marked not converged;
 5. measure whether the generated masks follow the objects (:mod:`metrics.layout`: the spread of
    their centroids and areas against the test split's masks, and the empty/full/grey ones);
 6. write ``RUN_DIR/auto_test/results.json`` and print the summary table.
@@ -70,12 +71,14 @@ def format_summary(summary: dict) -> str:
     """The printed table: one row per quantity."""
     def fmt(value):
         return '—' if value is None else (f'{value:.4f}' if isinstance(value, float) else str(value))
+    mi_note = '' if summary['MI_converged'] else '  (not converged)'
     rows = [('snapshot', os.path.basename(summary['snapshot'])), ('chosen by', summary['chosen_by']),
             ('FID', fmt(summary['fid'])), ('sigma', fmt(summary['sigma'])),
             ('IoU', fmt(summary['IoU'])), ('DICE', fmt(summary['DICE'])),
             *layout.format_layout_rows(summary.get('layout')),
-            ('MI_1 (b_i; f_v)', fmt(summary['MI_1'])), ('MI_2 (f_i; b_v)', fmt(summary['MI_2'])),
-            ('MI (b; f)', fmt(summary['MI']))]
+            ('MI_1 (b_i; f_v)', fmt(summary['MI_1']) + mi_note), ('MI_2 (f_i; b_v)', fmt(summary['MI_2']) + mi_note),
+            ('MI (b; f)', fmt(summary['MI']) + mi_note),
+            ('MINE', 'converged' if summary['MI_converged'] else f'NOT CONVERGED: {summary["MI_why"]}')]
     width = max(len(name) for name, _ in rows)
     line = '-' * (width + 3 + max(len(value) for _, value in rows))
     body = '\n'.join(f'{name:<{width}} | {value}' for name, value in rows)
@@ -134,7 +137,8 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
         'snapshot': choice.path, 'kimg': choice.kimg, 'chosen_by': choice.reason,
         'fid': choice.metric_value, 'sigma': choice.sigma,
         'IoU': seg['results']['IoU'], 'DICE': seg['results']['DICE'],
-        'MI_1': mi.get('MI_1'), 'MI_2': mi.get('MI_2'), 'MI': mi.get('MI'), 'layout': mask_layout,
+        'MI_1': mi.get('MI_1'), 'MI_2': mi.get('MI_2'), 'MI': mi.get('MI'),
+        'MI_converged': mi['converged'], 'MI_why': mi['why'], 'layout': mask_layout,
         'segmentation': seg['results'], 'segmentation_run': seg['run_dir'], 'mine_run': mi['run_dir'],
         'synthetic_data': syn_dir, 'real_data': data, 'sizes': asdict(sizes),
         'total_time': time.time() - start, 'timestamp': time.time(),

@@ -65,7 +65,7 @@ def choose_snapshot(network: str, topk: int | None = None, pkl_idx: int | None =
                     metric: str = 'fid10k_full') -> SnapshotChoice:
     """Pick the snapshot to generate from (METHOD.md §7).
 
-    ``network`` is a snapshot file (used as is) or a run directory. In a run directory:
+    ``network`` is a snapshot file (used as is; an original ``.pkl`` too) or a run directory. In a run directory:
     ``pkl_idx`` selects the snapshot of that kimg; otherwise the lowest ``metric`` among the
     lines of ``metric-<metric>.jsonl`` with kimg ≤ ``topk`` (if given) and σ = ``sigma`` (if
     given). Without a metric file only ``latest=True`` (the newest snapshot) is accepted, so
@@ -121,20 +121,15 @@ def choose_snapshot(network: str, topk: int | None = None, pkl_idx: int | None =
 # ----------------------------------------------------------------------------------------------
 # Encoding and generation.
 
-def image_to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] in [-1, 1] → uint8 [N, H, W, C], round(v·127.5 + 128) clipped (METHOD.md §7)."""
-    return (x * 127.5 + 128).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def encode_layers(layers: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """The generator's layers as the uint8 arrays written per folder of :data:`LAYER_FOLDERS`."""
     fg_over_white = layers['mask'] * layers['fg'] + (1 - layers['mask'])  # white = 1 in [-1, 1]
-    return {
-        'img': image_to_uint8(layers['img']),
-        'mask': misc.to_uint8(layers['mask'], low=0.0, high=1.0),  # grey RGB, round(255·m)
-        'fg': image_to_uint8(layers['fg']),
-        'bg': image_to_uint8(layers['bg']),
-        'fg_masked': image_to_uint8(fg_over_white),
+    return {  # encoded as the original: truncated 127.5·x + 128; the mask grey RGB, round(255·m)
+        'img': misc.to_uint8(layers['img']),
+        'mask': misc.to_uint8(layers['mask'], low=0.0, high=1.0),
+        'fg': misc.to_uint8(layers['fg']),
+        'bg': misc.to_uint8(layers['bg']),
+        'fg_masked': misc.to_uint8(fg_over_white),
     }
 
 
@@ -252,7 +247,11 @@ def generate_from_network(network: str, n: int, outdir: str | None = None, topk:
         raise dnnlib.UserError(f'--noise-mode must be const, random or none, got {noise_mode!r}')
     choice = choice or choose_snapshot(network, topk=topk, pkl_idx=pkl_idx, sigma=sigma, latest=latest)
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    G = checkpoint.load_snapshot(choice.path, device=device)['G_ema']
+    if choice.path.endswith('.pkl'):  # a snapshot of the original code, converted in memory
+        from torch_utils import legacy
+        G = legacy.load_original_snapshot(choice.path, device=device)['G_ema']
+    else:
+        G = checkpoint.load_snapshot(choice.path, device=device)['G_ema']
     outdir = outdir or default_outdir(choice.path, choice.kimg)
     print(f'Snapshot: {choice.path} ({choice.reason}; fid={choice.metric_value}, sigma={choice.sigma})')
     options = GenerationOptions(snapshot=os.path.abspath(choice.path), kimg=choice.kimg, n=n, seed=seed,

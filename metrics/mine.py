@@ -17,8 +17,11 @@ Bias-corrected gradient (Belghazi et al. 2018, §3.2): the gradient of the log-m
 E[e^T ∇T] / E[e^T]; estimated on one batch its denominator makes the gradient biased, so MINE
 replaces it with an exponential moving average of the batch means of e^T, ``ma ← (1−r)·ma + r·mean
 e^T`` with rate r = ``ma_rate``. Only the gradient changes: the reported numbers are always the
-plain DV bound. ``ma_rate=0`` gives the plain DV gradient of the original code (METHOD.md §9 and
-ORIGINAL.md §10: no correction); the default 0.01 follows the MINE paper.
+plain DV bound. The default ``ma_rate=0`` is the plain DV gradient of the original code (METHOD.md §9
+and ORIGINAL.md §10: no correction); 0.01 follows the MINE paper (an option, README "What differs").
+
+An estimate is reported as *not converged* (:func:`convergence`) when the critics trained for fewer
+steps than the paper's 100 000, or when an estimate is negative (a mutual information never is).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 
 import dnnlib
 from torch_utils import checkpoint
-from metrics.segmentation import append_jsonl, batch_indices, pick_device
+from metrics.segmentation import append_jsonl, batch_indices, evaluation_due, pick_device
 
 PairFn = Callable[[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -95,15 +98,34 @@ class MineConfig:
     hidden: int = 3000
     lr: float = 2e-4                # Adam, default betas
     batch: int = 64
-    eval_every: int = 400           # 20 ticks of 20 iterations; also after the last step
+    eval_every: int = 400           # 20 ticks of 20 iterations, from the first tick: 20, 420, …; and after the last step
     eval_batch: int = 128
     num_final: int = 20             # the estimate = mean of the last num_final training-set evaluations
-    ma_rate: float = 0.01           # 0 = the original's plain DV gradient
+    ma_rate: float = 0.0            # 0 = the original's plain DV gradient; 0.01 = MINE's bias correction
     patience: int = 10              # ReduceLROnPlateau(max, ×0.1, threshold 1e-4), in evaluations
     max_skips: int = 100            # consecutive non-finite batches before giving up
     seed: int = 0
     device: str | None = None
     progress: bool = True
+
+
+PAPER_STEPS = 100_000
+
+
+def convergence(estimates: dict[str, float], steps: int) -> dict:
+    """Whether MINE estimates may be read as a result: ``{'converged': bool, 'why': str}``.
+
+    The rule (README "Evaluation outputs"): not converged when the critics trained for fewer
+    steps than the paper's 100 000, or when an estimate is negative (a mutual information never
+    is: the critic has not learned the joint yet). ``why`` is '' when converged.
+    """
+    reasons = []
+    if steps < PAPER_STEPS:
+        reasons.append(f'{steps} steps, fewer than the paper\'s {PAPER_STEPS}')
+    negative = [name for name, value in estimates.items() if value < 0]
+    if negative:
+        reasons.append(f'{", ".join(negative)} negative (a mutual information is never negative)')
+    return {'converged': not reasons, 'why': '; '.join(reasons)}
 
 
 @torch.no_grad()
@@ -168,7 +190,7 @@ def train_critics(pairs: PairFn, num: int, dims: list[tuple[int, int]], cfg: Min
         step += 1
         progress.update(1)
 
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if evaluation_due(step, cfg.eval_every, cfg.steps):
             values = evaluate_bounds(critics, pairs, num, cfg, generator, device)
             scheduler.step(sum(values))
             entry = {'iteration': step, 'lr': optimizer.param_groups[0]['lr'], **dict(zip(names, values))}
@@ -262,7 +284,8 @@ def estimate_layer_mi(path: str, cfg: MineConfig, mode: str = 'both', num_worker
 
     ``outdir`` defaults to ``<path>/MI-estimation-MINE``. The run folder holds ``options.json``,
     ``metric-mine-<mode>.jsonl`` (every evaluation as it happens), ``curve.json`` (all curves),
-    ``curve.png`` and ``results.json`` = {"MI_1", "MI_2", "MI"} (those of the modes run).
+    ``curve.png`` and ``results.json`` = {"MI_1", "MI_2", "MI"} (those of the modes run) with
+    "converged" and "why" (:func:`convergence`).
     """
     if mode not in MODES:
         raise dnnlib.UserError(f'--mode={mode!r} is not one of {", ".join(MODES)}')
@@ -287,7 +310,7 @@ def estimate_layer_mi(path: str, cfg: MineConfig, mode: str = 'both', num_worker
     with open(os.path.join(run_dir, 'curve.json'), 'w', encoding='utf-8') as f:
         json.dump(curves, f, indent=2)
     plot_curves(os.path.join(run_dir, 'curve.png'), curves)
-    summary = {**results, 'details': details, 'num_samples': len(layers['fg']), 'run_dir': run_dir,
+    summary = {**results, **convergence(results, cfg.steps), 'details': details, 'num_samples': len(layers['fg']), 'run_dir': run_dir,
                'estimate': f'mean of the last {min(cfg.num_final, len(curve))} training-set evaluations (nats)',
                'total_time': time.time() - start_time}
     dnnlib.write_bytes_atomic(os.path.join(run_dir, 'results.json'), json.dumps(summary, indent=2).encode())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from metrics import auto_test
-from torch_utils import checkpoint
+from torch_utils import checkpoint, misc
 from training import networks, synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +61,7 @@ def test_generated_images_match_the_snapshot_generator(run_dir, tmp_path):
     z = torch.from_numpy(np.load(os.path.join(outdir, 'latents.npy')))
     with torch.no_grad():
         layers = G(z, noise_mode='const')
-    expected = generate.image_to_uint8(layers['img'])
+    expected = misc.to_uint8(layers['img'])
     written = np.stack([np.asarray(Image.open(os.path.join(outdir, 'img', f'{i:06d}.png'))) for i in (1, 2, 3)])
     np.testing.assert_array_equal(written, expected)
 
@@ -83,6 +83,11 @@ def test_auto_test_chain_writes_results_and_prints_table(run_dir, capsys):
     table = capsys.readouterr().out
     assert 'IoU' in table and 'MI (b; f)' in table and 'network-snapshot-000004.pt' in table
     assert 'layout spread gen/data' in table and 'masks empty/full/grey' in table
+    assert results['MI_converged'] is False and results['MI_why'].startswith("6 steps, fewer than the paper's")
+    mi_row = next(line for line in table.splitlines() if line.startswith('MI (b; f)'))
+    assert mi_row.endswith('(not converged)')
+    mine_row = next(line for line in table.splitlines() if line.startswith('MINE '))
+    assert mine_row.split('|', 1)[1].strip().startswith("NOT CONVERGED: 6 steps, fewer than the paper's 100000")
 
 
 def test_auto_test_on_a_folder_that_is_not_a_run(tmp_path):

@@ -107,13 +107,23 @@ def test_mrcnn_train_reads_rgb_and_centre_crops(trees, kind, r):
 
 
 @pytest.mark.parametrize('kind', ['dogs', 'cars'])
-def test_mrcnn_test_images_resized_and_masks_thresholded(trees, kind):
+def test_mrcnn_test_images_resized_and_masks_dithered_as_the_original(trees, kind):
     base, info = trees
     d = ds.open_dataset(kind, 'test', 64, data_root=str(base / kind))
     assert len(d) == 2 and d.has_masks
     img, mask = d[0]                                             # 64×64: no resize
     assert (img[0] == 255).all() and (img[1:] == 0).all()
-    np.testing.assert_array_equal(mask[:, :4], np.tile([0, 0, 1, 1], (64, 1)))
+    # Columns 0, 127, 128, 255 repeating: 0 and 255 stay, the two grey columns are Floyd–Steinberg
+    # dithered (about half foreground), where a > 127 threshold would give 0 and 1.
+    assert (mask[:, 0::4] == 0).all() and (mask[:, 3::4] == 1).all()
+    grey = mask[:, 1::4].mean() + mask[:, 2::4].mean()
+    assert 0.8 < grey < 1.2 and 0 < mask[:, 1::4].mean() < 1
+    # The original: PIL mode '1' (dithered), resized in mode '1' (always nearest), > 0.5.
+    path = os.path.join(base, kind, 'data_mrcnn', 'test', 'resized', 's_thresh_maskresized.png')
+    for r in (64, 48):
+        _, mask = ds.open_dataset(kind, 'test', r, data_root=str(base / kind))[0]
+        with Image.open(path) as original:
+            np.testing.assert_array_equal(mask, np.asarray(original.convert('1').resize((r, r)), np.uint8))
     img, mask = d[1]                                             # 192×80 stretched to 64×64, no crop
     src_img, src_mask = info[kind]['test']['s_stripes']
     np.testing.assert_array_equal(img, expected_resize(src_img, 64))
@@ -125,6 +135,56 @@ def test_mrcnn_test_images_resized_and_masks_thresholded(trees, kind):
 def test_object_token_arrays_are_read(tmp_path):
     fx.build_mrcnn(str(tmp_path / 'dogs'), 'dogs', object_tokens=True)
     assert len(ds.open_dataset('dog', 'test', 64, data_root=str(tmp_path / 'dogs'))) == 2
+
+
+@pytest.mark.parametrize('array', [
+    np.array(['0', '1', '20'], dtype=object),                       # DRC-style object array of str
+    np.array(['0', '1', '20']),                                     # plain unicode array
+    np.array([np.str_('0'), b'1', 20], dtype=object),               # NumPy scalar, bytes and int elements
+    np.array([[0, 1], [20, 3]], dtype=np.int64).T,                  # Fortran-ordered integers
+], ids=['object-str', 'unicode', 'object-mixed', 'int-fortran'])
+def test_split_file_tokens_load_without_unpickling_code(tmp_path, array):
+    path = str(tmp_path / 'split.npy')
+    np.save(path, array, allow_pickle=True)
+    expected = [str(t.decode() if isinstance(t, bytes) else t) for t in np.ravel(array)]
+    assert ds.load_tokens(path) == expected
+
+
+class _Payload:
+    """An array element whose unpickling runs ``touch flag`` (reliability probe row 41)."""
+
+    def __init__(self, flag):
+        self.flag = flag
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.flag}',)
+
+
+def test_split_file_with_a_pickle_payload_runs_nothing_and_is_one_line_exit_2(tmp_path):
+    fx.build_mrcnn(str(tmp_path / 'dogs'), 'dogs')
+    flag = tmp_path / 'PWNED_NPY'
+    split = tmp_path / 'dogs' / 'data_tr_sel.npy'
+    np.save(split, np.array([_Payload(str(flag)), 't_red'], dtype=object), allow_pickle=True)
+    with pytest.raises(dnnlib.UserError, match=r'is not a plain array of file tokens; refusing to unpickle posix\.system'):
+        ds.load_tokens(str(split))
+    proc = subprocess.run([sys.executable, '-m', 'training.dataset', '--data=dog', f'--data-root={tmp_path / "dogs"}',
+                           '--resolution=32'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f'error: {split} is not a plain array of file tokens; refusing to unpickle posix.system; '
+        f'replace it with the one from the dataset release']
+    assert not flag.exists()
+
+
+def test_split_file_holding_other_objects_is_refused(tmp_path):
+    path = str(tmp_path / 'split.npy')
+    np.save(path, np.array([{'a': 1}, 't_red'], dtype=object), allow_pickle=True)
+    with pytest.raises(dnnlib.UserError, match='not a plain array of file tokens .it holds a dict'):
+        ds.load_tokens(path)
+    with open(path, 'wb') as f:
+        f.write(b'not an npy file')
+    with pytest.raises(dnnlib.UserError, match='cannot read split file .*split.npy'):
+        ds.load_tokens(path)
 
 
 def test_root_from_environment_and_parent_folder(trees, monkeypatch):

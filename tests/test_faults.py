@@ -4,7 +4,10 @@ Each case of the fault list has a test; the ones that sit naturally with their m
 a truncated snapshot (test_checkpoint: ``test_truncated_or_missing_snapshot_is_a_user_error_naming_the_file``),
 a missing metric file (test_generate: ``test_choose_snapshot_without_metric_file_needs_latest``), a wrong
 ``--cfg`` and ``--batch`` not divisible by ``--gpus`` (test_training: ``test_cli_errors_are_one_line``),
-an existing output folder (test_generate: ``test_generate_dataset_writes_layout_and_refuses_to_overwrite``).
+an existing output folder (test_generate: ``test_generate_dataset_writes_layout_and_refuses_to_overwrite``),
+a file that would run code (test_checkpoint: ``test_gadget_snapshot_given_to_an_entry_point_is_one_line_exit_2_and_runs_nothing``,
+test_dataset: ``test_split_file_with_a_pickle_payload_runs_nothing_and_is_one_line_exit_2``, test_legacy:
+``test_pickle_with_another_callable_is_refused``).
 The rest are here: a training process killed with SIGKILL and resumed, a full disk, an unwritable
 ``--outdir``, and a corrupt PNG inside a dataset, read in the main process and in loader workers.
 """

@@ -104,7 +104,7 @@ def test_generate_dataset_writes_layout_and_refuses_to_overwrite(tmp_path):
     mask = np.asarray(Image.open(os.path.join(outdir, 'mask', '000002.png')))
     assert mask.shape == (8, 8, 3) and (mask[:, 4:] == 0).all() and (mask[1:, :4] == 255).all()
     img = np.asarray(Image.open(os.path.join(outdir, 'img', '000002.png')))
-    assert (img[1:, :4] == 255).all() and (img[:, 4:] == 0).all()  # round(±1·127.5 + 128) clipped
+    assert (img[1:, :4] == 255).all() and (img[:, 4:] == 0).all()  # ±1·127.5 + 128 clipped, truncated
     fg_masked = np.asarray(Image.open(os.path.join(outdir, 'fg_masked', '000002.png')))
     assert (fg_masked == 255).all()  # white fg over a white background
     meta = json.load(open(os.path.join(outdir, 'meta.json')))
@@ -116,6 +116,29 @@ def test_generate_dataset_writes_layout_and_refuses_to_overwrite(tmp_path):
     assert abs(int(mask[0, 0, 0]) - expected) <= 1
     with pytest.raises(dnnlib.UserError, match='already exists'):
         generate.generate_dataset(_StandInGenerator(), outdir, options, progress=False)
+
+
+def test_encoder_truncates_127_5x_plus_128_as_the_original():
+    from torch_utils import misc
+    x = torch.tensor([0.0, -1.0, 1.0, 0.003, -0.004, 0.004, -2.0, 3.0, (200 - 127.5) / 127.5])
+    # 127.5·x + 128 = 128, 0.5, 255.5, 128.38, 127.49, 128.51 (rounding would give 129), −127, 510.5, 200.5
+    assert misc.encode_uint8(x).tolist() == [128, 0, 255, 128, 127, 128, 0, 255, 200]
+    # A [0, 1] mask as the original writes it, the image 2m − 1: trunc(127.5·(2m − 1) + 128) = round(255·m).
+    m = torch.tensor([0.0, 0.2, 0.5, 0.9, 1.0, 2.4 / 255, 2.6 / 255])
+    assert misc.encode_uint8(m, low=0.0, high=1.0).tolist() == [0, 51, 128, 230, 255, 2, 3]
+
+
+def test_written_layers_are_the_originals_uint8():
+    value = 0.004                                  # 127.5·v + 128 = 128.51: the original writes 128
+    n, r = 2, 4
+    layers = dict(img=torch.full((n, 3, r, r), value), fg=torch.full((n, 3, r, r), -value),
+                  bg=torch.full((n, 3, r, r), 1.0), mask=torch.full((n, 1, r, r), 0.5))
+    arrays = generate.encode_layers(layers)
+    assert arrays['img'].shape == (n, r, r, 3) and (arrays['img'] == 128).all()
+    assert (arrays['fg'] == 127).all() and (arrays['bg'] == 255).all()   # 127.49 → 127; 255.5 → 255
+    assert (arrays['mask'] == 128).all()
+    # fg over white: 0.5·(−0.004) + 0.5·1 = 0.498 → 127.5·0.498 + 128 = 191.4975 → 191.
+    assert (arrays['fg_masked'] == 191).all()
 
 
 def test_generate_dataset_resume_fills_missing_and_samples_do_not_depend_on_batch(tmp_path):

@@ -142,6 +142,8 @@ def test_snapshot_is_safe_and_holds_training_state(finished_run):
     assert data['cur_nimg'] == 48 and data['kimg'] == pytest.approx(0.048)
     assert data['sigma'] == 0.2 and data['resolution'] == 32
     assert set(data['optimizers']) == {'G', 'D'} and data['ada'] is not None
+    # ADA adjusts after iterations 4, 8, …: after 6 the signs of D-main at iterations 5 and 6 are pending.
+    assert data['ada']['sign_count'] == 2 * 8
     assert {'G', 'G_ema', 'D', 'augment_pipe'} <= set(loaded)
     out = loaded['G_ema'](torch.randn(2, 16), noise_mode='const')
     assert out['img'].shape == (2, 3, 32, 32)
@@ -258,6 +260,7 @@ def test_cli_dry_run_prints_config_and_makes_nothing(tmp_path):
 @pytest.mark.parametrize('args,message', [
     (['--cfg=nope'], 'unknown --cfg=nope; valid: ILS_predL, ILS_predN, ILS_learnL, ILS_learnN, ILS_L1, cpu, cpu64, cpu_noILS, cpu_L1'),
     (['--batch=30', '--gpus=4'], '--batch=30 is not divisible by --gpus=4'),
+    (['--aug=noaug', '--target=0.7'], '--target only applies to --aug=ada (here --aug=noaug); drop --target'),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):
     result = run_cli(f'--outdir={tmp_path}', '--data=synthetic', *args, '-n')

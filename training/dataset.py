@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 import dnnlib
+from torch_utils import safe_pickle
 from training import synthetic
 
 try:
@@ -56,8 +57,22 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert('RGB'))
     except Exception as err:  # every decoder failure (truncated, not an image, ...) means the same
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise dnnlib.UserError(f'cannot read image {name} ({reason}); replace or remove the file') from None
+        raise _unreadable(err, name) from None
+
+
+def decode_dithered_mask(data: bytes, name: str) -> np.ndarray:
+    """Encoded mask bytes → [H, W] uint8 in {0, 1}, as the original reads DRC dogs/cars masks:
+    PIL's convert('1') (luma, then Floyd–Steinberg dithering of every grey pixel; 0 and 255 stay)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert('1'), dtype=np.uint8)
+    except Exception as err:
+        raise _unreadable(err, name) from None
+
+
+def _unreadable(err: Exception, name: str) -> dnnlib.UserError:
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return dnnlib.UserError(f'cannot read image {name} ({reason}); replace or remove the file')
 
 
 def grey_channel(rgb: np.ndarray) -> np.ndarray:
@@ -65,10 +80,11 @@ def grey_channel(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, 0])
 
 
-def centre_square_crop(image: np.ndarray) -> np.ndarray:
-    """[H, W, C] → [S, S, C], S = min(H, W), the longer side trimmed by floor((long − short)/2) first."""
+def centre_square_crop(image: np.ndarray, ratio: float = 1.0) -> np.ndarray:
+    """[H, W, C] → [S, S, C], S = int(min(H, W)·ratio), centred: each side trimmed by floor((long − S)/2)
+    first. ``ratio`` < 1 is eval_segmentation.py's --crop-ratio."""
     h, w = image.shape[:2]
-    side = min(h, w)
+    side = max(int(min(h, w) * ratio), 1)
     top, left = (h - side) // 2, (w - side) // 2
     return image[top:top + side, left:left + side]
 
@@ -113,7 +129,9 @@ class Dataset:
         self.xflip = xflip
         self.raw_indices = np.arange(num_raw)
         if max_size is not None and max_size < num_raw:
-            chosen = np.random.default_rng(seed).choice(num_raw, size=max_size, replace=False)
+            # StyleGAN2-ADA's subset (--subset): the first max_size of a legacy-RandomState
+            # permutation drawn with the seed, kept in file order, so a run repeats the original's pick.
+            chosen = np.random.RandomState(seed).permutation(num_raw)[:max_size]
             self.raw_indices = np.sort(chosen)
 
     @property
@@ -167,16 +185,19 @@ class Record:
 class FileDataset(Dataset):
     """Samples read from files in a folder or a zip archive, one :class:`Record` each.
 
-    ``crop``: 'centre' (centre square, GAN training), 'box' (CUB test crop) or 'none' (stretch).
+    ``crop``: 'centre' (centre square, GAN training), 'box' (CUB test crop) or 'none' (stretch);
+    then ``crop_ratio`` < 1 keeps the centre square of that fraction of the side (pair folders).
     ``mask_resample``: 'bilinear' resizes the grey mask then thresholds (CUB, pair folders);
-    'nearest' thresholds then resizes with nearest neighbour (DRC dogs/cars masks).
+    'nearest' binarises by dithering (:func:`decode_dithered_mask`) then resizes with nearest
+    neighbour (DRC dogs/cars masks, as the original).
     """
 
     def __init__(self, name: str, resolution: int, records: list[Record], crop: str = 'centre',
-                 mask_resample: str = 'bilinear', zip_path: str | None = None, **kwargs):
+                 mask_resample: str = 'bilinear', zip_path: str | None = None, crop_ratio: float = 1.0, **kwargs):
         has_masks = bool(records) and records[0].mask is not None
         super().__init__(name, resolution, len(records), has_masks=has_masks, **kwargs)
         self.records, self.crop, self.mask_resample, self.zip_path = records, crop, mask_resample, zip_path
+        self.crop_ratio = crop_ratio
         self._zip: zipfile.ZipFile | None = None
 
     def __getstate__(self) -> dict:
@@ -197,7 +218,9 @@ class FileDataset(Dataset):
         record, r = self.records[raw_index], self.resolution
         where = f'{self.zip_path}:{record.image}' if self.zip_path else record.image
         image = decode_rgb(self._read_bytes(record.image), where)
-        mask = grey_channel(decode_rgb(self._read_bytes(record.mask), record.mask)) if record.mask else None
+        decode_mask = decode_dithered_mask if self.mask_resample == 'nearest' else (
+            lambda data, name: grey_channel(decode_rgb(data, name)))
+        mask = decode_mask(self._read_bytes(record.mask), record.mask) if record.mask else None
         if mask is not None and mask.shape != image.shape[:2]:
             raise dnnlib.UserError(f'mask {record.mask} is {mask.shape[1]}x{mask.shape[0]} but its image is '
                                    f'{image.shape[1]}x{image.shape[0]}; image and mask must have the same size')
@@ -207,10 +230,13 @@ class FileDataset(Dataset):
         elif self.crop == 'box':
             left, top, right, bottom = cub_box_crop(image.shape[1], image.shape[0], record.box)
             image, mask = image[top:bottom, left:right], mask[top:bottom, left:right]
+        if self.crop_ratio < 1:
+            image = centre_square_crop(image, self.crop_ratio)
+            mask = centre_square_crop(mask, self.crop_ratio) if mask is not None else None
         image = resize(image, r, Image.Resampling.BILINEAR)
         if mask is not None:
             if self.mask_resample == 'nearest':
-                mask = resize(binarize(mask), r, Image.Resampling.NEAREST)
+                mask = resize(mask, r, Image.Resampling.NEAREST)
             else:
                 mask = binarize(resize(mask, r, Image.Resampling.BILINEAR))
         return image.transpose(2, 0, 1), mask
@@ -278,20 +304,27 @@ def _cub_records(root: str, split: str, train_masks: bool = False) -> list[Recor
 
 
 def load_tokens(path: str) -> list[str]:
-    """DRC split file (.npy array of tokens) → list of filename stems."""
+    """DRC split file (.npy array of tokens) → list of filename stems.
+
+    Some DRC releases save the tokens as object arrays, whose data is a pickle: those are read
+    with an allow-list that admits NumPy's array rebuilding and plain strings and numbers only,
+    so a split file can never run code.
+    """
     _need_file(path, 'split file')
     try:
-        try:
-            tokens = np.load(path, allow_pickle=False)
-        except ValueError:
-            # DRC saved some token lists as object arrays, which only unpickling can read. Unpickling
-            # can run code, so it is done only here: for the split files inside the dataset folder
-            # the user pointed us at, after the safe attempt failed.
-            tokens = np.load(path, allow_pickle=True)
+        tokens = safe_pickle.load_npy(path)
+    except safe_pickle.RefusedGlobal as err:
+        raise dnnlib.UserError(f'{path} is not a plain array of file tokens; refusing to unpickle {err.name}; '
+                               f'replace it with the one from the dataset release') from None
     except Exception as err:
         raise dnnlib.UserError(f'cannot read split file {path} ({type(err).__name__}: {err}); '
                                f'replace it with the one from the dataset release') from None
-    return [t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in np.ravel(tokens)]
+    tokens = np.ravel(tokens)
+    strange = [t for t in tokens if not isinstance(t, (str, bytes, int, np.integer))] if tokens.dtype.hasobject else []
+    if strange:
+        raise dnnlib.UserError(f'{path} is not a plain array of file tokens (it holds a {type(strange[0]).__name__}); '
+                               f'replace it with the one from the dataset release')
+    return [t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in tokens]
 
 
 def _mrcnn_records(root: str, kind: str, split: str, train_masks: bool = False) -> list[Record]:
@@ -426,7 +459,8 @@ def open_synthetic(split: str, resolution: int, cache_root: str, num_images: int
 
 def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_root: str | None = None,
                  xflip: bool = False, max_size: int | None = None, seed: int = 0,
-                 num_images: int | None = None, synthetic_seed: int = 0, train_masks: bool = False) -> Dataset:
+                 num_images: int | None = None, synthetic_seed: int = 0, train_masks: bool = False,
+                 crop_ratio: float = 1.0) -> Dataset:
     """Open a dataset by name (cub|bird|birds, dog|dogs, car|cars, synthetic) or path.
 
     A path is a folder with ``img/`` and ``mask/`` (pairs, always with masks), or a folder or zip
@@ -436,6 +470,8 @@ def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_roo
     ``max_size`` keeps a subset chosen with ``seed``. ``num_images`` and ``synthetic_seed`` pick
     the size and the stream of the synthetic set; ``train_masks`` reads the masks of the train
     split too (the synthetic set's, CUB's segmentations, dogs/cars ``_maskorig.png`` files).
+    ``crop_ratio`` (pair folders only) keeps the centre square of that fraction of each image and
+    mask before resizing.
     """
     if split not in SPLITS:
         raise dnnlib.UserError(f'unknown split {split!r}; use one of {", ".join(SPLITS)}')
@@ -446,6 +482,8 @@ def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_roo
         raise dnnlib.UserError(f'max_size must be at least 1, got {max_size}')
     options = dict(xflip=xflip, max_size=max_size, seed=seed)
     kind = dataset_kind(data)
+    if crop_ratio != 1 and kind != 'pairs':
+        raise dnnlib.UserError(f'--crop-ratio applies to a folder of img/ + mask/ pairs, not to {data}')
     if kind == 'synthetic':
         return open_synthetic(split, resolution, dnnlib.cache_dir(), num_images, synthetic_seed, train_masks,
                               **options)
@@ -454,7 +492,7 @@ def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_roo
         root = resolve_drc_root(drc_kind, data_root, os.environ.get('ILSGAN_DATA_ROOT'))
         return open_drc(drc_kind, split, resolution, root, train_masks, **options)
     if kind == 'pairs':
-        return open_pairs(data, resolution, **options)
+        return open_pairs(data, resolution, crop_ratio=crop_ratio, **options)
     if kind == 'images':
         if split == 'test':
             raise dnnlib.UserError(f'{data} has no masks, so it has no test split; segmentation needs a folder '

@@ -26,6 +26,11 @@ BASE: dict[str, Any] = dict(
     # Optimisers and lazy regularisation (METHOD §3).
     lrate=0.0025, betas=[0.0, 0.99], adam_eps=1e-8,
     G_reg_interval=4, D_reg_interval=16,
+    # StyleGAN2's path-length regulariser, off in ILSGAN (ORIGINAL §4.7): G-reg is then a no-op.
+    pl_weight=0.0, pl_batch_shrink=2, pl_decay=0.01,
+    # Style mixing, off in ILSGAN (ORIGINAL §2.4): mode orig | style | layer | none.
+    style_mixing_prob=0.0, mixing='orig',
+    freeze_layers=0,                # Freeze-D: D layers counted from the input that do not train
     gamma=None,                     # None: 0.0002 · R² / batch
     ema_kimg=None,                  # None: batch · 10 / 32
     ema_ramp=0.05,

@@ -24,6 +24,7 @@ import torch
 import dnnlib
 from torch_utils import distributed, misc
 from training import presets
+from training.loss import MIXING_MODES
 
 AUG_MODES = ('ada', 'noaug', 'fixed')
 
@@ -57,19 +58,28 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
                           gamma: float | None = None, aug: str | None = None, p: float | None = None,
                           target: float | None = None, augpipe: str | None = None, allow_tf32: bool = False,
                           nobench: bool = False, detector: str | None = None, auto_test: bool = False,
-                          **unused: Any) -> dnnlib.EasyDict:
+                          subset: int | None = None, map_layers: int | None = None, mixing: str | None = None,
+                          mixing_prob: float | None = None, pl_weight: float | None = None,
+                          freezed: int | None = None, nhwc: bool | None = None, upd_e: str | None = None,
+                          cond: bool = False, **unused: Any) -> dnnlib.EasyDict:
     """Command-line options → the complete, validated training config (no side effects).
 
     ``resolution`` is the script's (64 or 128); ``cfg`` defaults to its default preset. Options
     left as None keep the preset's value. Raises :class:`dnnlib.UserError` for an unknown --cfg
     (or one of the other script), a batch not divisible by --gpus, an unknown metric, an
-    unwritable --outdir and the other inconsistent combinations.
+    unwritable --outdir and the other inconsistent combinations. ``upd_e`` is accepted and
+    ignored: the original's option had no effect either.
     """
     if unused:
         raise dnnlib.UserError(f'unknown option(s): {", ".join(sorted(unused))}')
+    if cond:
+        raise dnnlib.UserError('--cond: the datasets have no class labels, so conditional training is not '
+                               'available; leave --cond off')
     cfg = cfg or presets.DEFAULT_CFG[resolution]
     spec = presets.resolve_preset(cfg, resolution, batch=batch, kimg=kimg, snap=snap, kimg_per_tick=tick,
-                                  workers=workers, gamma=gamma, aug=aug, augpipe=augpipe, target=target)
+                                  workers=workers, gamma=gamma, aug=aug, augpipe=augpipe, target=target,
+                                  mapping_layers=map_layers, mixing=mixing, style_mixing_prob=mixing_prob,
+                                  pl_weight=pl_weight, freeze_layers=freezed, channels_last=nhwc)
     if not data:
         raise dnnlib.UserError('--data is required: cub, dog, car, synthetic or a path')
     if gpus < 1:
@@ -82,6 +92,14 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
                                f'group {spec.mbstd}; choose --batch as a multiple of {spec.mbstd * gpus}')
     if spec.kimg <= 0 or spec.kimg_per_tick <= 0 or spec.snap < 1:
         raise dnnlib.UserError('--kimg and --tick must be > 0 and --snap >= 1')
+    if subset is not None and subset < 1:
+        raise dnnlib.UserError(f'--subset must be at least 1, got {subset}')
+    if spec.mapping_layers < 1:
+        raise dnnlib.UserError(f'--map must be at least 1, got {spec.mapping_layers}')
+    if spec.mixing not in MIXING_MODES:
+        raise dnnlib.UserError(f'unknown --mixing={spec.mixing}; valid: {", ".join(MIXING_MODES)}')
+    if not 0 <= spec.style_mixing_prob <= 1 or spec.pl_weight < 0 or spec.freeze_layers < 0:
+        raise dnnlib.UserError('--mixing-prob must lie in [0, 1], --pl-weight and --freezed must be >= 0')
     if spec.aug not in AUG_MODES:
         raise dnnlib.UserError(f'unknown --aug={spec.aug}; valid: {", ".join(AUG_MODES)}')
     if spec.aug == 'fixed':
@@ -90,6 +108,8 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
         spec.p = float(p)
     elif p is not None:
         raise dnnlib.UserError('--p only applies to --aug=fixed')
+    if target is not None and spec.aug != 'ada':
+        raise dnnlib.UserError(f'--target only applies to --aug=ada (here --aug={spec.aug}); drop --target')
     from training.augment import AUGPIPE_SPECS
     if spec.augpipe not in AUGPIPE_SPECS:
         raise dnnlib.UserError(f'unknown --augpipe={spec.augpipe}; valid: {", ".join(AUGPIPE_SPECS)}')
@@ -106,8 +126,13 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
     c = dnnlib.EasyDict(spec)
     c.update(outdir=outdir, data=data, data_root=data_root, gpus=gpus, seed=seed, resume=resume, mirror=mirror,
              fp32=fp32, allow_tf32=allow_tf32, nobench=nobench, detector=detector, auto_test=auto_test,
-             batch_gpu=batch_gpu, run_desc=f'{_data_name(data)}-{cfg}-batch{spec.batch}')
+             batch_gpu=batch_gpu,
+             run_desc=f'{_data_name(data)}-{cfg}-batch{spec.batch}' + _option_suffixes(
+                 subset=subset, map=map_layers, pl=pl_weight, mixing=mixing, freezed=freezed))
     c.dataset_kwargs = dict(data=data, split='train', resolution=spec.resolution, data_root=data_root, xflip=mirror)
+    if subset is not None:
+        # As StyleGAN2-ADA: a subset drawn with the run's --seed (training.dataset.Dataset).
+        c.dataset_kwargs.update(max_size=subset, seed=seed)
     c.G_kwargs = dict(class_name='training.networks.LayeredGenerator', img_resolution=spec.resolution,
                       z_dim=spec.z_dim, w_dim=spec.w_dim, channel_base=spec.channel_base,
                       channel_max=spec.channel_max, mapping_layers=spec.mapping_layers,
@@ -115,7 +140,7 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
     c.D_kwargs = dict(class_name='training.networks.Discriminator', img_resolution=spec.resolution,
                       channel_base=spec.channel_base, channel_max=spec.channel_max,
                       num_fp16_res=spec.num_fp16_res, conv_clamp=spec.conv_clamp,
-                      mbstd_group_size=min(spec.mbstd, batch_gpu))
+                      mbstd_group_size=min(spec.mbstd, batch_gpu), freeze_layers=spec.freeze_layers)
     c.composition_kwargs = dict(class_name='training.networks.PerturbedComposition', xint_max=spec.xint_max)
     c.augment_kwargs = None if spec.aug == 'noaug' else dict(class_name='training.augment.AugmentPipe',
                                                             **AUGPIPE_SPECS[spec.augpipe])
@@ -126,8 +151,16 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
     c.loss_kwargs = dict(r1_gamma=spec.gamma, bin_weight=spec.bin_weight, msize_weight=spec.msize_weight,
                          min_msize=spec.min_msize, max_msize=spec.max_msize, estimator=spec.estimator, distribution=spec.distribution,
                          neg_weight=spec.neg_weight, opt_mask=spec.opt_mask, stop_grad=spec.stop_grad,
-                         estimator_weight=spec.estimator_weight)
+                         estimator_weight=spec.estimator_weight, style_mixing_prob=spec.style_mixing_prob,
+                         mixing=spec.mixing, pl_weight=spec.pl_weight, pl_decay=spec.pl_decay)
     return c
+
+
+def _option_suffixes(**given: Any) -> str:
+    """The original's run-directory suffixes of the options given: -subset100, -map2, -pl2.0,
+    -style_mixing, -freezed4."""
+    return ''.join(f'-{value}_mixing' if name == 'mixing' else f'-{name}{value}'
+                   for name, value in given.items() if value is not None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,7 +209,11 @@ def launch(c: dnnlib.EasyDict) -> str | None:
         holder: list = []
         distributed.run_under_torchrun(_torchrun_worker, (c, holder))
         return holder[0] if holder else None
-    open_dataset(**c.dataset_kwargs)  # a bad --data fails here, before any folder is made
+    dataset = open_dataset(**c.dataset_kwargs)  # a bad --data fails here, before any folder is made
+    subset = c.dataset_kwargs.get('max_size')
+    if subset is not None and len(dataset.raw_indices) < subset:
+        raise dnnlib.UserError(f'--subset={subset} is larger than the dataset ({len(dataset.raw_indices)} images); '
+                               f'choose at most that many')
     run_dir = prepare_run_dir(c)
     print(f'Run directory: {run_dir}', flush=True)
     distributed.spawn_local(_worker, c.gpus, (run_dir, c))
@@ -213,6 +250,10 @@ def make_main(resolution: int):
     @click.option('--data', required=True, metavar='NAME|PATH',
                   help='cub, dog, car, synthetic, or a folder/zip of images.')
     @click.option('--data-root', metavar='DIR', help='Root of the DRC dataset folders.')
+    @click.option('--subset', type=click.IntRange(min=1), metavar='N',
+                  help='Train on N images of the dataset, chosen with --seed [default: all].')
+    @click.option('--cond', type=bool, default=False, metavar='BOOL',
+                  help='Conditional training: not available (the datasets have no labels).')
     @click.option('--cfg', default=default_cfg, show_default=True, metavar='NAME',
                   help=f'Preset: {", ".join(names)}.')
     @click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True,
@@ -225,14 +266,29 @@ def make_main(resolution: int):
     @click.option('--metrics', metavar='LIST', help='Comma-separated metrics or "none" [default: preset].')
     @click.option('--detector', metavar='PATH|URL', help='Inception detector for FID/KID [default: $ILSGAN_DETECTOR or the URL].')
     @click.option('--resume', metavar='PATH', help='Snapshot file or run directory (latest snapshot) to continue.')
+    @click.option('--freezed', type=click.IntRange(min=0), metavar='N',
+                  help='Freeze-D: the first N layers of D, from the input, do not train [default: 0].')
     @click.option('--workers', type=click.IntRange(min=0), help='DataLoader workers [default: preset].')
     @click.option('--mirror', is_flag=True, help='Add x-flipped copies of the training images.')
     @click.option('--gamma', type=click.FloatRange(min=0), help='R1 weight [default: 0.0002·R²/batch].')
+    @click.option('--map', 'map_layers', type=click.IntRange(min=1), metavar='N',
+                  help='Layers of both mapping networks [default: preset, 8].')
+    @click.option('--pl-weight', type=click.FloatRange(min=0), metavar='W',
+                  help='Path-length regularisation weight [default: 0, off as in ILSGAN].')
+    @click.option('--mixing', type=click.Choice(MIXING_MODES),
+                  help='Style mixing with a second z: orig (a cutoff in the bg ws and one in the fg ws), '
+                       'style (one cutoff over bg+fg ws), layer (all bg ws), none (off) [default: orig].')
+    @click.option('--mixing-prob', type=click.FloatRange(0, 1), metavar='P',
+                  help='Style-mixing probability (ours; the original fixes it at 0) [default: 0].')
+    @click.option('--upd-e', type=click.Choice(['G', 'D']),
+                  help='Legacy option of the original (InfoGAN encoder); has no effect.')
     @click.option('--aug', type=click.Choice(AUG_MODES), help='Augmentation mode [default: ada].')
     @click.option('--p', type=click.FloatRange(0, 1), help='Augment probability for --aug=fixed.')
     @click.option('--target', type=click.FloatRange(0, 1), help='ADA target [default: 0.6].')
     @click.option('--augpipe', metavar='NAME', help='Augment pipe [default: bgc].')
     @click.option('--fp32', is_flag=True, help='Disable mixed precision.')
+    @click.option('--nhwc/--nchw', default=None,
+                  help='Channels-last memory layout for G and D [default: preset; on in the cpu* presets].')
     @click.option('--allow-tf32', is_flag=True, help='Allow TF32 matmuls and convolutions.')
     @click.option('--nobench', is_flag=True, help='Disable cuDNN benchmarking.')
     @click.option('-n', '--dry-run', is_flag=True, help='Print the config and exit.')

@@ -1,7 +1,8 @@
 """The ILSGAN training schedule (METHOD.md §3, ORIGINAL.md §5).
 
-:func:`training_loop` runs on every rank: per iteration G-main, (G-reg: a no-op), D-main with
-the estimators' fit, D-reg every 16 iterations, then the EMA of G and the ADA adjustment;
+:func:`training_loop` runs on every rank: per iteration G-main, (G-reg: a no-op unless
+``--pl-weight`` is set), D-main with the estimators' fit, D-reg every 16 iterations, then the EMA
+of G and the ADA adjustment;
 per tick (``kimg_per_tick`` thousand images) the statistics, and every ``snap`` ticks the image
 grids, a network snapshot and the metrics. Only rank 0 writes files. The helpers below do the
 steps; the loop itself reads as a list of commented phases.
@@ -110,8 +111,16 @@ def resume_from(path: str, nets: dnnlib.EasyDict, optimizers: dict, ada: Any, ra
         except RuntimeError as err:
             raise dnnlib.UserError(f'--resume: the {name} of {path} does not fit this --cfg '
                                    f'({str(err).splitlines()[0]})') from None
+    saved_optimizers = data.get('optimizers')
+    if not isinstance(saved_optimizers, dict) or not set(optimizers) <= set(saved_optimizers):
+        raise dnnlib.UserError(f'--resume: {path} holds no optimiser state (a converted snapshot, or not written by '
+                               f'training); use a network-snapshot of a training run')
     for name, opt in optimizers.items():
-        opt.load_state_dict(data['optimizers'][name])
+        try:
+            opt.load_state_dict(saved_optimizers[name])
+        except ValueError:  # another set of trainable parameters, e.g. another --freezed
+            raise dnnlib.UserError(f'--resume: the {name} optimiser state of {path} does not fit this run; '
+                                   f'resume with the options it was trained with (--freezed)') from None
     if ada is not None and data.get('ada') is not None:
         ada.load_state_dict(data['ada'])
     if len(data.get('rng') or []) == world_size:
@@ -351,8 +360,16 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
         G.requires_grad_(False)
         optimizer_step(optimizers['G'], list(G.parameters()))
 
-        # G-reg (every G_reg_interval): ILSGAN has no path-length term, so this phase computes and
-        # steps nothing; its only trace is the lr/β rescaling of G's Adam in lazy_adam().
+        # G-reg (every G_reg_interval): ILSGAN has no path-length term (pl_weight 0), so this phase
+        # computes and steps nothing; its only trace is the lr/β rescaling of G's Adam in lazy_adam().
+        # With --pl-weight > 0: StyleGAN2's path-length penalty on a batch shrunk by pl_batch_shrink.
+        if cfg.pl_weight > 0 and batch_idx % cfg.G_reg_interval == 0:
+            G.requires_grad_(True)
+            optimizers['G'].zero_grad(set_to_none=True)
+            z = torch.randn([max(batch_gpu // cfg.pl_batch_shrink, 1), G.z_dim], device=device)
+            losses.update(loss.generator_reg(z, gain=cfg.G_reg_interval))
+            G.requires_grad_(False)
+            optimizer_step(optimizers['G'], list(G.parameters()))
 
         # D-main: fakes from the frozen G, reals; the learned estimators fit their NLL here too.
         D.requires_grad_(True)
@@ -381,10 +398,10 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
 
         # EMA of G, ADA adjustment, counters.
         update_ema(G_ema, G, cur_nimg, cfg.batch, cfg.ema_kimg, cfg.ema_ramp)
-        if ada is not None and ada.due(batch_idx):
-            ada.update(nets.augment_pipe, ada.mean_sign(lambda t: sum_over_ranks(t, device)))
         cur_nimg += cfg.batch
         batch_idx += 1
+        if ada is not None and ada.due(batch_idx):  # counted first: after iterations 4, 8, …, as the original
+            ada.update(nets.augment_pipe, ada.mean_sign(lambda t: sum_over_ranks(t, device)))
 
         # Tick end? The first tick closes after one iteration, as in StyleGAN2-ADA.
         done = cur_nimg >= cfg.kimg * 1000
