@@ -12,7 +12,9 @@
    ``--aug=color``, at the training resolution);
 4. estimate the layers' mutual information with MINE (eval_MI_MINE.py's defaults: the plain DV
    gradient); an estimate from fewer than 100 000 steps, or a negative one, is marked not converged;
-5. write ``RUN_DIR/auto_test/results.json`` and print the summary table.
+5. measure whether the generated masks follow the objects (:mod:`metrics.layout`: the spread of
+   their centroids and areas against the test split's masks, and the empty/full/grey ones);
+6. write ``RUN_DIR/auto_test/results.json`` and print the summary table.
 
 The sizes (n, UNet iterations and width, MINE steps and width) come from the training preset's
 ``auto_test_sizes`` field, so the CPU demo preset runs the same chain in minutes.
@@ -28,7 +30,7 @@ from dataclasses import asdict, dataclass, fields
 import click
 
 import dnnlib
-from metrics import generate
+from metrics import generate, layout
 
 
 @dataclass
@@ -91,6 +93,7 @@ def format_summary(summary: dict) -> str:
     rows = [('snapshot', os.path.basename(summary['snapshot'])), ('chosen by', summary['chosen_by']),
             ('FID', fmt(summary['fid'])), ('sigma', fmt(summary['sigma'])),
             ('IoU', fmt(summary['IoU'])), ('DICE', fmt(summary['DICE'])),
+            *layout.format_layout_rows(summary.get('layout')),
             ('MI_1 (b_i; f_v)', fmt(summary['MI_1']) + mi_note), ('MI_2 (f_i; b_v)', fmt(summary['MI_2']) + mi_note),
             ('MI (b; f)', fmt(summary['MI']) + mi_note),
             ('MINE', 'converged' if summary['MI_converged'] else f'NOT CONVERGED: {summary["MI_why"]}')]
@@ -153,13 +156,17 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
                                progress=progress)
     mi = mine.estimate_layer_mi(syn_dir, mine_cfg, mode='both')
 
-    # 5. One JSON and one table.
+    # 5. Do the masks follow the objects?
+    mask_layout = layout.layout_of_synthetic_set(syn_dir, data, int(config.get('resolution', 64)), data_root,
+                                                 progress=progress)
+
+    # 6. One JSON and one table.
     summary = {
         'snapshot': choice.path, 'kimg': choice.kimg, 'chosen_by': choice.reason,
         'fid': choice.metric_value, 'sigma': choice.sigma,
         'IoU': seg['results']['IoU'], 'DICE': seg['results']['DICE'],
         'MI_1': mi.get('MI_1'), 'MI_2': mi.get('MI_2'), 'MI': mi.get('MI'),
-        'MI_converged': mi['converged'], 'MI_why': mi['why'],
+        'MI_converged': mi['converged'], 'MI_why': mi['why'], 'layout': mask_layout,
         'segmentation': seg['results'], 'segmentation_run': seg['run_dir'], 'mine_run': mi['run_dir'],
         'synthetic_data': syn_dir, 'real_data': data, 'sizes': asdict(sizes),
         'total_time': time.time() - start, 'timestamp': time.time(),

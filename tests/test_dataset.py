@@ -399,5 +399,60 @@ def test_cli_export_of_a_maskless_train_split_is_a_one_line_error(trees, tmp_pat
     base, _ = trees
     result = CliRunner().invoke(ds.main, ['--data=car', f'--data-root={base / "cars"}', f'--export={tmp_path / "gt"}'])
     assert result.exit_code == 2
-    assert 'has no masks' in result.output and 'Traceback' not in result.output
+    assert 'cars train split has no masks' in result.output and 't_red_maskorig.png' in result.output
+    assert '--split=test' in result.output and 'Traceback' not in result.output
     assert not (tmp_path / 'gt').exists()
+
+
+def expected_mask(grey: np.ndarray, r: int) -> np.ndarray:
+    """Independent reference for a train mask: centre square crop, PIL bilinear resize, > 127."""
+    top, left, side = fx.centre_square(grey.shape[1], grey.shape[0])
+    crop = Image.fromarray(grey[top:top + side, left:left + side])
+    return (np.asarray(crop.resize((r, r), Image.Resampling.BILINEAR)) > 127).astype(np.uint8)
+
+
+def export_cli(tmp_path, data, root, r):
+    out = tmp_path / 'gt'
+    result = CliRunner().invoke(ds.main, [f'--data={data}', f'--data-root={root}', f'--resolution={r}',
+                                          f'--export={out}', '--split=train'])
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_cli_exports_the_cub_train_split_with_its_segmentations_cropped_as_the_images(tmp_path):
+    root = tmp_path / 'birds'
+    fx.build_cub(str(root))
+    sources = fx.add_train_masks(str(root), 'birds')
+    out, printed = export_cli(tmp_path, 'cub', root, 32)
+    assert printed['exported'] == 3 and sorted(os.listdir(out / 'mask')) == [f'{i:06d}.png' for i in (1, 2, 3)]
+    # Ids 1, 2, 6: the wide, the tall and the square image, in id order as the GAN reads them.
+    for i, rel in enumerate(['001.A/wide.jpg', '001.A/tall.jpg', '003.C/square.jpg']):
+        image_path, grey = sources[rel]
+        src = decoded(image_path)
+        top, left, side = fx.centre_square(src.shape[1], src.shape[0])
+        img = decoded(str(out / 'img' / f'{i + 1:06d}.png'))
+        mask = decoded(str(out / 'mask' / f'{i + 1:06d}.png'))[:, :, 0]
+        np.testing.assert_array_equal(img, expected_resize(src[top:top + side, left:left + side], 32).transpose(1, 2, 0))
+        np.testing.assert_array_equal(mask, expected_mask(grey, 32) * 255)
+        assert 0 < (mask > 0).mean() < 0.5
+        # The image's red channel is its mask: they agree wherever JPEG noise cannot cross the threshold.
+        clear = np.abs(img[:, :, 0].astype(int) - 127.5) > 16
+        np.testing.assert_array_equal((img[:, :, 0] > 127)[clear], (mask > 0)[clear])
+        assert clear.mean() > 0.8
+
+
+@pytest.mark.parametrize('kind', ['dogs', 'cars'])
+def test_cli_exports_mrcnn_train_masks_pixel_aligned_with_their_images(tmp_path, kind):
+    root = tmp_path / kind
+    fx.build_mrcnn(str(root), kind)
+    sources = fx.add_train_masks(str(root), kind)
+    out, printed = export_cli(tmp_path, kind[:-1], root, 32)
+    assert printed['exported'] == 3
+    for i, token in enumerate(['t_red', 't_wide', 't_tall']):                  # the split file's order
+        _, grey = sources[f'{token}_orig.png']
+        img = decoded(str(out / 'img' / f'{i + 1:06d}.png'))
+        mask = decoded(str(out / 'mask' / f'{i + 1:06d}.png'))[:, :, 0]
+        np.testing.assert_array_equal(mask, expected_mask(grey, 32) * 255)
+        # Lossless PNG: the thresholded red channel of the exported image is the exported mask.
+        np.testing.assert_array_equal((img[:, :, 0] > 127).astype(np.uint8) * 255, mask)
+        assert 0 < (mask > 0).mean() < 0.5

@@ -335,7 +335,7 @@ def test_cli_dry_run_prints_config_and_makes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize('args,message', [
-    (['--cfg=nope'], 'unknown --cfg=nope; valid: ILS_predL, ILS_predN, ILS_learnL, ILS_learnN, ILS_L1, cpu, cpu64'),
+    (['--cfg=nope'], 'unknown --cfg=nope; valid: ILS_predL, ILS_predN, ILS_learnL, ILS_learnN, ILS_L1, cpu, cpu64, cpu_noILS, cpu_L1'),
     (['--batch=30', '--gpus=4'], '--batch=30 is not divisible by --gpus=4'),
     (['--aug=noaug', '--target=0.7'], '--target only applies to --aug=ada (here --aug=noaug); drop --target'),
 ])

@@ -288,7 +288,9 @@ def _read_table(path: str, num_fields: int) -> dict[int, list[str]]:
     return table
 
 
-def _cub_records(root: str, split: str) -> list[Record]:
+def _cub_records(root: str, split: str, train_masks: bool = False) -> list[Record]:
+    """Train (k = 0): images, with their segmentations when ``train_masks``; test (k = 2): images,
+    segmentations and boxes."""
     images = _read_table(os.path.join(root, 'images.txt'), 1)
     split_path = os.path.join(root, 'train_val_test_split.txt')
     split_of = _read_table(split_path, 1)
@@ -302,7 +304,8 @@ def _cub_records(root: str, split: str) -> list[Record]:
                                    f'in {root}; the metadata files do not match')
         key = os.path.splitext(images[i][0])[0]
         if split == 'train':
-            records.append(Record(os.path.join(root, 'images', key + '.jpg')))
+            mask = os.path.join(root, 'segmentations', key + '.png') if train_masks else None
+            records.append(Record(os.path.join(root, 'images', key + '.jpg'), mask))
         else:
             box = tuple(int(float(v)) for v in boxes[i])
             records.append(Record(os.path.join(root, 'images', key + '.jpg'),
@@ -335,14 +338,20 @@ def load_tokens(path: str) -> list[str]:
     return [t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in tokens]
 
 
-def _mrcnn_records(root: str, kind: str, split: str) -> list[Record]:
+def _mrcnn_records(root: str, kind: str, split: str, train_masks: bool = False) -> list[Record]:
+    """Train: ``<token>_orig.png`` (with ``<token>_maskorig.png`` beside it when ``train_masks``: DRC's
+    layout as we know it has no such files, another copy may); test: ``_resized.png`` + ``_maskresized.png``."""
     split_files = {'dogs': ('data_tr_sel.npy', 'data_te_sel.npy'),
                    'cars': ('data_mrcnn_train_select.npy', 'data_mrcnn_test_select.npy')}[kind]
     split_path = os.path.join(root, split_files[0 if split == 'train' else 1])
     tokens = load_tokens(split_path)
     if split == 'train':
         folder = os.path.join(root, 'train_orig', 'orig') if kind == 'dogs' else os.path.join(root, 'data_mrcnn', 'train', 'orig')
-        records = [Record(os.path.join(folder, f'{t}_orig.png')) for t in tokens]
+        masks = [os.path.join(folder, f'{t}_maskorig.png') if train_masks else None for t in tokens]
+        if train_masks and tokens and not os.path.isfile(masks[0]):
+            raise dnnlib.UserError(f'the {kind} train split has no masks: {masks[0]} does not exist (train masks '
+                                   f'are read as <token>_maskorig.png beside <token>_orig.png); export --split=test')
+        records = [Record(os.path.join(folder, f'{t}_orig.png'), mask) for t, mask in zip(tokens, masks)]
     else:
         folder = os.path.join(root, 'data_mrcnn', 'test', 'resized')
         records = [Record(os.path.join(folder, f'{t}_resized.png'), os.path.join(folder, f'{t}_maskresized.png'))
@@ -370,12 +379,19 @@ def resolve_drc_root(kind: str, data_root: str | None, env_root: str | None, roo
     return root
 
 
-def open_drc(kind: str, split: str, resolution: int, root: str, **kwargs) -> FileDataset:
-    """birds/dogs/cars as laid out by DRC. Train: centre square crop; test: CUB box crop or resized."""
-    records = _cub_records(root, split) if kind == 'birds' else _mrcnn_records(root, kind, split)
+def open_drc(kind: str, split: str, resolution: int, root: str, train_masks: bool = False, **kwargs) -> FileDataset:
+    """birds/dogs/cars as laid out by DRC. Train: centre square crop; test: CUB box crop or resized.
+
+    ``train_masks`` reads the masks of the train split too (CUB's segmentations; dogs/cars only in a
+    layout that has them), cropped and bilinearly resized exactly as their images, then thresholded.
+    """
+    if kind == 'birds':
+        records = _cub_records(root, split, train_masks)
+    else:
+        records = _mrcnn_records(root, kind, split, train_masks)
     name = f'{DRC_SHORT_NAMES[kind]}{resolution}' + ('' if split == 'train' else '-test')
     if split == 'train':
-        return FileDataset(name, resolution, records, crop='centre', **kwargs)
+        return FileDataset(name, resolution, records, crop='centre', mask_resample='bilinear', **kwargs)
     if kind == 'birds':
         return FileDataset(name, resolution, records, crop='box', mask_resample='bilinear', **kwargs)
     return FileDataset(name, resolution, records, crop='none', mask_resample='nearest', **kwargs)
@@ -472,10 +488,11 @@ def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_roo
     ``$ILSGAN_DATA_ROOT/<birds|dogs|cars>``, else ``./datasets/DRC_processed/<...>`` (this is the
     edge that reads the environment). ``xflip`` doubles the set with mirrored copies;
     ``max_size`` keeps a subset chosen with ``seed``. ``num_images`` and ``synthetic_seed`` pick
-    the size and the stream of the synthetic set; ``train_masks`` keeps the masks of its train
-    split (the only train split that has them). ``crop_ratio`` (pair folders only) keeps the centre
-    square of that fraction of each image and mask before resizing. ``root_option`` is the caller's
-    option for ``data_root``, named in the advice when the DRC folder is not found.
+    the size and the stream of the synthetic set; ``train_masks`` reads the masks of the train
+    split too (the synthetic set's, CUB's segmentations, dogs/cars ``_maskorig.png`` files).
+    ``crop_ratio`` (pair folders only) keeps the centre square of that fraction of each image and
+    mask before resizing. ``root_option`` is the caller's option for ``data_root``, named in the
+    advice when the DRC folder is not found.
     """
     if split not in SPLITS:
         raise dnnlib.UserError(f'unknown split {split!r}; use one of {", ".join(SPLITS)}')
@@ -494,7 +511,7 @@ def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_roo
     if kind == 'drc':
         drc_kind = DRC_KINDS[data.lower()]
         root = resolve_drc_root(drc_kind, data_root, os.environ.get('ILSGAN_DATA_ROOT'), root_option)
-        return open_drc(drc_kind, split, resolution, root, **options)
+        return open_drc(drc_kind, split, resolution, root, train_masks, **options)
     if kind == 'pairs':
         return open_pairs(data, resolution, crop_ratio=crop_ratio, **options)
     if kind == 'images':
@@ -576,7 +593,7 @@ def export_pairs(dataset: Dataset, outdir: str, count: int | None = None, source
 
     if not dataset.has_masks:
         raise dnnlib.UserError(f'{dataset.name} has no masks, so it has no pairs to export; export a split with '
-                               f'masks (a test split, the synthetic train split, or a folder of img/ + mask/)')
+                               f'masks (a test split, the synthetic or CUB train split, or a folder of img/ + mask/)')
     count = len(dataset) if count is None else count
     if not 1 <= count <= len(dataset):
         raise dnnlib.UserError(f'cannot export {count} pairs: {dataset.name} holds {len(dataset)}')

@@ -84,6 +84,11 @@ PRESETS_64: dict[str, dict[str, Any]] = {
     # The longer CPU quality run (bench/quality.sh): the demo preset with a 64 px level (16 channels)
     # on top, trained longer, on both cores of a 2-core machine.
     'cpu64': dict({k: v for k, v in _CPU_DEMO.items() if k != 'resolution'}, kimg=24),
+    # The ILS ablation (bench/ablation.sh): the demo preset without the ILS term (σ = 0 throughout;
+    # the bound is still computed, so the random streams match the demo's), and with ILS_L1's
+    # direct L1 separation in place of the CLUB bound.
+    'cpu_noILS': dict(_CPU_DEMO, initial_sigma=0.0, sigma=0.0),
+    'cpu_L1': dict(_CPU_DEMO, estimator='l1_distance', distribution=None),
 }
 PRESETS_128: dict[str, dict[str, Any]] = {
     'ILS': dict(resolution=128),

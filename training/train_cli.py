@@ -429,7 +429,7 @@ def make_main(resolution: int):
     @click.option('--augpipe', metavar='NAME', help='Augment pipe [default: bgc].')
     @click.option('--fp32', is_flag=True, help='Disable mixed precision.')
     @click.option('--nhwc/--nchw', default=None,
-                  help='Channels-last memory layout for G and D [default: preset; on in cpu, cpu64].')
+                  help='Channels-last memory layout for G and D [default: preset; on in the cpu* presets].')
     @click.option('--allow-tf32', is_flag=True, help='Allow TF32 matmuls and convolutions.')
     @click.option('--nobench', is_flag=True, help='Disable cuDNN benchmarking.')
     @click.option('-n', '--dry-run', is_flag=True, help='Print the config and exit.')
