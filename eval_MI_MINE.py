@@ -7,10 +7,11 @@ and MI_2 = I((1−m)·b; (1−m)·f), ``single`` gives MI = I(f; b). Each number
 last 20 training-set evaluations, in nats. Writes <path>/MI-estimation-MINE/<NNNNN>/ with
 results.json, curve.json, curve.png and the per-evaluation JSONL files.
 
---ma-rate=0 reproduces the original (plain Donsker–Varadhan gradient); the default 0.01 uses
+The default --ma-rate=0 is the original's plain Donsker–Varadhan gradient; --ma-rate=0.01 uses
 MINE's bias-corrected gradient (a moving average of mean e^T in its denominator). The reported
 estimate is the DV bound either way. The default 100 000 steps take minutes on a GPU and far
-too long on a CPU: use --steps and --hidden to shrink a demo.
+too long on a CPU: use --steps and --hidden to shrink a demo, and read the result as a demo: an
+estimate from fewer than 100 000 steps, or a negative one, is printed as NOT CONVERGED.
 """
 
 import json
@@ -28,27 +29,33 @@ from metrics import mine
               help='separate (MI_1, MI_2), single (MI) or both.')
 @click.option('--steps', type=click.IntRange(min=1), default=100_000, show_default=True, help='Optimiser steps.')
 @click.option('--hidden', type=click.IntRange(min=1), default=3000, show_default=True, help='Hidden ReLU units of T.')
-@click.option('--lr', type=click.FloatRange(min=0, min_open=True), default=2e-4, show_default=True, help='Adam learning rate.')
+@click.option('--lr', type=dnnlib.FiniteFloat(min=0, min_open=True), default=2e-4, show_default=True, help='Adam learning rate.')
 @click.option('--batch', type=click.IntRange(min=2), default=64, show_default=True, help='Batch size.')
 @click.option('--eval-every', type=click.IntRange(min=1), default=400, show_default=True,
-              help='Evaluate on the whole set every this many steps (and after the last).')
-@click.option('--ma-rate', type=click.FloatRange(min=0, max=1, max_open=True), default=0.01, show_default=True,
-              help='Moving-average rate of the bias-corrected gradient; 0 = the original plain DV gradient.')
-@click.option('--seed', type=int, default=0, show_default=True, help='Seeds weights, batches and shuffles.')
+              help='Evaluate on the whole set after 20 steps, then every this many (and after the last).')
+@click.option('--ma-rate', type=dnnlib.FiniteFloat(min=0, max=1, max_open=True), default=0.0, show_default=True,
+              help='Moving-average rate of MINE\'s bias-corrected gradient (e.g. 0.01); 0 = the original plain DV gradient.')
+@click.option('--seed', type=dnnlib.SEED, default=0, show_default=True, help='Seeds weights, batches and shuffles.')
 @click.option('--outdir', default=None, help='Parent of the run folder  [default: PATH/MI-estimation-MINE]')
 @click.option('--workers', type=click.IntRange(min=0), default=3, show_default=True, help='Data-loading processes.')
+@click.option('--allow-partial', is_flag=True,
+              help='Evaluate a generated set that holds fewer samples than its meta.json says (a warning '
+                   'gives the count); without it such a set is refused.')
 @click.option('--quiet', is_flag=True, help='No progress bars.')
 @click.option('-n', '--dry-run', is_flag=True, help='Print the resolved options and exit.')
 @dnnlib.report_user_errors
-def main(path, mode, outdir, workers, quiet, dry_run, **options):
+def main(path, mode, outdir, workers, allow_partial, quiet, dry_run, **options):
     """MINE mutual information between generated layers."""
     cfg = mine.MineConfig(progress=not quiet, **options)
     if dry_run:
-        print(json.dumps({'path': path, 'mode': mode, **asdict(cfg)}, indent=2))
+        print(json.dumps({'path': path, 'mode': mode, 'allow_partial': allow_partial, **asdict(cfg)}, indent=2))
         return
-    results = mine.estimate_layer_mi(path, cfg, mode=mode, num_workers=workers, outdir=outdir)
+    results = mine.estimate_layer_mi(path, cfg, mode=mode, num_workers=workers, outdir=outdir,
+                                     allow_partial=allow_partial)
     print(' '.join(f'{name} = {results[name]:.4f}' for name in ('MI_1', 'MI_2', 'MI') if name in results)
           + f' nats  ({results["estimate"]}); written to {results["run_dir"]}')
+    if not results['converged']:
+        print(f'NOT CONVERGED: {results["why"]}; not a result to report')
 
 
 if __name__ == '__main__':

@@ -1,12 +1,16 @@
 """The two bits of Python that bench/quality.sh needs: the auto test's sizes of a run, and quality.json.
 
     python bench/quality_summary.py sizes RUN_DIR
+    python bench/quality_summary.py option RUN_DIR data
     python bench/quality_summary.py summary RUN_DIR RUN_DIR/ceiling --out=OUTDIR/quality.json --wall=training=512
 
-``sizes`` prints ``N R ITERS BATCH WIDTH VAL_INTERVAL``: the sample count of the auto test, the
-run's resolution and the UNet sizes the auto test used (read from ``training_options.json`` through
+``sizes`` prints ``N R ITERS BATCH WIDTH VAL_INTERVAL``: the sample count of the auto test (at
+most the number of training images with masks), the run's resolution and the UNet sizes the auto test used (read from ``training_options.json`` through
 ``metrics.auto_test.AutoTestSizes``, so a preset without ``auto_test_sizes`` gives the original's),
-so that the ground-truth ceiling is trained exactly as the generated set was.
+so that the ground-truth ceiling is trained exactly as the generated set was. It fails unless the
+run's training images have masks (the synthetic set, CUB, dogs/cars with ``_maskorig.png`` files).
+
+``option`` prints one field of the run's ``training_options.json`` (empty for null).
 
 ``summary`` joins ``RUN_DIR/auto_test/results.json`` and the newest segmentation run in
 CEILING_DIR (``RUN_DIR/ceiling``) into one JSON (written atomically) and prints a table.
@@ -84,12 +88,24 @@ def main() -> None:
 @dnnlib.report_user_errors
 def sizes(run_dir: str) -> None:
     """Print N R ITERS BATCH WIDTH VAL_INTERVAL of the run's auto test."""
+    from training.dataset import open_dataset
     options = read_training_options(run_dir)
-    if options.get('data') != 'synthetic':
-        raise dnnlib.UserError(f'{run_dir} trained on {options.get("data")!r}; the ceiling needs ground-truth '
-                               f'masks of the training images, which only --data=synthetic has')
+    train = open_dataset(options['data'], 'train', options['resolution'], options.get('data_root'), train_masks=True)
+    if not train.has_masks:
+        raise dnnlib.UserError(f'{run_dir} trained on {options["data"]!r}, whose training images have no masks; '
+                               f'the ceiling needs them (the synthetic set, CUB, a folder of img/ + mask/)')
     s = AutoTestSizes.from_dict(options.get('auto_test_sizes'))
-    print(s.n, options['resolution'], s.seg_iters, s.seg_batch, s.seg_base_width, min(s.seg_val_interval, s.seg_iters))
+    print(min(s.n, len(train)), options['resolution'], s.seg_iters, s.seg_batch, s.seg_base_width, min(s.seg_val_interval, s.seg_iters))
+
+
+@main.command()
+@click.argument('run_dir')
+@click.argument('name')
+@dnnlib.report_user_errors
+def option(run_dir: str, name: str) -> None:
+    """Print the training option NAME of the run (empty for null)."""
+    value = read_training_options(run_dir).get(name)
+    print('' if value is None else value)
 
 
 @main.command()

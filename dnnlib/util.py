@@ -5,22 +5,30 @@ Everything here is plain Python so that it can be imported (and tested) without 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import importlib
 import io
 import os
 import re
+import sys
 import tempfile
 import urllib.parse
-from typing import Any, BinaryIO
+import zipfile
+import zlib
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
+
+T = TypeVar('T')
 
 
 class UserError(Exception):
     """An error caused by the user's input (a path, an option, a file).
 
     Its message is one line that names the thing and says what to do. Entry scripts catch it,
-    print ``error: <message>`` and exit with a non-zero code instead of showing a traceback.
+    print ``error: <message>`` and exit with a non-zero code instead of showing a traceback:
+    2, or 1 when it was raised from an OSError (``raise UserError(...) from err``: the cause is
+    the machine's state, a full disk or a read-only folder, not the user's input).
     """
 
 
@@ -132,31 +140,109 @@ def open_url(path_or_url: str, cache: str | None = None, num_attempts: int = 3, 
                 data = io.BytesIO()
                 for chunk in response.iter_content(chunk_size=1 << 20):
                     data.write(chunk)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            write_bytes_atomic(target, data.getvalue())
-            return open(target, 'rb')
+            break
         except Exception as err:  # network errors of every kind: retry, then explain
             last_error = err
-    raise UserError(f'cannot download {path_or_url} ({type(last_error).__name__}); if this machine is '
-                    f'offline, download it elsewhere and copy it to {target}, or pass a local path instead')
+    else:
+        raise UserError(f'cannot download {path_or_url} ({type(last_error).__name__}); if this machine is '
+                        f'offline, download it elsewhere and copy it to {target}, or pass a local path instead')
+    with writing_cache(target):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        write_bytes_atomic(target, data.getvalue())
+    return open(target, 'rb')
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+TEMP_PREFIX = '.tmp-'  # every temporary file this project writes starts so; never a result
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether ``name`` (a file name or path) is a temporary file of an unfinished write."""
+    return os.path.basename(name).startswith(TEMP_PREFIX)
+
+
+def write_bytes_atomic(path: str, data: bytes, overwrite: bool = True, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    With ``overwrite=False`` an existing ``path`` is never replaced: FileExistsError naming it.
+    ``fsync=False`` skips the flush to disk (many small files that a re-run can rewrite). On any
+    failure the temporary file is removed, and an OSError names ``path``.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=os.path.basename(path))
     try:
-        with os.fdopen(fd, 'wb') as f:
+        with naming_file(path), os.fdopen(fd, 'wb') as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _rename_without_replacing(tmp, path)
+    except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(err, OSError) and err.errno is not None and err.filename is None:  # name the file
+        raise
+
+
+@contextlib.contextmanager
+def naming_file(path: str) -> Iterator[None]:
+    """Re-raise an OSError that names no file (a failed ``write()`` or ``close()`` on a full disk)
+    as the same error naming ``path``, so that the user is told which file could not be written."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno is not None and err.filename is None:
             raise OSError(err.errno, err.strerror, path) from err
         raise
+
+
+def _rename_without_replacing(tmp: str, path: str) -> None:
+    """Give ``tmp`` the name ``path`` unless that name exists (FileExistsError naming it)."""
+    exists = FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+    try:
+        os.link(tmp, path)  # atomic, and fails on an existing name: no window to replace it
+    except FileExistsError:
+        raise exists from None
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(path):
+            raise exists from None
+        os.rename(tmp, path)
+        return
+    os.remove(tmp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cache files: ours to read back, regenerate, and write under $ILSGAN_CACHE.
+
+# What reading a truncated, empty or overwritten .npz (a zip archive) can raise.
+CACHE_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def read_cache(path: str, read: Callable[[str], T]) -> T | None:
+    """``read(path)`` for a cache file this program wrote; None when it is missing, and None with
+    one warning line when it cannot be read (truncated, empty, damaged), so that the caller
+    computes the content again and replaces the file."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        return read(path)
+    except CACHE_READ_ERRORS as err:
+        reason = str(err).splitlines()[0] if str(err) else 'empty or truncated'
+        print(f'warning: the cache file {path} is unreadable ({type(err).__name__}: {reason}); it is made again',
+              file=sys.stderr, flush=True)
+        return None
+
+
+@contextlib.contextmanager
+def writing_cache(path: str) -> Iterator[None]:
+    """An OSError while writing the cache file ``path`` becomes one line naming ``$ILSGAN_CACHE`` (exit 1)."""
+    try:
+        with naming_file(path):
+            yield
+    except OSError as err:
+        raise UserError(f'cannot write the cache file {path}: {os_error_message(err, hint=False)}; point '
+                        f'$ILSGAN_CACHE at a writable folder with free space (now {cache_dir()})') from err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,43 +282,66 @@ def user_error_message(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-# What to do about the operating-system errors a user can cause and fix.
+# What to do about the operating-system errors a user can cause and fix. After a full disk each
+# command adds its own way to go on (``disk_full_hint`` of report_user_errors).
+_FREE_SPACE = 'free some space (or choose another output folder)'
 _OS_ERROR_HINTS = {
-    errno.ENOSPC: 'free some space (or choose another --outdir); a training run continues with --resume',
-    errno.EDQUOT: 'free some space (or choose another --outdir); a training run continues with --resume',
+    errno.ENOSPC: _FREE_SPACE,
+    errno.EDQUOT: _FREE_SPACE,
     errno.EACCES: 'check the permissions, or choose another output folder',
     errno.EPERM: 'check the permissions, or choose another output folder',
     errno.EROFS: 'the file system is read-only; choose another output folder',
     errno.ENOTDIR: 'part of the path is a file, not a folder; choose another output folder',
+    errno.EEXIST: 'it is never overwritten; move it away, or choose another output folder',
 }
 
 
-def os_error_message(err: OSError, hint: bool = True) -> str:
+def os_error_message(err: OSError, hint: bool = True, disk_full_hint: str | None = None) -> str:
     """``"<what failed>: <file>; <what to do>"`` for an OSError raised while reading or writing
-    (without the last part when ``hint`` is False: the caller says what to do)."""
+    (without the last part when ``hint`` is False: the caller says what to do). ``disk_full_hint``
+    is the command's way to go on after a full disk, e.g. ``'a training run continues with --resume'``."""
     where = f': {err.filename}' if err.filename else ''
     what = err.strerror or user_error_message(err)
     advice = _OS_ERROR_HINTS.get(err.errno) if hint else None
+    if advice and disk_full_hint and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = f'{advice}; {disk_full_hint}'
     return f'{what}{where}' + (f'; {advice}' if advice else '')
 
 
-def report_user_errors(func):
-    """Decorator for entry points: a :class:`UserError` becomes ``error: <message>`` and exit code
-    2; an OSError (disk full, permission denied, ...) becomes ``error: <what>: <file>; <hint>`` and
-    exit code 1. Neither shows a traceback."""
+def exit_code(err: BaseException) -> int:
+    """1 when ``err`` is, or was raised from, an OSError (the machine's state); 2 otherwise (input)."""
+    while err is not None:
+        if isinstance(err, OSError):
+            return 1
+        err = err.__cause__
+    return 2
+
+
+def report_user_errors(func: Any = None, *, disk_full_hint: str | None = None) -> Any:
+    """Decorator for entry points: a :class:`UserError` becomes ``error: <message>``; an OSError
+    (disk full, permission denied, ...) becomes ``error: <what>: <file>; <hint>``; an EOFError
+    (a file that ends too early) is named as such instead of reaching click, which would take it
+    for the end of the user's input and print only ``Aborted!``. None shows a traceback; the
+    exit code is :func:`exit_code`'s. Use bare (``@report_user_errors``) or with the command's own
+    advice after a full disk (``@report_user_errors(disk_full_hint=...)``)."""
     import functools
-    import sys
+
+    if func is None:
+        return functools.partial(report_user_errors, disk_full_hint=disk_full_hint)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except UserError as err:
-            print(f'error: {user_error_message(err)}', file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-        except OSError as err:
-            print(f'error: {os_error_message(err)}', file=sys.stderr, flush=True)
-            raise SystemExit(1) from None
+        except (UserError, OSError, EOFError) as err:
+            if isinstance(err, OSError):
+                message = os_error_message(err, disk_full_hint=disk_full_hint)
+            elif isinstance(err, EOFError):
+                message = f'a file ended too early ({user_error_message(err)}); it is truncated or empty'
+            else:
+                message = user_error_message(err)
+            print(f'error: {message}', file=sys.stderr, flush=True)
+            raise SystemExit(exit_code(err)) from None
 
     return wrapper
 

@@ -6,12 +6,15 @@
 
 1. choose the snapshot with the lowest ``fid10k_full`` over the whole run (the newest snapshot
    when the run computed no metric, and the table says so);
-2. generate ``n`` samples into ``RUN_DIR/auto_test/synthetic_data-KKKKKK/`` (an interrupted
-   set is completed, a complete one reused);
+2. generate ``n`` samples into ``RUN_DIR/auto_test/synthetic_data-<tag>/`` (the snapshot's tag,
+   ``000200`` or ``000000_272``; an interrupted set is completed, a complete one reused);
 3. train the UNet on them and test it on the real test split of the training dataset (64 px,
    ``--aug=color``, at the training resolution);
-4. estimate the layers' mutual information with MINE;
-5. write ``RUN_DIR/auto_test/results.json`` and print the summary table.
+4. estimate the layers' mutual information with MINE (eval_MI_MINE.py's defaults: the plain DV
+   gradient); an estimate from fewer than 100 000 steps, or a negative one, is marked not converged;
+5. measure whether the generated masks follow the objects (:mod:`metrics.layout`: the spread of
+   their centroids and areas against the test split's masks, and the empty/full/grey ones);
+6. write ``RUN_DIR/auto_test/results.json`` and print the summary table.
 
 The sizes (n, UNet iterations and width, MINE steps and width) come from the training preset's
 ``auto_test_sizes`` field, so the CPU demo preset runs the same chain in minutes.
@@ -27,7 +30,7 @@ from dataclasses import asdict, dataclass, fields
 import click
 
 import dnnlib
-from metrics import generate
+from metrics import generate, layout
 
 
 @dataclass
@@ -45,16 +48,34 @@ class AutoTestSizes:
 
     @classmethod
     def from_dict(cls, values: dict | None) -> 'AutoTestSizes':
+        """The sizes a training config names (unknown keys ignored); UserError for one that is not
+        a positive integer (the config may come from a hand-edited training_options.json)."""
+        if values is not None and not isinstance(values, dict):
+            raise dnnlib.UserError(f'auto_test_sizes={values!r} in the training options is not a JSON object; '
+                                   f'fix training_options.json of the run')
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (values or {}).items() if k in known})
+        sizes = {k: v for k, v in (values or {}).items() if k in known}
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise dnnlib.UserError(f'auto_test_sizes.{name}={value!r} in the training options is not a positive '
+                                       f'integer; fix training_options.json of the run')
+        return cls(**sizes)
 
 
 def read_training_options(run_dir: str) -> dict:
+    """The run's ``training_options.json``; a missing, empty or damaged file is a one-line UserError."""
     path = os.path.join(run_dir, 'training_options.json')
     if not os.path.isfile(path):
         raise dnnlib.UserError(f'{path} not found: {run_dir} is not a training run directory')
-    with open(path, encoding='utf-8') as f:
-        return json.load(f)
+    try:
+        with open(path, encoding='utf-8') as f:
+            options = json.load(f)
+    except ValueError as err:   # JSONDecodeError and UnicodeDecodeError: empty, cut short, overwritten
+        raise dnnlib.UserError(f'{path} is damaged ({type(err).__name__}: {err}); every snapshot of the run holds '
+                               f'a copy of its options under data["training_options"]: restore the file') from None
+    if not isinstance(options, dict):
+        raise dnnlib.UserError(f'{path} is damaged (not a JSON object); restore the options of the run')
+    return options
 
 
 def choose_auto_snapshot(run_dir: str) -> generate.SnapshotChoice:
@@ -68,11 +89,14 @@ def format_summary(summary: dict) -> str:
     """The printed table: one row per quantity."""
     def fmt(value):
         return '—' if value is None else (f'{value:.4f}' if isinstance(value, float) else str(value))
+    mi_note = '' if summary['MI_converged'] else '  (not converged)'
     rows = [('snapshot', os.path.basename(summary['snapshot'])), ('chosen by', summary['chosen_by']),
             ('FID', fmt(summary['fid'])), ('sigma', fmt(summary['sigma'])),
             ('IoU', fmt(summary['IoU'])), ('DICE', fmt(summary['DICE'])),
-            ('MI_1 (b_i; f_v)', fmt(summary['MI_1'])), ('MI_2 (f_i; b_v)', fmt(summary['MI_2'])),
-            ('MI (b; f)', fmt(summary['MI']))]
+            *layout.format_layout_rows(summary.get('layout')),
+            ('MI_1 (b_i; f_v)', fmt(summary['MI_1']) + mi_note), ('MI_2 (f_i; b_v)', fmt(summary['MI_2']) + mi_note),
+            ('MI (b; f)', fmt(summary['MI']) + mi_note),
+            ('MINE', 'converged' if summary['MI_converged'] else f'NOT CONVERGED: {summary["MI_why"]}')]
     width = max(len(name) for name, _ in rows)
     line = '-' * (width + 3 + max(len(value) for _, value in rows))
     body = '\n'.join(f'{name:<{width}} | {value}' for name, value in rows)
@@ -80,28 +104,38 @@ def format_summary(summary: dict) -> str:
 
 
 def run_auto_test(run_dir: str, config: dict | None = None, device: str | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, data_root: str | None = None) -> dict:
     """Run the whole chain on ``run_dir`` (see the module docstring); returns the summary dict.
 
     ``config`` is the training configuration (``training_options.json`` when omitted): its
     ``data``, ``data_root``, ``resolution`` and ``auto_test_sizes`` fields say which real test
-    split to score on, at which size, and how large each stage is.
+    split to score on, at which size, and how large each stage is; ``data_root`` replaces the
+    stored one. Every input (options, device, snapshot, real test split) is checked before
+    ``auto_test/`` is made.
     """
     from metrics import mine, segmentation
+    from training.dataset import open_dataset
 
     start = time.time()
     config = dict(config) if config is not None else read_training_options(run_dir)
     sizes = AutoTestSizes.from_dict(config.get('auto_test_sizes'))
-    data, data_root = config.get('data'), config.get('data_root')
-    if not data:
-        raise dnnlib.UserError(f'the training options of {run_dir} name no dataset (field "data")')
+    data, data_root = config.get('data'), data_root or config.get('data_root')
+    if not data or not isinstance(data, str):
+        raise dnnlib.UserError(f'the training options of {run_dir} name no dataset (field "data"); '
+                               f'fix training_options.json of the run')
+    device = dnnlib.parse_device(device)
+    choice = choose_auto_snapshot(run_dir)
+    resolution = config.get('resolution', 64)
+    if isinstance(resolution, bool) or not isinstance(resolution, int):
+        raise dnnlib.UserError(f'the training options of {run_dir} give resolution={resolution!r}, not an integer; '
+                               f'fix training_options.json of the run')
+    open_dataset(data, split='test', resolution=resolution, data_root=data_root)   # the real test split is there
     auto_dir = os.path.join(run_dir, 'auto_test')
     os.makedirs(auto_dir, exist_ok=True)
     print(f'Auto test of {run_dir} (sizes: {asdict(sizes)})', flush=True)
 
     # 1-2. Snapshot and synthetic set.
-    choice = choose_auto_snapshot(run_dir)
-    syn_dir = os.path.join(auto_dir, f'synthetic_data-{choice.kimg:06d}')
+    syn_dir = os.path.join(auto_dir, generate.synthetic_folder_name(choice.path))
     syn_dir, meta = generate.generate_from_network(choice.path, n=sizes.n, outdir=syn_dir, seed=0,
                                                    device=device, resume=True, progress=progress,
                                                    choice=choice)
@@ -110,7 +144,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     # resolution (64 in every paper preset; the CPU demo preset trains at 32).
     seg_cfg = segmentation.SegmentationConfig(
         syn_data=syn_dir, real_data=data, real_root=data_root, aug='color', protocol='scale',
-        scale=int(config.get('resolution', 64)),
+        scale=resolution,
         iters=sizes.seg_iters, batch=sizes.seg_batch, base_width=sizes.seg_base_width,
         val_interval=min(sizes.seg_val_interval, sizes.seg_iters), device=device, progress=progress)
     seg = segmentation.run_segmentation_eval(seg_cfg)
@@ -122,12 +156,17 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
                                progress=progress)
     mi = mine.estimate_layer_mi(syn_dir, mine_cfg, mode='both')
 
-    # 5. One JSON and one table.
+    # 5. Do the masks follow the objects?
+    mask_layout = layout.layout_of_synthetic_set(syn_dir, data, int(config.get('resolution', 64)), data_root,
+                                                 progress=progress)
+
+    # 6. One JSON and one table.
     summary = {
         'snapshot': choice.path, 'kimg': choice.kimg, 'chosen_by': choice.reason,
         'fid': choice.metric_value, 'sigma': choice.sigma,
         'IoU': seg['results']['IoU'], 'DICE': seg['results']['DICE'],
         'MI_1': mi.get('MI_1'), 'MI_2': mi.get('MI_2'), 'MI': mi.get('MI'),
+        'MI_converged': mi['converged'], 'MI_why': mi['why'], 'layout': mask_layout,
         'segmentation': seg['results'], 'segmentation_run': seg['run_dir'], 'mine_run': mi['run_dir'],
         'synthetic_data': syn_dir, 'real_data': data, 'sizes': asdict(sizes),
         'total_time': time.time() - start, 'timestamp': time.time(),
@@ -140,12 +179,14 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
 
 @click.command()
 @click.argument('run_dir', type=click.Path(file_okay=False))
-@click.option('--device', default=None, help='torch device [default: cuda if available, else cpu].')
+@click.option('--device', type=dnnlib.Device(), default=None, help='torch device [default: cuda if available, else cpu].')
+@click.option('--data-root', metavar='DIR', default=None,
+              help='Root of the DRC dataset folders [default: the run\'s --data-root].')
 @click.option('--quiet', is_flag=True, help='No progress bars.')
-@dnnlib.report_user_errors
-def main(run_dir: str, device: str | None, quiet: bool) -> None:
+@dnnlib.report_user_errors(disk_full_hint='the same command completes the interrupted set')
+def main(run_dir: str, device: str | None, data_root: str | None, quiet: bool) -> None:
     """Run the auto test (generation → segmentation → MINE) on an existing training run."""
-    run_auto_test(run_dir, device=device, progress=not quiet)
+    run_auto_test(run_dir, device=device, progress=not quiet, data_root=data_root)
 
 
 if __name__ == '__main__':

@@ -63,6 +63,16 @@ def load_detector(path_or_url: str | None, device: torch.device | str, timeout: 
     return detector
 
 
+def check_detector(path_or_url: str | None) -> None:
+    """Load the detector now when that needs no download (a local file, or a URL already in the
+    cache), so that a wrong file stops a run before it starts; an uncached URL is downloaded
+    when the first metric needs it."""
+    path_or_url = str(path_or_url or DETECTOR_URL)
+    if dnnlib.is_url(path_or_url) and not os.path.isfile(dnnlib.util.cached_url_path(path_or_url)):
+        return
+    load_detector(path_or_url, 'cpu', verbose=False)
+
+
 def detector_id(path_or_url: str | None) -> str:
     """A string that names the detector in cache keys of real-image statistics.
 

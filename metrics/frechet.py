@@ -22,10 +22,10 @@ import scipy.linalg
 import torch
 
 import dnnlib
-from torch_utils import distributed
+from torch_utils import distributed, misc
 from metrics import detector as detector_lib
 
-KID_NUM_SUBSETS = 100      # METHOD.md §10 (the original used 20)
+KID_NUM_SUBSETS = 20       # as the original (metric_main.py: kid10k_full); METHOD.md §10 said 100
 KID_MAX_SUBSET_SIZE = 1000
 
 
@@ -176,11 +176,6 @@ class FeatureStats:
 # ----------------------------------------------------------------------------------------------
 # Images -> features.
 
-def images_to_uint8(img: torch.Tensor) -> torch.Tensor:
-    """Generator output [N, 3, R, R] in [-1, 1] -> uint8 [N, 3, R, R]; +128 (not 127.5) rounds to nearest."""
-    return (img.to(torch.float32) * 127.5 + 128).clamp(0, 255).to(torch.uint8)
-
-
 def latents_for_indices(indices: Sequence[int], z_dim: int, device: torch.device | str = 'cpu') -> torch.Tensor:
     """z [len(indices), z_dim] ~ N(0, I), row i drawn from seed ``indices[i]``.
 
@@ -243,7 +238,7 @@ def compute_generator_features(G: torch.nn.Module, detector: torch.nn.Module, de
         for indices in _progress(batches, len(batches), 'generated features', progress and rank == 0):
             z = latents_for_indices(indices, G.z_dim, device)
             img = G(z, noise_mode='random')['img']
-            stats.append(run_detector(detector, images_to_uint8(img), device))
+            stats.append(run_detector(detector, misc.encode_uint8(img), device))
     finally:
         G.train(was_training)
     stats.reduce_across_ranks(num_gpus, rank, device)
@@ -299,16 +294,18 @@ def real_features(dataset_kwargs: dict | None, detector_path: str | None, device
     cache_path = None
     if use_cache and dataset_kwargs is not None:
         cache_path = real_stats_cache_path(dataset_kwargs, detector_path, max_items, keep_features)
-        if _all_ranks_agree(os.path.isfile(cache_path), num_gpus, device):
-            return FeatureStats.from_npz(cache_path, device)
+        cached = dnnlib.read_cache(cache_path, lambda path: FeatureStats.from_npz(path, device))
+        if _all_ranks_agree(cached is not None, num_gpus, device):
+            return cached
     if dataset is None:
         dataset = open_real_dataset(dataset_kwargs)
     stats = compute_dataset_features(dataset, detector, device, max_items=max_items, keep_features=keep_features,
                                      batch_size=batch_size, num_gpus=num_gpus, rank=rank,
                                      num_workers=num_workers, progress=progress)
     if cache_path is not None and rank == 0:
-        os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-        dnnlib.write_bytes_atomic(cache_path, stats.to_npz_bytes())
+        with dnnlib.writing_cache(cache_path):
+            os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+            dnnlib.write_bytes_atomic(cache_path, stats.to_npz_bytes())
     return stats
 
 

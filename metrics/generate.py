@@ -14,9 +14,12 @@ size, and an interrupted generation can be resumed file by file.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
+import io
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -54,87 +57,91 @@ def read_metric_lines(path: str) -> list[dict]:
 class SnapshotChoice:
     """The snapshot chosen for generation and why."""
     path: str
-    kimg: int
+    kimg: float  # images seen / 1000, from the file name (0.272 for network-snapshot-000000_272.pt)
     metric_value: float | None  # FID of the snapshot, None when chosen without a metric file
     sigma: float | None
     reason: str
 
 
-def choose_snapshot(network: str, topk: int | None = None, pkl_idx: int | None = None,
+def metric_lines_by_snapshot(entries: list[dict]) -> dict[int, dict]:
+    """The last line of each snapshot, keyed by its images seen (:func:`checkpoint.snapshot_nimg`).
+
+    In runs made before snapshots had distinct names, several lines name one file, which each
+    later snapshot overwrote: only the last line measured the weights the file holds now.
+    """
+    return {checkpoint.snapshot_nimg(entry['snapshot_pkl']): entry for entry in entries}
+
+
+def choose_snapshot(network: str, topk: float | None = None, pkl_idx: float | None = None,
                     sigma: float | None = None, latest: bool = False,
                     metric: str = 'fid10k_full') -> SnapshotChoice:
     """Pick the snapshot to generate from (METHOD.md §7).
 
-    ``network`` is a snapshot file (used as is) or a run directory. In a run directory:
-    ``pkl_idx`` selects the snapshot of that kimg; otherwise the lowest ``metric`` among the
-    lines of ``metric-<metric>.jsonl`` with kimg ≤ ``topk`` (if given) and σ = ``sigma`` (if
-    given). Without a metric file only ``latest=True`` (the newest snapshot) is accepted, so
-    that nobody evaluates an arbitrary snapshot by accident.
+    ``network`` is a snapshot file (used as is; an original ``.pkl`` too) or a run directory. In a
+    run directory: ``pkl_idx`` selects the snapshot of exactly that kimg (0.272 names
+    ``…000000_272.pt``); otherwise the lowest ``metric`` among the lines of
+    ``metric-<metric>.jsonl`` with kimg ≤ ``topk`` (if given) and σ = ``sigma`` (if given). Without
+    a metric file only ``latest=True`` (the newest snapshot) is accepted, so that nobody evaluates
+    an arbitrary snapshot by accident.
     """
     if os.path.isfile(network):
         return SnapshotChoice(network, checkpoint.snapshot_kimg(network), None, None, 'snapshot file given')
     if not os.path.isdir(network):
         raise dnnlib.UserError(f'--network {network} is neither a snapshot file nor a run directory')
     run_dir = network
-    snapshots = {checkpoint.snapshot_kimg(p): p for p in checkpoint.list_snapshots(run_dir)}
+    snapshots = {checkpoint.snapshot_nimg(p): p for p in checkpoint.list_snapshots(run_dir)}
     if not snapshots:
         raise dnnlib.UserError(f'no {checkpoint.SNAPSHOT_GLOB} in {run_dir}; is it a training run directory?')
 
     metric_file = os.path.join(run_dir, f'metric-{metric}.jsonl')
-    entries = read_metric_lines(metric_file) if os.path.isfile(metric_file) else []
+    entries = metric_lines_by_snapshot(read_metric_lines(metric_file) if os.path.isfile(metric_file) else [])
 
     if pkl_idx is not None:
-        if pkl_idx not in snapshots:
-            raise dnnlib.UserError(f'--pkl_idx {pkl_idx}: no network-snapshot-{pkl_idx:06d}.pt in {run_dir}; '
-                                   f'available: {", ".join(str(k) for k in sorted(snapshots))}')
-        entry = next((e for e in entries if checkpoint.snapshot_kimg(e['snapshot_pkl']) == pkl_idx), None)
-        return SnapshotChoice(snapshots[pkl_idx], pkl_idx,
-                              entry['results'][metric] if entry else None,
-                              entry.get('sigma') if entry else None, f'--pkl_idx {pkl_idx}')
+        nimg = round(pkl_idx * 1000)
+        if nimg not in snapshots:
+            raise dnnlib.UserError(f'--pkl_idx {pkl_idx:g}: no {checkpoint.snapshot_name(nimg)} in {run_dir}; '
+                                   f'available: {", ".join(checkpoint.format_kimg(k) for k in sorted(snapshots))}')
+        entry = entries.get(nimg)
+        return SnapshotChoice(snapshots[nimg], nimg / 1000, entry['results'][metric] if entry else None,
+                              entry.get('sigma') if entry else None, f'--pkl_idx {pkl_idx:g}')
 
     if not entries:
         if latest:
-            kimg = max(snapshots)
-            return SnapshotChoice(snapshots[kimg], kimg, None, None, 'latest snapshot (--latest)')
+            nimg = max(snapshots)
+            return SnapshotChoice(snapshots[nimg], nimg / 1000, None, None, 'latest snapshot (--latest)')
         raise dnnlib.UserError(f'no {metric} results in {metric_file}; pass --latest to use the newest '
                                f'snapshot, or --pkl_idx to name one')
 
     candidates = []
-    for entry in entries:
-        kimg = checkpoint.snapshot_kimg(entry['snapshot_pkl'])
-        if topk is not None and kimg > topk:
+    for nimg, entry in entries.items():
+        if topk is not None and nimg > round(topk * 1000):
             continue
         if sigma is not None and not math.isclose(float(entry.get('sigma', math.nan)), sigma, rel_tol=1e-6):
             continue
-        candidates.append((float(entry['results'][metric]), kimg, entry))
+        candidates.append((float(entry['results'][metric]), nimg, entry))
     if not candidates:
         raise dnnlib.UserError(f'no line of {metric_file} matches --topk {topk} / --sigma {sigma}; '
                                f'relax the filters')
-    value, kimg, entry = min(candidates, key=lambda c: (c[0], c[1]))
-    if kimg not in snapshots:
+    value, nimg, entry = min(candidates, key=lambda c: (c[0], c[1]))
+    if nimg not in snapshots:
         raise dnnlib.UserError(f'{metric_file} names {entry["snapshot_pkl"]}, which is missing from {run_dir}')
-    filters = [f'kimg <= {topk}' if topk is not None else None, f'sigma = {sigma}' if sigma is not None else None]
+    filters = [f'kimg <= {topk:g}' if topk is not None else None, f'sigma = {sigma}' if sigma is not None else None]
     where = ', '.join(f for f in filters if f) or 'all snapshots'
-    return SnapshotChoice(snapshots[kimg], kimg, value, entry.get('sigma'), f'lowest {metric} ({where})')
+    return SnapshotChoice(snapshots[nimg], nimg / 1000, value, entry.get('sigma'), f'lowest {metric} ({where})')
 
 
 # ----------------------------------------------------------------------------------------------
 # Encoding and generation.
 
-def image_to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] in [-1, 1] → uint8 [N, H, W, C], round(v·127.5 + 128) clipped (METHOD.md §7)."""
-    return (x * 127.5 + 128).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 def encode_layers(layers: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """The generator's layers as the uint8 arrays written per folder of :data:`LAYER_FOLDERS`."""
     fg_over_white = layers['mask'] * layers['fg'] + (1 - layers['mask'])  # white = 1 in [-1, 1]
-    return {
-        'img': image_to_uint8(layers['img']),
-        'mask': misc.to_uint8(layers['mask'], low=0.0, high=1.0),  # grey RGB, round(255·m)
-        'fg': image_to_uint8(layers['fg']),
-        'bg': image_to_uint8(layers['bg']),
-        'fg_masked': image_to_uint8(fg_over_white),
+    return {  # encoded as the original: truncated 127.5·x + 128; the mask grey RGB, round(255·m)
+        'img': misc.to_uint8(layers['img']),
+        'mask': misc.to_uint8(layers['mask'], low=0.0, high=1.0),
+        'fg': misc.to_uint8(layers['fg']),
+        'bg': misc.to_uint8(layers['bg']),
+        'fg_masked': misc.to_uint8(fg_over_white),
     }
 
 
@@ -150,29 +157,83 @@ def sample_file(index: int) -> str:
 
 def _save_png(path: str, array: np.ndarray) -> None:
     from PIL import Image
-    tmp = os.path.join(os.path.dirname(path), '.tmp-' + os.path.basename(path))
-    Image.fromarray(array).save(tmp, format='PNG', compress_level=1)
-    os.replace(tmp, path)  # a killed run never leaves a half-written PNG under the final name
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format='PNG', compress_level=1)
+    # Temporary file + rename: a killed run never leaves a half-written PNG under the final name;
+    # a failed write removes its temporary file. No fsync: a lost sample is regenerated by --resume.
+    dnnlib.write_bytes_atomic(path, buffer.getvalue(), fsync=False)
 
 
 @dataclass
 class GenerationOptions:
     """What defines a synthetic set; stored in ``meta.json`` and checked on ``--resume``."""
     snapshot: str
-    kimg: int
+    kimg: float
     n: int
     seed: int = 0
     truncation_psi: float = 1.0
     noise_mode: str = 'const'
+    snapshot_sha256: str | None = None  # the snapshot's content: its path may hold other weights later
 
 
-def missing_indices(outdir: str, n: int) -> list[int]:
-    """Indices of samples with at least one layer file missing."""
-    present = None
-    for layer in LAYER_FOLDERS:
-        names = set(os.listdir(os.path.join(outdir, layer))) if os.path.isdir(os.path.join(outdir, layer)) else set()
-        present = names if present is None else present & names
+# The meta.json fields that change the samples: a set is resumed only if all of them agree.
+RESUME_KEYS = ('snapshot_sha256', 'generator', 'z_dim', 'resolution', 'layers', 'n', 'seed', 'truncation_psi',
+               'noise_mode')
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes (read in 16 MB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 24), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def generator_settings(G: torch.nn.Module) -> dict | None:
+    """The generator's class and constructor arguments as JSON data (None for an unrecorded module)."""
+    if not hasattr(G, 'init_kwargs'):
+        return None
+    return json.loads(json.dumps({'class': G.init_class, 'kwargs': G.init_kwargs}))
+
+
+def check_resumable(outdir: str, previous: dict, meta: dict) -> None:
+    """UserError naming the first field of :data:`RESUME_KEYS` in which ``previous`` (the set's
+    meta.json) differs from ``meta`` (this run's): resuming would mix two kinds of samples."""
+    for key in RESUME_KEYS:
+        old, new = previous.get(key), meta.get(key)
+        if old == new:
+            continue
+        if key == 'snapshot_sha256' and old is None:
+            raise dnnlib.UserError(f'cannot resume {outdir}: its meta.json records no snapshot_sha256 (an older '
+                                   f'version made it), so its snapshot cannot be checked; choose another --outdir')
+        if key == 'snapshot_sha256':
+            raise dnnlib.UserError(f'cannot resume {outdir}: it was made from another snapshot '
+                                   f'({previous.get("snapshot")}, snapshot_sha256 {old[:12]}…), not from '
+                                   f'{meta["snapshot"]} ({new[:12]}…); pass that snapshot, or choose another '
+                                   f'--outdir')
+        raise dnnlib.UserError(f'cannot resume {outdir}: it was made with {key}={old!r}, not {new!r}')
+
+
+def layer_files(outdir: str, layer: str) -> set[str]:
+    """Names of the finished sample files of one layer folder (no temporary files)."""
+    folder = os.path.join(outdir, layer)
+    return {name for name in os.listdir(folder) if not dnnlib.is_temp_file(name)} if os.path.isdir(folder) else set()
+
+
+def missing_indices(outdir: str, n: int, layers: tuple[str, ...] = LAYER_FOLDERS) -> list[int]:
+    """Indices of samples with at least one of ``layers`` missing."""
+    present = set.intersection(*(layer_files(outdir, layer) for layer in layers))
     return [i for i in range(n) if sample_file(i) not in present]
+
+
+def remove_temp_files(outdir: str) -> None:
+    """Delete what a killed generation left half-written: ``.tmp-*`` files (and the older ``latents.npy.tmp``)."""
+    for folder in (outdir, *(os.path.join(outdir, layer) for layer in LAYER_FOLDERS)):
+        if os.path.isdir(folder):
+            for name in os.listdir(folder):
+                if dnnlib.is_temp_file(name) or name == 'latents.npy.tmp':
+                    os.remove(os.path.join(folder, name))
 
 
 def generate_dataset(G: torch.nn.Module, outdir: str, options: GenerationOptions, batch_size: int = 64,
@@ -180,38 +241,39 @@ def generate_dataset(G: torch.nn.Module, outdir: str, options: GenerationOptions
     """Write ``options.n`` samples of G (G_ema) into ``outdir``/{img,mask,fg,bg,fg_masked}/.
 
     Refuses an existing ``outdir`` unless ``resume``; with ``resume`` only the missing files
-    are generated, after checking that ``meta.json`` describes the same set. Returns the meta.
+    are generated, after checking that ``meta.json`` describes the same set (:data:`RESUME_KEYS`).
+    Every file is written through a temporary file; on any failure none is left. Returns the meta.
     """
     meta_path = os.path.join(outdir, 'meta.json')
     meta = dict(asdict(options), layers=list(LAYER_FOLDERS), z_dim=int(G.z_dim),
-                resolution=int(G.img_resolution), latents='latents.npy')
+                resolution=int(G.img_resolution), generator=generator_settings(G), latents='latents.npy')
     if os.path.exists(outdir) and os.listdir(outdir):
         if not resume:
             raise dnnlib.UserError(f'{outdir} already exists; pass --resume to complete it, or choose '
                                    f'another --outdir (it is never deleted)')
-        if not os.path.isfile(meta_path):
+        previous = read_meta(outdir)
+        if previous is None:
             raise dnnlib.UserError(f'{outdir} exists but has no meta.json: it is not a synthetic set to resume')
-        with open(meta_path, encoding='utf-8') as f:
-            previous = json.load(f)
-        for key in ('kimg', 'n', 'seed', 'truncation_psi', 'noise_mode'):
-            if previous.get(key) != meta[key]:
-                raise dnnlib.UserError(f'cannot resume {outdir}: it was made with {key}={previous.get(key)!r}, '
-                                       f'not {meta[key]!r}')
+        check_resumable(outdir, previous, meta)
+        remove_temp_files(outdir)
     for layer in LAYER_FOLDERS:
         os.makedirs(os.path.join(outdir, layer), exist_ok=True)
     dnnlib.write_bytes_atomic(meta_path, json.dumps(meta, indent=2).encode('utf-8'))
     latents_path = os.path.join(outdir, 'latents.npy')
     if not os.path.isfile(latents_path):
-        with open(latents_path + '.tmp', 'wb') as f:
-            np.save(f, sample_latents(options.seed, list(range(options.n)), G.z_dim))
-        os.replace(latents_path + '.tmp', latents_path)
+        buffer = io.BytesIO()
+        np.save(buffer, sample_latents(options.seed, list(range(options.n)), G.z_dim))
+        dnnlib.write_bytes_atomic(latents_path, buffer.getvalue())
 
     todo = missing_indices(outdir, options.n)
     G = G.to(device).eval()
     bar = dnnlib.progress_bar(None, progress, total=len(todo), unit='img', desc='generating')
     start = time.time()
-    # PNG encoding runs in threads (it releases the GIL) while the next batch is generated.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+    # PNG encoding runs in threads (it releases the GIL) while the next batch is generated. On a
+    # failure (a full disk, Ctrl-C) the writes not yet started are cancelled and the running ones
+    # finish or remove their temporary file before the error goes on.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+    try:
         pending: list[concurrent.futures.Future] = []
         for begin in range(0, len(todo), batch_size):
             indices = todo[begin:begin + batch_size]
@@ -226,19 +288,87 @@ def generate_dataset(G: torch.nn.Module, outdir: str, options: GenerationOptions
                 future.result()
             pending.clear()
             bar.update(len(indices))
-    bar.close()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     meta['seconds'] = round(time.time() - start, 2)
     meta['generated_now'] = len(todo)
     return meta
 
 
-def default_outdir(snapshot_path: str, kimg: int) -> str:
-    """``<folder of the snapshot>/synthetic_data-KKKKKK``."""
-    return os.path.join(os.path.dirname(os.path.abspath(snapshot_path)), f'synthetic_data-{kimg:06d}')
+# ----------------------------------------------------------------------------------------------
+# Reading a set back: evaluation takes a whole set, or says that it is not.
+
+def read_meta(path: str) -> dict | None:
+    """The ``meta.json`` of a sample folder (None when there is none)."""
+    meta_path = os.path.join(path, 'meta.json')
+    if not os.path.isfile(meta_path):
+        return None
+    try:
+        with open(meta_path, encoding='utf-8') as f:
+            meta = json.load(f)
+    except ValueError:
+        raise dnnlib.UserError(f'{meta_path} is not valid JSON; restore it, or remove it to read the folder '
+                               f'as it is') from None
+    if not isinstance(meta, dict):
+        raise dnnlib.UserError(f'{meta_path} is not a JSON object; restore it, or remove it to read the folder '
+                               f'as it is')
+    return meta
 
 
-def generate_from_network(network: str, n: int, outdir: str | None = None, topk: int | None = None,
-                          pkl_idx: int | None = None, sigma: float | None = None, latest: bool = False,
+def resume_command(path: str, meta: dict) -> str:
+    """The generation command that completes the set at ``path`` (from its meta.json)."""
+    options = [f'--network={meta.get("snapshot", "SNAPSHOT")}', f'--n={meta["n"]}', f'--outdir={path}']
+    if meta.get('seed', 0) != 0:
+        options.append(f'--seed={meta["seed"]}')
+    if meta.get('truncation_psi', 1.0) != 1.0:
+        options.append(f'--trunc={meta["truncation_psi"]}')
+    if meta.get('noise_mode', 'const') != 'const':
+        options.append(f'--noise-mode={meta["noise_mode"]}')
+    return 'python generate_segmentation_samples.py ' + ' '.join(options) + ' --resume'
+
+
+def complete_samples(path: str, layers: tuple[str, ...], allow_partial: bool = False,
+                     warn: bool = False) -> list[str] | None:
+    """File names (``000001.png``, …) of the samples of a generated set present in every folder of
+    ``layers``; None for a folder that is not one (no meta.json with ``n`` and ``layers``, as
+    generation and ``training.dataset --export`` write it: a user's own pairs, read as they are).
+
+    A set holding fewer than its meta.json's ``n`` is refused with a UserError saying how many
+    are there and how to complete it, unless ``allow_partial`` (then, with ``warn``, one warning
+    line on stderr gives the count).
+    """
+    meta = read_meta(path)
+    if meta is None or type(meta.get('n')) is not int or not isinstance(meta.get('layers'), list):
+        return None
+    n = meta['n']
+    missing = set(missing_indices(path, n, layers))
+    names = [sample_file(i) for i in range(n) if i not in missing]
+    if len(names) < n:
+        if not allow_partial:
+            how = ('export it again into an empty folder' if meta.get('ground_truth') else
+                   f'{resume_command(path, meta)} completes it')
+            raise dnnlib.UserError(f'{path} holds {len(names)} of the {n} samples of its meta.json '
+                                   f'(in {", ".join(f"{layer}/" for layer in layers)}): an interrupted set; '
+                                   f'{how}, or pass --allow-partial to use the {len(names)}')
+        if warn:
+            print(f'warning: {path} holds {len(names)} of the {n} samples of its meta.json; using those '
+                  f'{len(names)} (--allow-partial)', file=sys.stderr, flush=True)
+    return names
+
+
+def default_outdir(snapshot_path: str) -> str:
+    """``<folder of the snapshot>/synthetic_data-<tag>`` (:func:`synthetic_folder_name`)."""
+    return os.path.join(os.path.dirname(os.path.abspath(snapshot_path)), synthetic_folder_name(snapshot_path))
+
+
+def synthetic_folder_name(snapshot_path: str) -> str:
+    """``synthetic_data-000200`` for ``network-snapshot-000200.pt`` (its tag: one folder per snapshot)."""
+    return 'synthetic_data-' + checkpoint.snapshot_tag(checkpoint.snapshot_nimg(snapshot_path))
+
+
+def generate_from_network(network: str, n: int, outdir: str | None = None, topk: float | None = None,
+                          pkl_idx: float | None = None, sigma: float | None = None, latest: bool = False,
                           seed: int = 0, truncation_psi: float = 1.0, noise_mode: str = 'const',
                           batch_size: int = 64, device: str | None = None, resume: bool = False,
                           progress: bool = True, choice: SnapshotChoice | None = None) -> tuple[str, dict]:
@@ -251,12 +381,17 @@ def generate_from_network(network: str, n: int, outdir: str | None = None, topk:
     if noise_mode not in ('const', 'random', 'none'):
         raise dnnlib.UserError(f'--noise-mode must be const, random or none, got {noise_mode!r}')
     choice = choice or choose_snapshot(network, topk=topk, pkl_idx=pkl_idx, sigma=sigma, latest=latest)
-    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    G = checkpoint.load_snapshot(choice.path, device=device)['G_ema']
-    outdir = outdir or default_outdir(choice.path, choice.kimg)
+    device = dnnlib.parse_device(device)
+    if choice.path.endswith('.pkl'):  # a snapshot of the original code, converted in memory
+        from torch_utils import legacy
+        G = legacy.load_original_snapshot(choice.path, device=device)['G_ema']
+    else:
+        G = checkpoint.load_snapshot(choice.path, device=device)['G_ema']
+    outdir = outdir or default_outdir(choice.path)
     print(f'Snapshot: {choice.path} ({choice.reason}; fid={choice.metric_value}, sigma={choice.sigma})')
     options = GenerationOptions(snapshot=os.path.abspath(choice.path), kimg=choice.kimg, n=n, seed=seed,
-                                truncation_psi=truncation_psi, noise_mode=noise_mode)
+                                truncation_psi=truncation_psi, noise_mode=noise_mode,
+                                snapshot_sha256=file_sha256(choice.path))
     meta = generate_dataset(G, outdir, options, batch_size=batch_size, device=device, resume=resume,
                             progress=progress)
     meta.update(fid=choice.metric_value, sigma=choice.sigma, reason=choice.reason)

@@ -20,20 +20,22 @@ from metrics import frechet
 MetricFn = Callable[[dnnlib.EasyDict], float]
 
 
-def _frechet_metric(compute: Callable[..., float], num_gen: int, doc: str) -> MetricFn:
-    """A registry entry: ``compute`` (:func:`frechet.compute_fid` / ``compute_kid``) at ``num_gen``."""
+def _frechet_metric(compute: Callable[..., float], num_gen: int, doc: str, **fixed) -> MetricFn:
+    """A registry entry: ``compute`` (:func:`frechet.compute_fid` / ``compute_kid``) at ``num_gen``,
+    with the ``fixed`` keyword arguments of that metric (KID's subset count)."""
     def metric(opts: dnnlib.EasyDict) -> float:
         return compute(opts.G, opts.dataset_kwargs, opts.detector, opts.device,
-                       num_gen=opts.num_gen or num_gen, **opts.options)
+                       num_gen=opts.num_gen or num_gen, **fixed, **opts.options)
     metric.__doc__ = doc
     return metric
 
 
 METRICS: dict[str, MetricFn] = {
     'fid10k_full': _frechet_metric(frechet.compute_fid, 10_000, 'FID, 10k generated vs all real (checkpoint choice).'),
-    'kid10k_full': _frechet_metric(frechet.compute_kid, 10_000, 'KID, 10k generated vs all real, 100 subsets of 1000.'),
+    'kid10k_full': _frechet_metric(frechet.compute_kid, 10_000, 'KID, 10k generated vs all real, 20 subsets of 1000.'),
     'fid50k_full': _frechet_metric(frechet.compute_fid, 50_000, 'FID, 50k generated vs all real.'),
-    'kid50k_full': _frechet_metric(frechet.compute_kid, 50_000, 'KID, 50k generated vs all real, 100 subsets of 1000.'),
+    'kid50k_full': _frechet_metric(frechet.compute_kid, 50_000, 'KID, 50k generated vs all real, 100 subsets of 1000.',
+                                   num_subsets=100),  # StyleGAN2-ADA's kid50k_full
 }
 
 
@@ -89,5 +91,6 @@ def report_metric(result: dict, run_dir: str, snapshot_pkl: str | None, sigma: f
     line = dict(result, snapshot_pkl=snapshot_pkl, timestamp=time.time(),
                 sigma=None if sigma is None else float(sigma))
     os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, f'metric-{result["metric"]}.jsonl'), 'at') as f:
+    path = os.path.join(run_dir, f'metric-{result["metric"]}.jsonl')
+    with dnnlib.naming_file(path), open(path, 'at') as f:   # a full disk names the file
         f.write(json.dumps(line) + '\n')

@@ -17,8 +17,11 @@ Bias-corrected gradient (Belghazi et al. 2018, §3.2): the gradient of the log-m
 E[e^T ∇T] / E[e^T]; estimated on one batch its denominator makes the gradient biased, so MINE
 replaces it with an exponential moving average of the batch means of e^T, ``ma ← (1−r)·ma + r·mean
 e^T`` with rate r = ``ma_rate``. Only the gradient changes: the reported numbers are always the
-plain DV bound. ``ma_rate=0`` gives the plain DV gradient of the original code (METHOD.md §9 and
-ORIGINAL.md §10: no correction); the default 0.01 follows the MINE paper.
+plain DV bound. The default ``ma_rate=0`` is the plain DV gradient of the original code (METHOD.md §9
+and ORIGINAL.md §10: no correction); 0.01 follows the MINE paper (an option, README "What differs").
+
+An estimate is reported as *not converged* (:func:`convergence`) when the critics trained for fewer
+steps than the paper's 100 000, or when an estimate is negative (a mutual information never is).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 
 import dnnlib
 from torch_utils import checkpoint
-from metrics.segmentation import append_jsonl, batch_indices, pick_device
+from metrics.segmentation import append_jsonl, batch_indices, evaluation_due, pick_device
 
 PairFn = Callable[[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -95,15 +98,34 @@ class MineConfig:
     hidden: int = 3000
     lr: float = 2e-4                # Adam, default betas
     batch: int = 64
-    eval_every: int = 400           # 20 ticks of 20 iterations; also after the last step
+    eval_every: int = 400           # 20 ticks of 20 iterations, from the first tick: 20, 420, …; and after the last step
     eval_batch: int = 128
     num_final: int = 20             # the estimate = mean of the last num_final training-set evaluations
-    ma_rate: float = 0.01           # 0 = the original's plain DV gradient
+    ma_rate: float = 0.0            # 0 = the original's plain DV gradient; 0.01 = MINE's bias correction
     patience: int = 10              # ReduceLROnPlateau(max, ×0.1, threshold 1e-4), in evaluations
     max_skips: int = 100            # consecutive non-finite batches before giving up
     seed: int = 0
     device: str | None = None
     progress: bool = True
+
+
+PAPER_STEPS = 100_000
+
+
+def convergence(estimates: dict[str, float], steps: int) -> dict:
+    """Whether MINE estimates may be read as a result: ``{'converged': bool, 'why': str}``.
+
+    The rule (README "Evaluation outputs"): not converged when the critics trained for fewer
+    steps than the paper's 100 000, or when an estimate is negative (a mutual information never
+    is: the critic has not learned the joint yet). ``why`` is '' when converged.
+    """
+    reasons = []
+    if steps < PAPER_STEPS:
+        reasons.append(f'{steps} steps, fewer than the paper\'s {PAPER_STEPS}')
+    negative = [name for name, value in estimates.items() if value < 0]
+    if negative:
+        reasons.append(f'{", ".join(negative)} negative (a mutual information is never negative)')
+    return {'converged': not reasons, 'why': '; '.join(reasons)}
 
 
 @torch.no_grad()
@@ -158,7 +180,7 @@ def train_critics(pairs: PairFn, num: int, dims: list[tuple[int, int]], cfg: Min
             skips_in_a_row += 1
             if skips_in_a_row > cfg.max_skips:
                 raise dnnlib.UserError(f'the MINE bound was non-finite for {skips_in_a_row} batches in a row; '
-                                       f'lower --lr (now {cfg.lr})')
+                                       f'lower the learning rate (--lr of eval_MI_MINE.py, now {cfg.lr})')
             continue
         skips_in_a_row = 0
         optimizer.zero_grad(set_to_none=True)
@@ -168,7 +190,7 @@ def train_critics(pairs: PairFn, num: int, dims: list[tuple[int, int]], cfg: Min
         step += 1
         progress.update(1)
 
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if evaluation_due(step, cfg.eval_every, cfg.steps):
             values = evaluate_bounds(critics, pairs, num, cfg, generator, device)
             scheduler.step(sum(values))
             entry = {'iteration': step, 'lr': optimizer.param_groups[0]['lr'], **dict(zip(names, values))}
@@ -206,19 +228,27 @@ LAYER_RESOLUTION = 64
 
 
 def load_layers(path: str, resolution: int = LAYER_RESOLUTION, num_workers: int = 3,
-                progress: bool = True) -> dict[str, torch.Tensor]:
-    """fg, bg: uint8 [N, 3, R, R]; mask: uint8 [N, R, R] (channel 0 of the mask PNG, soft, 0..255)."""
+                progress: bool = True, allow_partial: bool = False) -> dict[str, torch.Tensor]:
+    """fg, bg: uint8 [N, 3, R, R]; mask: uint8 [N, R, R] (channel 0 of the mask PNG, soft, 0..255).
+
+    A generated set holding fewer samples than its meta.json's n is refused unless
+    ``allow_partial`` (then the samples present in all three folders are read).
+    """
     if not os.path.isdir(path):
         raise dnnlib.UserError(f'synthetic data folder not found: {path}')
-    from training.dataset import open_dataset
+    from training.dataset import open_dataset, open_image_folder
+    from metrics.generate import complete_samples
     from metrics.segmentation import load_pairs
+    for name in ('fg', 'bg', 'mask'):
+        if not os.path.isdir(os.path.join(path, name)):
+            raise dnnlib.UserError(f'{path} has no {name}/ folder: MINE needs the fg/, bg/ and mask/ layers '
+                                   f'written by generate_segmentation_samples.py')
+    samples = complete_samples(path, ('fg', 'bg', 'mask'), allow_partial, warn=True)
     datasets = {}
     for name in ('fg', 'bg', 'mask'):
         folder = os.path.join(path, name)
-        if not os.path.isdir(folder):
-            raise dnnlib.UserError(f'{path} has no {name}/ folder: MINE needs the fg/, bg/ and mask/ layers '
-                                   f'written by generate_segmentation_samples.py')
-        datasets[name] = open_dataset(folder, split='train', resolution=resolution)
+        datasets[name] = (open_dataset(folder, split='train', resolution=resolution) if samples is None else
+                          open_image_folder(folder, resolution, names=samples))
     # Layers are paired by file name: the three folders must list the same names.
     names = {name: [os.path.relpath(r.image, os.path.join(path, name)) for r in ds.records]
              for name, ds in datasets.items()}
@@ -257,18 +287,20 @@ MODES = {'both': ('separate', 'single'), 'separate': ('separate',), 'single': ('
 
 
 def estimate_layer_mi(path: str, cfg: MineConfig, mode: str = 'both', num_workers: int = 3,
-                      outdir: str | None = None) -> dict:
+                      outdir: str | None = None, allow_partial: bool = False) -> dict:
     """Run the MINE evaluations of a synthetic set and write ``<outdir>/<NNNNN>/``.
 
     ``outdir`` defaults to ``<path>/MI-estimation-MINE``. The run folder holds ``options.json``,
     ``metric-mine-<mode>.jsonl`` (every evaluation as it happens), ``curve.json`` (all curves),
-    ``curve.png`` and ``results.json`` = {"MI_1", "MI_2", "MI"} (those of the modes run).
+    ``curve.png`` and ``results.json`` = {"MI_1", "MI_2", "MI"} (those of the modes run) with
+    "converged" and "why" (:func:`convergence`).
     """
     if mode not in MODES:
         raise dnnlib.UserError(f'--mode={mode!r} is not one of {", ".join(MODES)}')
     start_time = time.time()
     device = pick_device(cfg.device)
-    layers = {k: v.to(device) for k, v in load_layers(path, num_workers=num_workers, progress=cfg.progress).items()}
+    layers = {k: v.to(device) for k, v in load_layers(path, num_workers=num_workers, progress=cfg.progress,
+                                                          allow_partial=allow_partial).items()}
     outdir = outdir or os.path.join(path, 'MI-estimation-MINE')
     run_dir = dnnlib.next_run_dir(outdir, '').rstrip('-')
     os.makedirs(run_dir, exist_ok=False)
@@ -287,7 +319,7 @@ def estimate_layer_mi(path: str, cfg: MineConfig, mode: str = 'both', num_worker
     with open(os.path.join(run_dir, 'curve.json'), 'w', encoding='utf-8') as f:
         json.dump(curves, f, indent=2)
     plot_curves(os.path.join(run_dir, 'curve.png'), curves)
-    summary = {**results, 'details': details, 'num_samples': len(layers['fg']), 'run_dir': run_dir,
+    summary = {**results, **convergence(results, cfg.steps), 'details': details, 'num_samples': len(layers['fg']), 'run_dir': run_dir,
                'estimate': f'mean of the last {min(cfg.num_final, len(curve))} training-set evaluations (nats)',
                'total_time': time.time() - start_time}
     dnnlib.write_bytes_atomic(os.path.join(run_dir, 'results.json'), json.dumps(summary, indent=2).encode())

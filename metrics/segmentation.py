@@ -10,7 +10,9 @@ Three parts, each usable on its own:
   ``base_width`` shrinks it for CPU demos).
 * **Protocol** — :func:`run_segmentation_eval` trains the UNet on the synthetic ``img/`` + ``mask/``
   pairs (first 90 % train, last 10 % validation, sorted), keeps the snapshot with the best
-  validation IoU, tests it on the real test split and writes the run directory.
+  validation IoU, tests it on the real test split and writes the run directory. It can also
+  continue a saved UNet, test one without training, and test every validated UNet (the
+  original's ``--resume-from``, ``--test-only``, ``--test-all``).
 
 Empty masks: the per-image IoU and DICE of an image whose prediction *and* ground truth are both
 empty are defined as 1 (a perfect answer; the original divides 0 by 0 and gets NaN). A non-empty
@@ -24,7 +26,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -136,8 +138,8 @@ class DoubleConv(torch.nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         layers = []
         for c_in in (in_channels, out_channels):
-            # No conv bias: the BatchNorm right after it would cancel it.
-            layers += [torch.nn.Conv2d(c_in, out_channels, 3, padding=1, bias=False),
+            # The conv bias is redundant before BatchNorm, but the original has it (it shapes the init).
+            layers += [torch.nn.Conv2d(c_in, out_channels, 3, padding=1),
                        torch.nn.BatchNorm2d(out_channels), torch.nn.ReLU(inplace=True)]
         super().__init__(*layers)
 
@@ -168,7 +170,7 @@ class UNet(torch.nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 2, base_width: int = 64) -> None:
         super().__init__()
-        w = base_width
+        self.base_width = w = base_width
         down = [w, 2 * w, 4 * w, 8 * w, 8 * w]
         up = [4 * w, 2 * w, w, w]
         self.inc = DoubleConv(in_channels, down[0])
@@ -192,6 +194,18 @@ class UNet(torch.nn.Module):
 # Configuration.
 
 AUG_KINDS = ('none', 'color', 'geom', 'gc')
+UNET_BEST, UNET_LAST = 'unet-best.pt', 'unet-last.pt'   # the selected UNet; the latest, with Adam's state
+
+# The original's UNet and MINE loops run in ticks of 20 iterations and evaluate after the first
+# tick, then every k ticks, and at the end: UNet 20, 1020, …, 5020, 6000; MINE 20, 420, …, 99 620, 100 000.
+TICK_ITERATIONS = 20
+
+
+def evaluation_due(iteration: int, interval: int, total: int) -> bool:
+    """Whether to evaluate after ``iteration`` (1-based) of ``total``: after the first tick of
+    min(20, interval) iterations, every ``interval`` after it, and after the last iteration."""
+    first = min(TICK_ITERATIONS, interval)
+    return iteration == total or (iteration >= first and (iteration - first) % interval == 0)
 
 # protocol → (input resolution of train/val/test images, resolution of the masks scored);
 # 'scale' takes both from SegmentationConfig.scale.
@@ -204,13 +218,13 @@ class SegmentationConfig:
     syn_data: str                       # folder with img/ and mask/ (generate_segmentation_samples.py)
     real_data: str                      # cub | dog | car | synthetic | folder of img/ + mask/ pairs
     real_root: str | None = None        # dataset root (as in training/dataset.py)
-    aug: str = 'color'                  # none | color | geom | gc
+    aug: str = 'none'                   # none | color | geom | gc (the paper's commands pass color)
     protocol: str = 'scale'             # scale | eval128 | native128
-    scale: int = 64                     # input = mask resolution of the 'scale' protocol
+    scale: int = 128                    # input = mask resolution of the 'scale' protocol (paper: 64 and 128)
     iters: int = 6000
     batch: int = 64
     lr: float = 1e-3                    # Adam, default betas, constant (METHOD.md §8)
-    val_interval: int = 1000            # validate at every multiple and after the last iteration
+    val_interval: int = 1000            # validate after 20 iterations, every val_interval after, and at the end
     val_fraction: float = 0.1           # the last 10 % of the sorted pairs
     base_width: int = 64
     eval_batch: int = 128
@@ -220,6 +234,11 @@ class SegmentationConfig:
     device: str | None = None           # default: cuda when available
     progress: bool = True
     grid_size: int = 16                 # test images shown in seg-test.png
+    crop_ratio: float = 1.0             # centre square of this fraction of each synthetic pair, before resizing
+    test_all: bool = False              # also test every validated UNet: metric-test_all.jsonl
+    resume_from: str | None = None      # a UNet file or run directory to continue (or to test)
+    test_only: bool = False             # no training: test the UNet of resume_from
+    allow_partial: bool = False         # evaluate a generated set holding fewer samples than its meta.json's n
 
     def resolutions(self) -> tuple[int, int]:
         """(input resolution, scored mask resolution) of this protocol."""
@@ -229,7 +248,7 @@ class SegmentationConfig:
         """``real-<data>-<aug>_aug-<scale|eval128|native128>``: the run directory's name after its number."""
         data = os.path.basename(os.path.normpath(self.real_data))
         tag = str(self.scale) if self.protocol == 'scale' else self.protocol
-        return f'real-{data}-{self.aug}_aug-{tag}'
+        return f'real-{data}-{self.aug}_aug-{tag}' + (f'-CropRatio{self.crop_ratio}' if self.crop_ratio != 1 else '')
 
     def protocol_record(self) -> dict:
         """Plain description of what was trained and scored at which size (stored in results.json)."""
@@ -253,9 +272,55 @@ def check_config(cfg: SegmentationConfig) -> None:
             raise dnnlib.UserError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(cfg, name)}')
     if not 0 < cfg.val_fraction < 1:
         raise dnnlib.UserError(f'the validation fraction must lie in (0, 1), got {cfg.val_fraction}')
+    if not 0 < cfg.crop_ratio <= 1:
+        raise dnnlib.UserError(f'--crop-ratio must lie in (0, 1], got {cfg.crop_ratio}')
+    if cfg.test_only and cfg.resume_from is None:
+        raise dnnlib.UserError('--test-only needs --resume-from=RUN_DIR or a unet-*.pt file: the UNet to test')
+    if cfg.test_only and cfg.test_all:
+        raise dnnlib.UserError('--test-all tests each UNet validated while training; '
+                               'it does not combine with --test-only')
+    if cfg.resume_from is not None:
+        unet_path(cfg.resume_from, cfg.test_only)
     check_synthetic_folder(cfg.syn_data)
+    from torch_utils.misc import ensure_writable_dir
+    try:
+        ensure_writable_dir(cfg.outdir or cfg.syn_data)
+    except OSError as err:
+        raise dnnlib.UserError(f'cannot make the run folder in {cfg.outdir or cfg.syn_data} ({err}); '
+                               f'pass --outdir=DIR') from None
+    open_synthetic_pairs(cfg, cfg.resolutions()[0])  # lists the pairs: a mask missing? a partial set?
     from training.dataset import open_dataset
-    open_dataset(cfg.syn_data, split='test', resolution=cfg.resolutions()[0])  # lists the pairs: a mask missing?
+    open_dataset(cfg.real_data, split='test', resolution=cfg.resolutions()[0], data_root=cfg.real_root,
+                 root_option='--real-root')   # lists the real test split: found, with masks?
+
+
+def unet_path(path: str, test_only: bool) -> str:
+    """--resume-from: a UNet file, or a run directory: its unet-best.pt to test, unet-last.pt to continue."""
+    if os.path.isdir(path):
+        found = os.path.join(path, UNET_BEST if test_only else UNET_LAST)
+        if not os.path.isfile(found):
+            raise dnnlib.UserError(f'--resume-from: {path} has no {os.path.basename(found)}; pass a run directory '
+                                   f'of eval_segmentation or a unet-*.pt file')
+        return found
+    if not os.path.isfile(path):
+        raise dnnlib.UserError(f'--resume-from: {path} does not exist')
+    return path
+
+
+def read_unet(path: str, cfg: SegmentationConfig) -> dict:
+    """A saved UNet, loaded with weights_only (never a pickle): ``{'unet': UNet, 'data': dict}``.
+
+    UserError unless it is one of our UNet files, trained at this run's input resolution.
+    """
+    payload = checkpoint.load_snapshot(path)
+    if not isinstance(payload.get('unet'), UNet):
+        raise dnnlib.UserError(f'--resume-from: {path} holds no UNet; pass unet-best.pt or unet-last.pt of a '
+                               f'segmentation run')
+    trained_at = payload['data'].get('protocol', {}).get('input_resolution')
+    if trained_at != cfg.resolutions()[0]:
+        raise dnnlib.UserError(f'--resume-from: {path} was trained on {trained_at}-pixel inputs, this run uses '
+                               f'{cfg.resolutions()[0]}; pass the --scale (or protocol) it was trained with')
+    return payload
 
 
 def check_synthetic_folder(path: str) -> None:
@@ -265,6 +330,18 @@ def check_synthetic_folder(path: str) -> None:
                                f'folder written by generate_segmentation_samples.py)')
     if not os.path.isdir(os.path.join(path, 'img')):
         raise dnnlib.UserError(f'{path} has no img/ folder: not a synthetic segmentation set (expected img/ and mask/)')
+
+
+def open_synthetic_pairs(cfg: SegmentationConfig, resolution: int, warn: bool = False) -> torch.utils.data.Dataset:
+    """The (image, mask) pairs of ``cfg.syn_data`` at ``resolution``. A generated set (one with a
+    meta.json) gives the samples present in both img/ and mask/, and is refused when it holds fewer
+    than its n unless ``cfg.allow_partial`` (:func:`metrics.generate.complete_samples`)."""
+    from metrics.generate import complete_samples
+    from training.dataset import open_dataset, open_pairs
+    names = complete_samples(cfg.syn_data, ('img', 'mask'), cfg.allow_partial, warn)
+    if names is None:
+        return open_dataset(cfg.syn_data, split='test', resolution=resolution, crop_ratio=cfg.crop_ratio)
+    return open_pairs(cfg.syn_data, resolution, names=names, crop_ratio=cfg.crop_ratio)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,9 +365,8 @@ def load_sets(cfg: SegmentationConfig) -> dict[str, tuple[torch.Tensor, torch.Te
 
     Training masks are always at the input resolution (the UNet is trained at its own size).
     """
-    from training.dataset import open_dataset
     input_res, target_res = cfg.resolutions()
-    syn = open_dataset(cfg.syn_data, split='test', resolution=input_res)
+    syn = open_synthetic_pairs(cfg, input_res, warn=True)
     num_train = int(math.floor((1 - cfg.val_fraction) * len(syn)))
     if num_train < 1 or num_train >= len(syn):
         raise dnnlib.UserError(f'{cfg.syn_data} holds {len(syn)} pairs: too few to split into training '
@@ -298,17 +374,25 @@ def load_sets(cfg: SegmentationConfig) -> dict[str, tuple[torch.Tensor, torch.Te
     images, masks = load_pairs(syn, cfg.num_workers, 'synthetic pairs', cfg.progress)
     sets = {'train': (images[:num_train], masks[:num_train]), 'val': (images[num_train:], masks[num_train:])}
     if target_res != input_res:
-        syn_target = open_dataset(cfg.syn_data, split='test', resolution=target_res)
+        syn_target = open_synthetic_pairs(cfg, target_res)
         val_target = torch.utils.data.Subset(syn_target, range(num_train, len(syn_target)))
         sets['val'] = (sets['val'][0], load_pairs(val_target, cfg.num_workers, 'val masks', cfg.progress)[1])
+    sets['test'] = load_test_set(cfg)
+    return sets
 
-    real = open_dataset(cfg.real_data, split='test', resolution=input_res, data_root=cfg.real_root)
+
+def load_test_set(cfg: SegmentationConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real test split: images at the input resolution, masks at the scored resolution."""
+    from training.dataset import open_dataset
+    input_res, target_res = cfg.resolutions()
+    real = open_dataset(cfg.real_data, split='test', resolution=input_res, data_root=cfg.real_root,
+                        root_option='--real-root')
     images, masks = load_pairs(real, cfg.num_workers, 'real test pairs', cfg.progress)
     if target_res != input_res:
-        real_target = open_dataset(cfg.real_data, split='test', resolution=target_res, data_root=cfg.real_root)
+        real_target = open_dataset(cfg.real_data, split='test', resolution=target_res, data_root=cfg.real_root,
+                                   root_option='--real-root')
         masks = load_pairs(real_target, cfg.num_workers, 'test masks', cfg.progress)[1]
-    sets['test'] = (images, masks)
-    return sets
+    return images, masks
 
 
 def to_float_images(images: torch.Tensor) -> torch.Tensor:
@@ -375,7 +459,7 @@ def save_test_grid(path: str, images: torch.Tensor, masks: torch.Tensor, preds: 
 
 
 def append_jsonl(path: str, entry: dict) -> None:
-    with open(path, 'a', encoding='utf-8') as f:
+    with dnnlib.naming_file(path), open(path, 'a', encoding='utf-8') as f:   # a full disk names the file
         f.write(json.dumps(entry) + '\n')
 
 
@@ -388,7 +472,8 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def pick_device(name: str | None) -> torch.device:
-    return torch.device(name or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    """``name`` checked by :func:`dnnlib.parse_device` (None: cuda when available, else cpu)."""
+    return torch.device(dnnlib.parse_device(name))
 
 
 def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -> dict:
@@ -396,35 +481,86 @@ def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -
 
     Writes into ``run_dir`` (default: the next ``<outdir>/<NNNNN>-<cfg.run_desc()>``):
     ``options.json``, ``metric-val.jsonl`` (one line per validation), ``unet-best.pt`` (a safe
-    snapshot: ``torch_utils.checkpoint.load_snapshot(path)['unet']``), ``results.json`` and
-    ``seg-test.png``. Returns the content of results.json.
+    snapshot: ``torch_utils.checkpoint.load_snapshot(path)['unet']``), ``unet-last.pt`` (the
+    latest validated UNet with Adam's state, for ``resume_from``), ``metric-test_all.jsonl``
+    (``test_all``), ``results.json`` and ``seg-test.png``. ``resume_from`` continues a run from
+    its iteration (``test_only``: tests that UNet, no training). Returns the content of results.json.
     """
-    from training.augment import segmentation_augment_pipe
-
     check_config(cfg)
     start_time = time.time()
     device = pick_device(cfg.device)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
+    resumed = None
+    if cfg.resume_from is not None:
+        resumed = read_unet(unet_path(cfg.resume_from, cfg.test_only), cfg)
+        cfg = replace(cfg, base_width=resumed['unet'].base_width)   # the file decides the network
+        if not cfg.test_only and int(resumed['data']['iteration']) >= cfg.iters:
+            raise dnnlib.UserError(f'--resume-from: the UNet is at iteration {resumed["data"]["iteration"]} already; '
+                                   f'raise --iters above it to train on, or pass --test-only to test it')
+    # Every pair is read (and every input error found) before the run folder is made.
+    sets = {'test': load_test_set(cfg)} if cfg.test_only else load_sets(cfg)
     run_dir = run_dir or dnnlib.next_run_dir(cfg.outdir or cfg.syn_data, cfg.run_desc())
     os.makedirs(run_dir, exist_ok=False)
     with open(os.path.join(run_dir, 'options.json'), 'w', encoding='utf-8') as f:
         json.dump({**asdict(cfg), 'protocol_details': cfg.protocol_record(), 'run_dir': run_dir}, f, indent=2)
 
-    sets = load_sets(cfg)
+    if cfg.test_only:
+        model = resumed['unet'].to(device)
+        best = {'iteration': resumed['data']['iteration'], 'scores': resumed['data'].get('val')}
+    else:
+        model, best = train_unet(cfg, sets, run_dir, device, resumed, start_time)
+
+    test_scores, preds = evaluate(model, *sets['test'], cfg.eval_batch, device)
+    n = min(cfg.grid_size, len(preds))
+    save_test_grid(os.path.join(run_dir, 'seg-test.png'), sets['test'][0][:n], sets['test'][1][:n], preds[:n])
+    results = {
+        'results': test_scores, 'best_iteration': best['iteration'], 'val': best['scores'],
+        'num_test_images': len(preds), 'num_train_pairs': len(sets['train'][0]) if 'train' in sets else None,
+        'num_val_pairs': len(sets['val'][0]) if 'val' in sets else None,
+        'real_data': cfg.real_data, 'aug': cfg.aug, 'protocol': cfg.protocol_record(),
+        'metrics': {'IoU': 'per-image foreground IoU averaged over images (paper); both empty -> 1',
+                    'DICE': 'per-image foreground DICE averaged over images (paper); both empty -> 1',
+                    'IoU_dataset': 'foreground IoU of the summed confusion matrix',
+                    'mIoU': 'mean of foreground and background dataset-level IoU',
+                    'pACC': 'pixel accuracy'},
+        'snapshot': unet_path(cfg.resume_from, True) if cfg.test_only else UNET_BEST, 'run_dir': run_dir,
+        'total_time': time.time() - start_time, 'timestamp': time.time(),
+    }
+    results['total_time_str'] = dnnlib.format_time(results['total_time'])
+    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'results.json'), json.dumps(results, indent=2).encode())
+    return results
+
+
+def train_unet(cfg: SegmentationConfig, sets: dict, run_dir: str, device: torch.device, resumed: dict | None,
+               start_time: float) -> tuple[torch.nn.Module, dict]:
+    """The UNet training of :func:`run_segmentation_eval` (from ``resumed``'s iteration when given).
+
+    Returns the UNet holding the best validation weights and ``{'iteration', 'scores'}`` of them.
+    """
+    from training.augment import segmentation_augment_pipe
     train_images, train_masks = (t.to(device) for t in sets['train'])
 
-    # The seed fixes the weights, the batch order (own generator) and the augmentation draws.
+    # The seed fixes the weights, the batch order (own generator) and the augmentation draws. A
+    # resumed run reseeds with seed + iteration: repeatable, though not the uninterrupted stream.
+    start = int(resumed['data']['iteration']) if resumed is not None else 0   # < cfg.iters: checked by the caller
     torch.manual_seed(cfg.seed)
-    batches = batch_indices(len(train_images), cfg.batch, torch.Generator().manual_seed(cfg.seed))
-    model = UNet(base_width=cfg.base_width).to(device).train()
+    batches = batch_indices(len(train_images), cfg.batch, torch.Generator().manual_seed(cfg.seed + start))
+    model = (resumed['unet'] if resumed is not None else UNet(base_width=cfg.base_width)).to(device).train()
+    model.requires_grad_(True)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     pipe = segmentation_augment_pipe(cfg.aug)
     pipe = pipe.to(device) if pipe is not None else None
-    aug_generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + start)
 
     best = {'iteration': 0, 'scores': None, 'state': None}
-    progress = dnnlib.progress_bar(range(1, cfg.iters + 1), cfg.progress, desc='UNet', unit='it')
+    if resumed is not None:
+        if 'optimizer' in resumed['data']:
+            optimizer.load_state_dict(resumed['data']['optimizer'])
+        for payload in resume_candidates(cfg, resumed):
+            best = keep_if_better(best, payload['unet'], payload['data']['iteration'], payload['data']['val'],
+                                  cfg, run_dir)
+    progress = dnnlib.progress_bar(range(start + 1, cfg.iters + 1), cfg.progress, desc='UNet', unit='it')
     for iteration in progress:
         index = next(batches).to(device)
         images, masks = augment_pairs(pipe, to_float_images(train_images[index]), train_masks[index].long(),
@@ -434,40 +570,48 @@ def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -
         loss.backward()
         optimizer.step()
 
-        if iteration % cfg.val_interval == 0 or iteration == cfg.iters:
+        if evaluation_due(iteration, cfg.val_interval, cfg.iters):
             scores, _ = evaluate(model, *sets['val'], cfg.eval_batch, device)
             append_jsonl(os.path.join(run_dir, 'metric-val.jsonl'), {
                 'iteration': iteration, 'results': scores, 'loss': loss.item(),
                 'total_time': time.time() - start_time, 'timestamp': time.time()})
             progress.set_postfix(loss=f'{loss.item():.3f}', val_IoU=f'{scores["IoU_dataset"]:.3f}')
-            # Model selection by the dataset-level foreground IoU on the synthetic validation set.
-            if best['scores'] is None or scores['IoU_dataset'] > best['scores']['IoU_dataset']:
-                best = {'iteration': iteration, 'scores': scores,
-                        'state': copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})}
-                checkpoint.save_snapshot(os.path.join(run_dir, 'unet-best.pt'), {'unet': model}, data={
-                    'iteration': iteration, 'val': scores, 'config': asdict(cfg),
-                    'protocol': cfg.protocol_record()})
+            if cfg.test_all:  # the original's --test-all; selection stays on the validation set
+                append_jsonl(os.path.join(run_dir, 'metric-test_all.jsonl'), {
+                    'iteration': iteration, 'results': evaluate(model, *sets['test'], cfg.eval_batch, device)[0],
+                    'timestamp': time.time()})
+            best = keep_if_better(best, model, iteration, scores, cfg, run_dir)
+            checkpoint.save_snapshot(os.path.join(run_dir, UNET_LAST), {'unet': model}, data={
+                'iteration': iteration, 'val': scores, 'optimizer': optimizer.state_dict(),
+                'best_iteration': best['iteration'], 'config': asdict(cfg), 'protocol': cfg.protocol_record()})
     progress.close()
 
     model.load_state_dict(best['state'])
-    test_scores, preds = evaluate(model, *sets['test'], cfg.eval_batch, device)
-    n = min(cfg.grid_size, len(preds))
-    save_test_grid(os.path.join(run_dir, 'seg-test.png'), sets['test'][0][:n], sets['test'][1][:n], preds[:n])
-    results = {
-        'results': test_scores, 'best_iteration': best['iteration'], 'val': best['scores'],
-        'num_test_images': len(preds), 'num_train_pairs': len(train_images), 'num_val_pairs': len(sets['val'][0]),
-        'real_data': cfg.real_data, 'aug': cfg.aug, 'protocol': cfg.protocol_record(),
-        'metrics': {'IoU': 'per-image foreground IoU averaged over images (paper); both empty -> 1',
-                    'DICE': 'per-image foreground DICE averaged over images (paper); both empty -> 1',
-                    'IoU_dataset': 'foreground IoU of the summed confusion matrix',
-                    'mIoU': 'mean of foreground and background dataset-level IoU',
-                    'pACC': 'pixel accuracy'},
-        'snapshot': 'unet-best.pt', 'run_dir': run_dir,
-        'total_time': time.time() - start_time, 'timestamp': time.time(),
-    }
-    results['total_time_str'] = dnnlib.format_time(results['total_time'])
-    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'results.json'), json.dumps(results, indent=2).encode())
-    return results
+    return model, {'iteration': best['iteration'], 'scores': best['scores']}
+
+
+def keep_if_better(best: dict, model: torch.nn.Module, iteration: int, scores: dict, cfg: SegmentationConfig,
+                   run_dir: str) -> dict:
+    """Model selection by the dataset-level foreground IoU on the synthetic validation set: the new
+    best (weights copied, ``unet-best.pt`` written) if ``scores`` beat ``best``, else ``best``."""
+    if best['scores'] is not None and scores['IoU_dataset'] <= best['scores']['IoU_dataset']:
+        return best
+    checkpoint.save_snapshot(os.path.join(run_dir, UNET_BEST), {'unet': model}, data={
+        'iteration': iteration, 'val': scores, 'config': asdict(cfg), 'protocol': cfg.protocol_record()})
+    return {'iteration': iteration, 'scores': scores,
+            'state': copy.deepcopy({k: v.cpu() for k, v in model.state_dict().items()})}
+
+
+def resume_candidates(cfg: SegmentationConfig, resumed: dict) -> list[dict]:
+    """The UNets a resumed run's selection starts from: the unet-best.pt beside a resumed
+    unet-last.pt (when it is the one that file names as best), then the resumed UNet itself."""
+    source = unet_path(cfg.resume_from, False)
+    sibling = os.path.join(os.path.dirname(source), UNET_BEST)
+    if os.path.basename(source) == UNET_LAST and os.path.isfile(sibling):
+        payload = read_unet(sibling, cfg)
+        if payload['data']['iteration'] == resumed['data'].get('best_iteration'):
+            return [payload, resumed]
+    return [resumed]
 
 
 def print_results(results: dict) -> None:

@@ -134,3 +134,49 @@ def build_pairs(root: str, count: int = 3, size: int = 32) -> list[tuple[np.ndar
         write_image(os.path.join(root, 'mask', f'{i:06d}.png'), np.repeat(grey[:, :, None], 3, axis=2))
         pairs.append((img, grey))
     return pairs
+
+
+def object_mask(w: int, h: int) -> np.ndarray:
+    """[h, w] uint8 in {0, 255}: an off-centre object inside the centre square (a rectangle in its
+    top-left part and a 1-pixel column at its right edge) plus a bar outside it, along the longer
+    side, that the centre crop must cut away. Any shift or flip of the crop moves it."""
+    top, left, side = centre_square(w, h)
+    mask = np.zeros((h, w), np.uint8)
+    mask[top + side // 8:top + side // 2, left + side // 5:left + (2 * side) // 3] = 255
+    mask[top:top + side, left + side - 1] = 255
+    if w > h:
+        mask[:, :max(1, left // 2)] = 255
+    elif h > w:
+        mask[:max(1, top // 2), :] = 255
+    return mask
+
+
+def add_train_masks(root: str, kind: str) -> dict[str, tuple[str, np.ndarray]]:
+    """Give every train image of a tree built by :func:`build_cub` / :func:`build_mrcnn` a mask
+    (CUB: ``segmentations/<key>.png``; dogs/cars: ``<token>_maskorig.png`` beside ``<token>_orig.png``)
+    and replace the image by one whose red channel is that mask (green 0, blue 255 − mask), so that
+    image and mask can be checked against each other pixel for pixel. Returns {name: (image path, mask)}.
+    """
+    written = {}
+    if kind == 'birds':
+        with open(os.path.join(root, 'images.txt')) as f:
+            rels = dict(line.split() for line in f if line.strip())
+        with open(os.path.join(root, 'train_val_test_split.txt')) as f:
+            train = [i for i, k in (line.split() for line in f if line.strip()) if k == '0']
+        for i in train:
+            image_path = os.path.join(root, 'images', rels[i])
+            written[rels[i]] = (image_path, os.path.join(root, 'segmentations', rels[i][:-4] + '.png'))
+    else:
+        folder = mrcnn_train_folder(root, kind)
+        for name in sorted(os.listdir(folder)):
+            if name.endswith('_orig.png'):
+                written[name] = (os.path.join(folder, name), os.path.join(folder, name.replace('_orig', '_maskorig')))
+    result = {}
+    for name, (image_path, mask_path) in written.items():
+        h, w = np.asarray(Image.open(image_path)).shape[:2]
+        mask = object_mask(w, h)
+        image = np.stack([mask, np.zeros_like(mask), 255 - mask], axis=2)
+        write_image(image_path, image, **({'quality': 100, 'subsampling': 0} if image_path.endswith('.jpg') else {}))
+        write_image(mask_path, mask)
+        result[name] = (image_path, mask)
+    return result

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from metrics import auto_test
-from torch_utils import checkpoint
-from training import networks
+from torch_utils import checkpoint, misc
+from training import networks, synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_G = dict(img_resolution=64, z_dim=16, w_dim=16, mapping_layers=1, channel_base=256, channel_max=8)
@@ -61,7 +61,7 @@ def test_generated_images_match_the_snapshot_generator(run_dir, tmp_path):
     z = torch.from_numpy(np.load(os.path.join(outdir, 'latents.npy')))
     with torch.no_grad():
         layers = G(z, noise_mode='const')
-    expected = generate.image_to_uint8(layers['img'])
+    expected = misc.to_uint8(layers['img'])
     written = np.stack([np.asarray(Image.open(os.path.join(outdir, 'img', f'{i:06d}.png'))) for i in (1, 2, 3)])
     np.testing.assert_array_equal(written, expected)
 
@@ -75,8 +75,19 @@ def test_auto_test_chain_writes_results_and_prints_table(run_dir, capsys):
     assert 0.0 <= results['IoU'] <= 1.0 and 0.0 <= results['DICE'] <= 1.0
     assert summary['IoU'] == results['IoU']
     assert len(os.listdir(os.path.join(results['synthetic_data'], 'img'))) == TINY_SIZES['n']
+    # The layout measure: every generated mask counted, against the synthetic test split's masks.
+    assert results['layout']['generated']['count'] == TINY_SIZES['n']
+    data_layout = results['layout']['data']
+    assert data_layout['count'] == synthetic.DEFAULT_NUM_IMAGES['test'] and data_layout['position_spread'] > 0.05
+    assert set(results['layout']['ratios']) == {'position', 'x', 'y', 'area'}
     table = capsys.readouterr().out
     assert 'IoU' in table and 'MI (b; f)' in table and 'network-snapshot-000004.pt' in table
+    assert 'layout spread gen/data' in table and 'masks empty/full/grey' in table
+    assert results['MI_converged'] is False and results['MI_why'].startswith("6 steps, fewer than the paper's")
+    mi_row = next(line for line in table.splitlines() if line.startswith('MI (b; f)'))
+    assert mi_row.endswith('(not converged)')
+    mine_row = next(line for line in table.splitlines() if line.startswith('MINE '))
+    assert mine_row.split('|', 1)[1].strip().startswith("NOT CONVERGED: 6 steps, fewer than the paper's 100000")
 
 
 def test_auto_test_on_a_folder_that_is_not_a_run(tmp_path):

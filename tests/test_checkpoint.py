@@ -9,6 +9,7 @@ import textwrap
 import pytest
 import torch
 
+import _fixtures as fx
 import dnnlib
 from torch_utils import checkpoint
 from training.networks import Discriminator, LayeredGenerator
@@ -150,3 +151,129 @@ def test_only_rebuildable_project_modules_are_saved(tmp_path):
     with pytest.raises(TypeError, match='not @rebuildable'):
         checkpoint.save_snapshot(str(tmp_path / 'x.pt'), {'G': torch.nn.Linear(2, 2)})
     assert not os.path.exists(tmp_path / 'x.pt')
+
+
+# ----------------------------------------------------------------------------------------------
+# A snapshot is untrusted input: only registered network classes are built, nothing runs.
+
+# Class names that passed the old prefix check and reach a callable through module attributes,
+# and a real project function that is not a network.
+GADGET_CLASSES = {
+    'training.dataset.os.system': lambda flag: {'command': f'touch {flag}'},
+    'metrics.auto_test.os.system': lambda flag: {'command': f'touch {flag}'},
+    'torch_utils.misc.torch.utils.cpp_extension.subprocess.run': lambda flag: {'args': ['touch', flag]},
+    'training.dataset.open_dataset': lambda flag: {'data': flag},
+}
+
+
+def write_gadget_run(folder, class_name, flag):
+    """A run directory whose only snapshot passes torch.load(weights_only=True) but names ``class_name``
+    (reliability probe row 72); ``flag`` is the file the payload would create."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, 'network-snapshot-000000.pt')
+    record = {'class': class_name, 'kwargs': GADGET_CLASSES[class_name](flag), 'state': {}}
+    torch.save({'format': checkpoint.FORMAT, 'modules': {'G_ema': record, 'G': record}, 'data': {}}, path)
+    with open(os.path.join(folder, 'training_options.json'), 'w') as f:
+        f.write('{"data": "synthetic", "resolution": 32}')
+    return path
+
+
+@pytest.mark.parametrize('class_name', sorted(GADGET_CLASSES))
+def test_snapshot_naming_a_class_outside_the_registry_is_refused_without_running_it(tmp_path, class_name):
+    flag = str(tmp_path / 'PWNED')
+    path = write_gadget_run(str(tmp_path / 'run'), class_name, flag)
+    for load in (checkpoint.read_snapshot, checkpoint.load_snapshot):
+        with pytest.raises(dnnlib.UserError, match='refusing to construct') as info:
+            load(path)
+        assert path in str(info.value) and class_name in str(info.value) and '\n' not in str(info.value)
+    assert not os.path.exists(flag)
+
+
+def _entry_point_command(entry, run_dir, snapshot, tmp_path):
+    if entry == 'generate':
+        return [os.path.join(ROOT, 'generate_segmentation_samples.py'), f'--network={snapshot}', '--n=4',
+                f'--outdir={tmp_path / "syn"}']
+    if entry == 'auto_test':
+        return ['-m', 'metrics.auto_test', '--quiet', run_dir]
+    images = tmp_path / 'images'  # a tiny image folder, so that training reaches --resume quickly
+    images.mkdir()
+    for i in range(4):
+        fx.write_image(str(images / f'{i}.png'), fx.solid(16, 16, fx.RED))
+    return [os.path.join(ROOT, 'train_ILS_64.py'), '--cfg=cpu', f'--data={images}', f'--outdir={tmp_path / "out"}',
+            '--kimg=0.01', '--metrics=none', '--no-auto-test', f'--resume={snapshot}']
+
+
+@pytest.mark.parametrize('entry, class_name', [
+    ('generate', 'training.dataset.os.system'), ('auto_test', 'training.dataset.os.system'),
+    ('resume', 'training.dataset.os.system'), ('generate', 'metrics.auto_test.os.system'),
+    ('auto_test', 'torch_utils.misc.torch.utils.cpp_extension.subprocess.run')])
+def test_gadget_snapshot_given_to_an_entry_point_is_one_line_exit_2_and_runs_nothing(tmp_path, entry, class_name):
+    flag = str(tmp_path / 'PWNED')
+    run_dir = str(tmp_path / 'run')
+    snapshot = write_gadget_run(run_dir, class_name, flag)
+    proc = subprocess.run([sys.executable, *_entry_point_command(entry, run_dir, snapshot, tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1'))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
+    assert snapshot in lines[0] and 'refusing to construct' in lines[0]
+    assert not os.path.exists(flag)
+
+
+def _valid_payload(tmp_path):
+    G, _, _ = make_networks(4)
+    path = str(tmp_path / 'valid.pt')
+    checkpoint.save_snapshot(path, {'G': G}, data={'kimg': 1.0})
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize('damage, message', [
+    (lambda p: p['modules']['G'].update(state=7), 'not a dict of named tensors'),
+    (lambda p: p['modules']['G']['state'].update(extra='text'), 'not a dict of named tensors'),
+    (lambda p: p['modules']['G'].update(kwargs=[1, 2]), 'bad constructor arguments'),
+    (lambda p: p['modules']['G']['kwargs'].update(z_dim=torch.zeros(1)), 'bad constructor arguments'),
+    (lambda p: p['modules']['G']['kwargs'].update(no_such_argument=1), 'cannot build training.networks.LayeredGenerator'),
+    (lambda p: p['modules']['G']['kwargs'].update(z_dim=8), 'weights do not fit'),
+    (lambda p: p['modules']['G'].update(extra=1), 'not a module record'),
+    (lambda p: p['modules']['G'].update({'class': 5}), 'refusing to construct 5'),
+    (lambda p: p['modules'].update(G=[]), 'not a module record'),
+    (lambda p: p.update(extra={}), 'exactly the entries format, modules and data'),
+    (lambda p: p.update(data=[1]), 'data is not a dict'),
+])
+def test_malformed_snapshot_is_a_one_line_user_error_naming_the_file(tmp_path, damage, message):
+    payload = _valid_payload(tmp_path)
+    damage(payload)
+    path = str(tmp_path / 'network-snapshot-000001.pt')
+    torch.save(payload, path)
+    with pytest.raises(dnnlib.UserError, match=message) as info:
+        checkpoint.load_snapshot(path)
+    assert path in str(info.value) and '\n' not in str(info.value)
+
+
+def test_pickle_with_code_is_refused_naming_the_callable(tmp_path):
+    path = str(tmp_path / 'network-snapshot-000002.pt')
+    torch.save(Payload(str(tmp_path / 'PWNED')), path)
+    with pytest.raises(dnnlib.UserError, match=r'refusing to load it: .*\(posix\.system\)') as info:
+        checkpoint.read_snapshot(path)
+    assert path in str(info.value) and 'truncated' not in str(info.value)
+    assert not os.path.exists(tmp_path / 'PWNED')
+
+
+class Payload:
+    """Unpickling this runs ``touch flag`` (the classic pickle payload)."""
+
+    def __init__(self, flag):
+        self.flag = flag
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.flag}',)
+
+
+def test_every_rebuildable_class_is_registered_under_its_full_name():
+    assert checkpoint.registered_class('training.networks.LayeredGenerator') is LayeredGenerator
+    assert checkpoint.registered_class('training.networks.Discriminator') is Discriminator
+    from metrics.segmentation import UNet
+    assert checkpoint.registered_class('metrics.segmentation.UNet') is UNet
+    assert checkpoint.registered_class('training.networks.torch.nn.Linear') is None
+    assert checkpoint.registered_class('training.networks') is None

@@ -23,6 +23,7 @@ COMMANDS = {
     'eval_MI_MINE.py': ('eval_MI_MINE.py', 'main'),
     'python -m training.dataset': ('training.dataset', 'main'),
     'python -m metrics.auto_test': ('metrics.auto_test', 'main'),
+    'python -m torch_utils.legacy convert': ('torch_utils.legacy', 'convert_command'),
 }
 
 
@@ -30,7 +31,8 @@ def doc_path(name: str) -> str:
     return os.path.join(DOCS, name.replace('python -m ', '').replace(' ', '_') + '.txt')
 
 
-def help_text(name: str) -> str:
+def load_command(name: str):
+    """The click command of ``name`` (a key of :data:`COMMANDS`)."""
     source, attr = COMMANDS[name]
     if source.endswith('.py'):
         module_name = '_cli_' + source.removesuffix('.py')
@@ -40,7 +42,11 @@ def help_text(name: str) -> str:
         spec.loader.exec_module(module)
     else:
         module = importlib.import_module(source)
-    result = CliRunner().invoke(getattr(module, attr), ['--help'], prog_name=name, terminal_width=100)
+    return getattr(module, attr)
+
+
+def help_text(name: str) -> str:
+    result = CliRunner().invoke(load_command(name), ['--help'], prog_name=name, terminal_width=100)
     assert result.exit_code == 0, result.output
     return result.output
 

@@ -107,13 +107,23 @@ def test_mrcnn_train_reads_rgb_and_centre_crops(trees, kind, r):
 
 
 @pytest.mark.parametrize('kind', ['dogs', 'cars'])
-def test_mrcnn_test_images_resized_and_masks_thresholded(trees, kind):
+def test_mrcnn_test_images_resized_and_masks_dithered_as_the_original(trees, kind):
     base, info = trees
     d = ds.open_dataset(kind, 'test', 64, data_root=str(base / kind))
     assert len(d) == 2 and d.has_masks
     img, mask = d[0]                                             # 64×64: no resize
     assert (img[0] == 255).all() and (img[1:] == 0).all()
-    np.testing.assert_array_equal(mask[:, :4], np.tile([0, 0, 1, 1], (64, 1)))
+    # Columns 0, 127, 128, 255 repeating: 0 and 255 stay, the two grey columns are Floyd–Steinberg
+    # dithered (about half foreground), where a > 127 threshold would give 0 and 1.
+    assert (mask[:, 0::4] == 0).all() and (mask[:, 3::4] == 1).all()
+    grey = mask[:, 1::4].mean() + mask[:, 2::4].mean()
+    assert 0.8 < grey < 1.2 and 0 < mask[:, 1::4].mean() < 1
+    # The original: PIL mode '1' (dithered), resized in mode '1' (always nearest), > 0.5.
+    path = os.path.join(base, kind, 'data_mrcnn', 'test', 'resized', 's_thresh_maskresized.png')
+    for r in (64, 48):
+        _, mask = ds.open_dataset(kind, 'test', r, data_root=str(base / kind))[0]
+        with Image.open(path) as original:
+            np.testing.assert_array_equal(mask, np.asarray(original.convert('1').resize((r, r)), np.uint8))
     img, mask = d[1]                                             # 192×80 stretched to 64×64, no crop
     src_img, src_mask = info[kind]['test']['s_stripes']
     np.testing.assert_array_equal(img, expected_resize(src_img, 64))
@@ -125,6 +135,56 @@ def test_mrcnn_test_images_resized_and_masks_thresholded(trees, kind):
 def test_object_token_arrays_are_read(tmp_path):
     fx.build_mrcnn(str(tmp_path / 'dogs'), 'dogs', object_tokens=True)
     assert len(ds.open_dataset('dog', 'test', 64, data_root=str(tmp_path / 'dogs'))) == 2
+
+
+@pytest.mark.parametrize('array', [
+    np.array(['0', '1', '20'], dtype=object),                       # DRC-style object array of str
+    np.array(['0', '1', '20']),                                     # plain unicode array
+    np.array([np.str_('0'), b'1', 20], dtype=object),               # NumPy scalar, bytes and int elements
+    np.array([[0, 1], [20, 3]], dtype=np.int64).T,                  # Fortran-ordered integers
+], ids=['object-str', 'unicode', 'object-mixed', 'int-fortran'])
+def test_split_file_tokens_load_without_unpickling_code(tmp_path, array):
+    path = str(tmp_path / 'split.npy')
+    np.save(path, array, allow_pickle=True)
+    expected = [str(t.decode() if isinstance(t, bytes) else t) for t in np.ravel(array)]
+    assert ds.load_tokens(path) == expected
+
+
+class _Payload:
+    """An array element whose unpickling runs ``touch flag`` (reliability probe row 41)."""
+
+    def __init__(self, flag):
+        self.flag = flag
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.flag}',)
+
+
+def test_split_file_with_a_pickle_payload_runs_nothing_and_is_one_line_exit_2(tmp_path):
+    fx.build_mrcnn(str(tmp_path / 'dogs'), 'dogs')
+    flag = tmp_path / 'PWNED_NPY'
+    split = tmp_path / 'dogs' / 'data_tr_sel.npy'
+    np.save(split, np.array([_Payload(str(flag)), 't_red'], dtype=object), allow_pickle=True)
+    with pytest.raises(dnnlib.UserError, match=r'is not a plain array of file tokens; refusing to unpickle posix\.system'):
+        ds.load_tokens(str(split))
+    proc = subprocess.run([sys.executable, '-m', 'training.dataset', '--data=dog', f'--data-root={tmp_path / "dogs"}',
+                           '--resolution=32'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f'error: {split} is not a plain array of file tokens; refusing to unpickle posix.system; '
+        f'replace it with the one from the dataset release']
+    assert not flag.exists()
+
+
+def test_split_file_holding_other_objects_is_refused(tmp_path):
+    path = str(tmp_path / 'split.npy')
+    np.save(path, np.array([{'a': 1}, 't_red'], dtype=object), allow_pickle=True)
+    with pytest.raises(dnnlib.UserError, match='not a plain array of file tokens .it holds a dict'):
+        ds.load_tokens(path)
+    with open(path, 'wb') as f:
+        f.write(b'not an npy file')
+    with pytest.raises(dnnlib.UserError, match='cannot read split file .*split.npy'):
+        ds.load_tokens(path)
 
 
 def test_root_from_environment_and_parent_folder(trees, monkeypatch):
@@ -339,5 +399,60 @@ def test_cli_export_of_a_maskless_train_split_is_a_one_line_error(trees, tmp_pat
     base, _ = trees
     result = CliRunner().invoke(ds.main, ['--data=car', f'--data-root={base / "cars"}', f'--export={tmp_path / "gt"}'])
     assert result.exit_code == 2
-    assert 'has no masks' in result.output and 'Traceback' not in result.output
+    assert 'cars train split has no masks' in result.output and 't_red_maskorig.png' in result.output
+    assert '--split=test' in result.output and 'Traceback' not in result.output
     assert not (tmp_path / 'gt').exists()
+
+
+def expected_mask(grey: np.ndarray, r: int) -> np.ndarray:
+    """Independent reference for a train mask: centre square crop, PIL bilinear resize, > 127."""
+    top, left, side = fx.centre_square(grey.shape[1], grey.shape[0])
+    crop = Image.fromarray(grey[top:top + side, left:left + side])
+    return (np.asarray(crop.resize((r, r), Image.Resampling.BILINEAR)) > 127).astype(np.uint8)
+
+
+def export_cli(tmp_path, data, root, r):
+    out = tmp_path / 'gt'
+    result = CliRunner().invoke(ds.main, [f'--data={data}', f'--data-root={root}', f'--resolution={r}',
+                                          f'--export={out}', '--split=train'])
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_cli_exports_the_cub_train_split_with_its_segmentations_cropped_as_the_images(tmp_path):
+    root = tmp_path / 'birds'
+    fx.build_cub(str(root))
+    sources = fx.add_train_masks(str(root), 'birds')
+    out, printed = export_cli(tmp_path, 'cub', root, 32)
+    assert printed['exported'] == 3 and sorted(os.listdir(out / 'mask')) == [f'{i:06d}.png' for i in (1, 2, 3)]
+    # Ids 1, 2, 6: the wide, the tall and the square image, in id order as the GAN reads them.
+    for i, rel in enumerate(['001.A/wide.jpg', '001.A/tall.jpg', '003.C/square.jpg']):
+        image_path, grey = sources[rel]
+        src = decoded(image_path)
+        top, left, side = fx.centre_square(src.shape[1], src.shape[0])
+        img = decoded(str(out / 'img' / f'{i + 1:06d}.png'))
+        mask = decoded(str(out / 'mask' / f'{i + 1:06d}.png'))[:, :, 0]
+        np.testing.assert_array_equal(img, expected_resize(src[top:top + side, left:left + side], 32).transpose(1, 2, 0))
+        np.testing.assert_array_equal(mask, expected_mask(grey, 32) * 255)
+        assert 0 < (mask > 0).mean() < 0.5
+        # The image's red channel is its mask: they agree wherever JPEG noise cannot cross the threshold.
+        clear = np.abs(img[:, :, 0].astype(int) - 127.5) > 16
+        np.testing.assert_array_equal((img[:, :, 0] > 127)[clear], (mask > 0)[clear])
+        assert clear.mean() > 0.8
+
+
+@pytest.mark.parametrize('kind', ['dogs', 'cars'])
+def test_cli_exports_mrcnn_train_masks_pixel_aligned_with_their_images(tmp_path, kind):
+    root = tmp_path / kind
+    fx.build_mrcnn(str(root), kind)
+    sources = fx.add_train_masks(str(root), kind)
+    out, printed = export_cli(tmp_path, kind[:-1], root, 32)
+    assert printed['exported'] == 3
+    for i, token in enumerate(['t_red', 't_wide', 't_tall']):                  # the split file's order
+        _, grey = sources[f'{token}_orig.png']
+        img = decoded(str(out / 'img' / f'{i + 1:06d}.png'))
+        mask = decoded(str(out / 'mask' / f'{i + 1:06d}.png'))[:, :, 0]
+        np.testing.assert_array_equal(mask, expected_mask(grey, 32) * 255)
+        # Lossless PNG: the thresholded red channel of the exported image is the exported mask.
+        np.testing.assert_array_equal((img[:, :, 0] > 127).astype(np.uint8) * 255, mask)
+        assert 0 < (mask > 0).mean() < 0.5

@@ -109,3 +109,28 @@ def test_format_time():
     assert dnnlib.format_time(185) == '3m 05s'
     assert dnnlib.format_time(7260) == '2h 01m 00s'
     assert dnnlib.format_time(93780) == '1d 02h 03m'
+
+
+def test_naming_file_names_the_file_of_an_os_error_that_names_none():
+    import errno
+    with pytest.raises(OSError) as info:
+        with dnnlib.naming_file('/runs/00000/stats.jsonl'):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))   # what a failed write() raises
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, '/runs/00000/stats.jsonl')
+    assert dnnlib.os_error_message(info.value, hint=False) == 'No space left on device: /runs/00000/stats.jsonl'
+    with pytest.raises(OSError) as info:
+        with dnnlib.naming_file('/runs/00000/stats.jsonl'):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), '/elsewhere')
+    assert info.value.filename == '/elsewhere'   # an error that names its file keeps it
+
+
+def test_read_cache_returns_none_for_a_missing_or_unreadable_file_and_says_why(tmp_path, capsys):
+    import numpy as np
+    path = tmp_path / 'stats.npz'
+    read = lambda p: dict(np.load(p))   # noqa: E731
+    assert dnnlib.read_cache(str(path), read) is None and capsys.readouterr().err == ''
+    np.savez(path, x=np.arange(3))
+    assert dnnlib.read_cache(str(path), read)['x'].tolist() == [0, 1, 2]
+    path.write_bytes(b'')
+    assert dnnlib.read_cache(str(path), read) is None
+    assert capsys.readouterr().err == f'warning: the cache file {path} is unreadable (EOFError: No data left in file); it is made again\n'

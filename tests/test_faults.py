@@ -1,12 +1,39 @@
 """Faults and bad input, end to end: what the user sees and what survives.
 
-Each case of the fault list has a test; the ones that sit naturally with their module live there:
-a truncated snapshot (test_checkpoint: ``test_truncated_or_missing_snapshot_is_a_user_error_naming_the_file``),
-a missing metric file (test_generate: ``test_choose_snapshot_without_metric_file_needs_latest``), a wrong
-``--cfg`` and ``--batch`` not divisible by ``--gpus`` (test_training: ``test_cli_errors_are_one_line``),
-an existing output folder (test_generate: ``test_generate_dataset_writes_layout_and_refuses_to_overwrite``).
-The rest are here: a training process killed with SIGKILL and resumed, a full disk, an unwritable
-``--outdir``, and a corrupt PNG inside a dataset, read in the main process and in loader workers.
+Each row of README "When something goes wrong" has a test. Here: a training process killed with
+SIGKILL and resumed, a full disk during training, an unwritable ``--outdir``, a full disk or Ctrl-C
+during generation, an incomplete generated set given to the evaluations, and a corrupt PNG inside
+a dataset (read in the main process and in loader workers). Elsewhere:
+
+* a truncated snapshot — test_checkpoint ``test_truncated_or_missing_snapshot_is_a_user_error_naming_the_file``;
+* no metric file — test_generate ``test_choose_snapshot_without_metric_file_needs_latest``;
+* a wrong ``--cfg``, ``--batch`` not divisible by ``--gpus`` — test_training ``test_cli_errors_are_one_line``;
+* generation into an existing folder — test_generate ``test_generate_dataset_writes_layout_and_refuses_to_overwrite``;
+* a NaN loss — test_training ``test_nan_loss_stops_with_clear_error_and_keeps_last_good_snapshot``;
+* snapshot names that never collide, a refused second save to an existing name — test_training
+  ``test_snapshot_names_carry_the_images_seen_and_old_names_still_parse``,
+  ``test_a_second_save_to_an_existing_snapshot_name_is_refused_and_the_old_file_is_intact``; generation
+  ``--resume`` from another snapshot or with other options — test_generate
+  ``test_resume_refuses_a_set_made_by_another_snapshot_of_the_same_kimg``;
+* a file that would run code — test_checkpoint
+  ``test_gadget_snapshot_given_to_an_entry_point_is_one_line_exit_2_and_runs_nothing``, test_dataset
+  ``test_split_file_with_a_pickle_payload_runs_nothing_and_is_one_line_exit_2``, test_legacy
+  ``test_pickle_with_another_callable_is_refused``;
+* in test_bad_input: a full disk when the run directory is made
+  (``test_disk_full_when_the_run_directory_is_made_exits_1_naming_the_file_and_leaves_nothing``),
+  NaN / ±inf / out-of-range numbers and seeds (``test_nan_inf_and_out_of_range_numbers_are_refused_…``,
+  ``test_every_number_option_of_every_command_is_a_checked_range``, ``test_training_config_from_python_…``),
+  ``--device`` (``test_wrong_device_stops_generation_and_the_auto_test_…``), ``--gpus`` beyond the CUDA devices
+  (``test_more_processes_than_cuda_devices_is_a_warning_…``), a damaged zip
+  (``test_damaged_zip_member_is_one_line_naming_member_and_zip_…``), a DRC folder not found
+  (``test_dataset_not_found_advice_names_an_option_the_script_has``), a truncated or empty cache
+  (``test_unreadable_synthetic_cache_file_is_made_again_with_one_warning``), ``$ILSGAN_CACHE`` unwritable
+  (``test_cache_that_cannot_be_written_is_one_line_naming_ILSGAN_CACHE_and_exits_1``), ``--resume`` past
+  ``--kimg`` or of another ``--cfg`` (``test_resume_and_detector_are_checked_before_the_run_directory_is_made``),
+  a damaged ``training_options.json`` (``test_damaged_training_options_in_the_auto_test_…``), ``--grid``
+  (``test_grid_must_name_a_png_file_…``), data without the test split the auto test needs
+  (``test_training_with_the_auto_test_on_data_without_a_test_split_…``); nothing left behind by a refused evaluation
+  (``test_refused_segmentation_eval_leaves_nothing_…``, ``test_auto_test_of_a_run_without_snapshots_…``).
 """
 
 import errno
@@ -34,11 +61,13 @@ TICK_IMAGES = 16   # tiny_config: ticks of 0.016 kimg (two iterations of batch 8
 
 
 def one_line_error(stderr: str) -> str:
-    """The error line of a failed command, after asserting it is the only thing it printed."""
-    lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith('Warning')]
-    assert len(lines) == 1 and lines[0].startswith('error: '), stderr[-2000:]
+    """The error line of a failed command, after asserting that it is its last line and its only
+    ``error:`` line, with no traceback (progress lines such as "Generating …" may come before it)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith('error: '), stderr[-2000:]
+    assert sum(line.startswith('error: ') for line in lines) == 1, stderr[-2000:]
     assert 'Traceback' not in stderr
-    return lines[0]
+    return lines[-1]
 
 
 def write_pngs(folder, count: int, size: int = 32) -> list[str]:
@@ -115,7 +144,7 @@ def test_disk_full_at_a_snapshot_stops_with_one_line_and_keeps_the_previous_snap
 
     def fsync_then_fill(fd):
         calls['n'] += 1
-        if calls['n'] >= 2:   # the first snapshot is written, the second finds the disk full
+        if calls['n'] >= 3:   # training_options.json and the first snapshot are written, the second is not
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_fsync(fd)
 
@@ -124,25 +153,30 @@ def test_disk_full_at_a_snapshot_stops_with_one_line_and_keeps_the_previous_snap
         train_cli.launch(tiny_config(tmp_path, kimg=0.048))
     message = str(err.value)
     run_dir = glob.glob(str(tmp_path / '0*'))[0]
-    snapshot = os.path.join(run_dir, 'network-snapshot-000000.pt')
-    assert message == (f'training stopped: No space left on device: {snapshot} (the last complete snapshot is '
-                       f'{snapshot}: continue with --resume={snapshot})')
+    snapshot, failed = (os.path.join(run_dir, f'network-snapshot-000000_{nimg:03d}.pt') for nimg in (8, 24))
+    assert message.startswith(f'training stopped: No space left on device: {failed}; free some space')
+    assert message.endswith(f'(the last complete snapshot is {snapshot}: continue with --resume={snapshot})')
+    assert dnnlib.exit_code(err.value) == 1   # the machine's state, not the input
     monkeypatch.setattr(os, 'fsync', real_fsync)
     assert checkpoint.read_snapshot(snapshot)['data']['cur_nimg'] == 8   # tick 0's snapshot, whole
     assert not [name for name in os.listdir(run_dir) if name.startswith('.tmp-')]
 
 
-def test_os_errors_reach_the_user_as_one_line_and_exit_1(capsys):
-    @dnnlib.report_user_errors
-    def command():
+def test_os_errors_reach_the_user_as_one_line_and_exit_1_with_the_commands_own_advice(capsys):
+    def full_disk():
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), '/runs/00000/network-snapshot-000010.pt')
 
     with pytest.raises(SystemExit) as exit_info:
-        command()
+        dnnlib.report_user_errors(disk_full_hint='a training run continues with --resume')(full_disk)()
     assert exit_info.value.code == 1
     assert capsys.readouterr().err == ('error: No space left on device: /runs/00000/network-snapshot-000010.pt; '
-                                       'free some space (or choose another --outdir); a training run continues '
+                                       'free some space (or choose another output folder); a training run continues '
                                        'with --resume\n')
+    with pytest.raises(SystemExit) as exit_info:
+        dnnlib.report_user_errors(full_disk)()   # a command with no way to continue says only what to free
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.endswith('network-snapshot-000010.pt; free some space (or choose another '
+                                            'output folder)\n')
 
 
 def test_outdir_inside_a_file_is_a_one_line_error(tmp_path):
@@ -178,6 +212,173 @@ def test_generation_into_an_unwritable_place_is_a_one_line_error(tmp_path):
                           env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert proc.returncode != 0
     assert str(blocker) in one_line_error(proc.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation stopped half-way: nothing half-written is left, and --resume completes the set.
+
+def _tiny_network(tmp_path) -> str:
+    from training.networks import LayeredGenerator
+    torch.manual_seed(0)
+    G = LayeredGenerator(img_resolution=16, z_dim=8, w_dim=8, channel_base=64, channel_max=8, mapping_layers=1)
+    network = str(tmp_path / 'run' / 'network-snapshot-000000.pt')
+    os.makedirs(os.path.dirname(network))
+    checkpoint.save_snapshot(network, dict(G_ema=G))
+    return network
+
+
+def _generate(*args):
+    from click.testing import CliRunner
+    import generate_segmentation_samples
+    return CliRunner().invoke(generate_segmentation_samples.main, [*args, '--batch=4', '--device=cpu'])
+
+
+def _fail_writes_after(monkeypatch, count: int, error: BaseException) -> None:
+    """Let ``count`` file writes through, then write half of each later file and raise ``error``."""
+    real_fdopen, calls = os.fdopen, {'n': 0}
+
+    class HalfWritten:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[:len(data) // 2])
+            raise error
+
+    def fdopen(fd, *args, **kwargs):
+        calls['n'] += 1
+        f = real_fdopen(fd, *args, **kwargs)
+        return f if calls['n'] <= count else HalfWritten(f)
+
+    monkeypatch.setattr(os, 'fdopen', fdopen)
+
+
+def _leftovers(folder) -> list[str]:
+    return [os.path.join(parent, name) for parent, _, names in os.walk(folder) for name in names
+            if name.startswith('.tmp') or name.endswith('.tmp')]
+
+
+@pytest.mark.parametrize('writes_before_full, failed_file', [(1, 'latents.npy'), (12, 'PNG')])
+def test_disk_full_during_generation_leaves_no_temporary_file_and_names_the_file(tmp_path, monkeypatch,
+                                                                                  writes_before_full, failed_file):
+    network = _tiny_network(tmp_path)
+    outdir = tmp_path / 'set'
+    _fail_writes_after(monkeypatch, writes_before_full,   # meta.json, latents.npy, then PNGs
+                       OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    result = _generate(f'--network={network}', '--n=12', f'--outdir={outdir}')
+    monkeypatch.undo()
+    assert result.exit_code == 1
+    line = one_line_error(result.stderr)
+    named = line.split(': ')[2].split(';')[0]
+    assert line == (f'error: No space left on device: {named}; free some space (or choose another output folder); '
+                    f'the same command with --resume completes the set')
+    if failed_file == 'latents.npy':
+        assert named == str(outdir / 'latents.npy')
+    else:
+        assert os.path.dirname(os.path.dirname(named)) == str(outdir) and named.endswith('.png')
+    assert _leftovers(outdir) == []
+    # The same command with --resume completes the set, identical to one written in one go.
+    assert _generate(f'--network={network}', '--n=12', f'--outdir={outdir}', '--resume').exit_code == 0
+    assert _generate(f'--network={network}', '--n=12', f'--outdir={tmp_path / "whole"}').exit_code == 0
+    for layer in ('img', 'mask', 'fg', 'bg', 'fg_masked'):
+        names = sorted(os.listdir(tmp_path / 'whole' / layer))
+        assert sorted(os.listdir(outdir / layer)) == names and len(names) == 12
+        for name in names:
+            assert (outdir / layer / name).read_bytes() == (tmp_path / 'whole' / layer / name).read_bytes()
+
+
+def test_interrupted_generation_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from metrics import generate
+    network = _tiny_network(tmp_path)
+    _fail_writes_after(monkeypatch, 7, KeyboardInterrupt())   # Ctrl-C while PNGs are being written
+    with pytest.raises(KeyboardInterrupt):
+        generate.generate_from_network(network, n=12, outdir=str(tmp_path / 'set'), batch_size=4, progress=False)
+    assert _leftovers(tmp_path / 'set') == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation of an incomplete generated set: refused unless --allow-partial.
+
+@pytest.fixture
+def partial_set(tmp_path):
+    """A generated set of n=8 from which a killed run kept 5 whole samples and two temporary files."""
+    from metrics import generate
+    network = _tiny_network(tmp_path)
+    outdir = tmp_path / 'set'
+    generate.generate_from_network(network, n=8, outdir=str(outdir), batch_size=4, progress=False)
+    for layer in ('img', 'mask', 'fg', 'bg', 'fg_masked'):
+        for name in ('000006.png', '000007.png', '000008.png'):
+            if not (layer == 'img' and name == '000006.png'):   # one image outlived its mask
+                os.remove(outdir / layer / name)
+        (outdir / layer / '.tmp-000007.png').write_bytes(b'')
+    return outdir, network
+
+
+def _segment(syn, *extra):
+    from click.testing import CliRunner
+    import eval_segmentation
+    from _fixtures import build_pairs
+    real = os.path.join(os.path.dirname(syn), 'real')
+    if not os.path.isdir(real):
+        build_pairs(real, count=2, size=16)
+    return CliRunner().invoke(eval_segmentation.main, [f'--syn-data={syn}', f'--real-data={real}', '--scale=16',
+                                                       '--iters=1', '--batch=2', '--base-width=2', '--workers=0',
+                                                       '--quiet', '--aug=none', *extra])
+
+
+def _mine(path, *extra):
+    from click.testing import CliRunner
+    import eval_MI_MINE
+    return CliRunner().invoke(eval_MI_MINE.main, [f'--path={path}', '--steps=2', '--hidden=4', '--batch=2',
+                                                  '--eval-every=1', '--workers=0', '--quiet', *extra])
+
+
+def test_evaluation_refuses_a_partial_generated_set_and_says_how_to_complete_it(partial_set):
+    outdir, network = partial_set
+    before = sorted(os.listdir(outdir))
+    for result, layers in ((_segment(outdir), 'img/, mask/'), (_mine(outdir), 'fg/, bg/, mask/')):
+        assert result.exit_code == 2
+        assert one_line_error(result.stderr) == (
+            f'error: {outdir} holds 5 of the 8 samples of its meta.json (in {layers}): an interrupted set; '
+            f'python generate_segmentation_samples.py --network={network} --n=8 --outdir={outdir} --resume '
+            f'completes it, or pass --allow-partial to use the 5')
+    assert sorted(os.listdir(outdir)) == before   # refused before any run folder is made
+
+
+def test_allow_partial_evaluates_the_whole_samples_with_a_warning(partial_set):
+    outdir, _ = partial_set
+    warning = f'warning: {outdir} holds 5 of the 8 samples of its meta.json; using those 5 (--allow-partial)'
+    result = _segment(outdir, '--allow-partial')
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count(warning) == 1
+    runs = [name for name in os.listdir(outdir) if name.startswith('00000-')]
+    seg = json.loads((outdir / runs[0] / 'results.json').read_text())
+    assert seg['num_train_pairs'] + seg['num_val_pairs'] == 5   # neither the lone image nor a .tmp file
+    result = _mine(outdir, '--allow-partial')
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count(warning) == 1
+    assert json.loads((outdir / 'MI-estimation-MINE' / '00000' / 'results.json').read_text())['num_samples'] == 5
+
+
+def test_a_folder_without_meta_json_is_evaluated_as_it_is_without_temporary_files(partial_set):
+    outdir, _ = partial_set
+    os.remove(outdir / 'meta.json')   # a user's own folder of layers, or of img/ + mask/ pairs
+    os.remove(outdir / 'img' / '000006.png')
+    result = _segment(outdir)
+    assert result.exit_code == 0, result.output
+    assert 'warning' not in result.stderr
+    runs = [name for name in os.listdir(outdir) if name.startswith('00000-')]
+    seg = json.loads((outdir / runs[0] / 'results.json').read_text())
+    assert seg['num_train_pairs'] + seg['num_val_pairs'] == 5
+    result = _mine(outdir)
+    assert result.exit_code == 0, result.output
+    assert json.loads((outdir / 'MI-estimation-MINE' / '00000' / 'results.json').read_text())['num_samples'] == 5
 
 
 # ----------------------------------------------------------------------------------------------

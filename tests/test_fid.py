@@ -190,13 +190,8 @@ def test_kid_averages_direct_mmd_over_its_subsets():
     expected = np.mean([direct_mmd2(real[r], gen[g]) for r, g in subsets])
     kid = frechet.kid_from_features(real, gen, num_subsets=4, max_subset_size=6, seed=7)
     assert kid == pytest.approx(expected, rel=1e-10)
-    assert frechet.KID_NUM_SUBSETS == 100 and frechet.KID_MAX_SUBSET_SIZE == 1000  # METHOD.md §10
+    assert frechet.KID_NUM_SUBSETS == 20 and frechet.KID_MAX_SUBSET_SIZE == 1000  # the original's kid10k_full
 
-
-def test_images_to_uint8_rounds_to_nearest_and_clamps():
-    img = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0, (200 - 127.5) / 127.5, 0.5 / 127.5 - 1e-4])
-    expected = [0, 0, 128, 255, 255, 200, 128]  # 127.5*x + 128 truncated: 0.496 + 128 -> 128
-    assert frechet.images_to_uint8(img.view(1, -1, 1, 1)).flatten().tolist() == expected
 
 
 def test_latents_do_not_depend_on_batching():
@@ -344,6 +339,17 @@ def test_calc_metric_end_to_end_matches_direct_fid_and_kid(detector_path):
 
     same = metric_main.calc_metric('fid50k_full', BankGenerator(dataset.images), kwargs, 'cpu', **common)
     assert abs(same['results']['fid50k_full']) < 1e-4  # generator reproducing the real set
+
+
+def test_kid10k_averages_20_subsets_and_kid50k_100_as_the_original(detector_path, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(frechet, 'kid_from_features',
+                        lambda real, gen, num_subsets, max_subset_size, **_: seen.setdefault(len(seen), num_subsets))
+    bank = np.random.RandomState(5).randint(0, 256, size=[12, 3, 8, 8]).astype(np.uint8)
+    common = dict(detector=detector_path, batch_size=6, num_gen=12, dataset=TinyDataset(12), num_workers=0)
+    for name in ('kid10k_full', 'kid50k_full'):
+        metric_main.calc_metric(name, BankGenerator(bank), dict(data='tiny-kid', resolution=8), 'cpu', **common)
+    assert seen == {0: 20, 1: 100}
 
 
 def test_calc_metric_opens_the_real_set_through_open_dataset_without_xflip(detector_path, monkeypatch):

@@ -62,7 +62,8 @@ def test_mine_estimates_correlated_gaussian_mi(d, steps, hidden, tolerance):
     result = mine.mine_estimate(x, y, steps=steps, hidden=hidden, lr=1e-3, eval_every=100, eval_batch=1000,
                                 num_final=5, device='cpu', progress=False)
     assert abs(result['final'] - gaussian_mi(d, 0.8)) < tolerance, (result['final'], gaussian_mi(d, 0.8))
-    assert len(result['curve']) == steps // 100
+    # As the original: after the first tick of 20 steps, every 100 after it, and at the end.
+    assert [e['iteration'] for e in result['curve']] == list(range(20, steps, 100)) + [steps]
     assert result['final'] == pytest.approx(np.mean([e['MI'] for e in result['curve'][-5:]]))
 
 
@@ -73,6 +74,25 @@ def test_mine_estimates_zero_for_independent_variables_with_and_without_correcti
         result = mine.mine_estimate(x, y, steps=1000, hidden=64, lr=1e-3, eval_every=100, eval_batch=1000,
                                     num_final=5, ma_rate=ma_rate, device='cpu', progress=False)
         assert abs(result['final']) < 0.05
+
+
+def test_default_gradient_is_the_originals_plain_dv_gradient():
+    from click.testing import CliRunner
+    import eval_MI_MINE
+    assert mine.MineConfig().ma_rate == 0.0
+    dry = CliRunner().invoke(eval_MI_MINE.main, ['--path=x', '--dry-run'])
+    assert dry.exit_code == 0 and json.loads(dry.output)['ma_rate'] == 0.0
+
+
+@pytest.mark.parametrize('estimates, steps, converged, why', [
+    ({'MI_1': 0.5, 'MI': 0.1}, 100_000, True, ''),
+    ({'MI_1': 0.5, 'MI': 0.1}, 99_999, False, "99999 steps, fewer than the paper's 100000"),
+    ({'MI_1': 0.5, 'MI': -3.5859}, 200_000, False, 'MI negative (a mutual information is never negative)'),
+    ({'MI_1': -0.1, 'MI': -3.5859}, 600, False,
+     "600 steps, fewer than the paper's 100000; MI_1, MI negative (a mutual information is never negative)"),
+])
+def test_estimates_from_few_steps_or_negative_are_not_converged(estimates, steps, converged, why):
+    assert mine.convergence(estimates, steps) == {'converged': converged, 'why': why}
 
 
 def test_mine_is_repeatable_for_a_seed():
@@ -133,6 +153,8 @@ def test_cli_writes_results_curve_and_plot(tmp_path):
     run_dir = tmp_path / 'MI-estimation-MINE' / '00000'
     results = json.loads((run_dir / 'results.json').read_text())
     assert {'MI_1', 'MI_2', 'MI'} <= set(results)
+    assert results['converged'] is False and results['why'].startswith("6 steps, fewer than the paper's 100000")
+    assert "NOT CONVERGED: 6 steps, fewer than the paper's 100000" in result.output
     curves = json.loads((run_dir / 'curve.json').read_text())
     assert [e['iteration'] for e in curves['separate']] == [3, 6]
     assert results['MI'] == pytest.approx(np.mean([e['MI'] for e in curves['single']]))

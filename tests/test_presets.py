@@ -105,3 +105,15 @@ def test_unwritable_outdir_is_a_user_error(tmp_path):
     with pytest.raises(dnnlib.UserError, match='is not writable'):
         build_training_config(outdir=str(blocker / 'out'), data='synthetic')
     assert not os.path.exists(blocker / 'out')
+
+
+def test_ablation_presets_differ_from_the_demo_only_in_the_ils_term():
+    demo = presets.resolve_preset('cpu', 64)
+    for name, expected in {'cpu_noILS': dict(initial_sigma=0.0, sigma=0.0),
+                           'cpu_L1': dict(estimator='l1_distance', distribution=None)}.items():
+        variant = presets.resolve_preset(name, 64)
+        changed = {k: v for k, v in variant.items() if k != 'cfg' and demo[k] != v}
+        assert changed == expected, name
+    from training.loss import ils_sigma
+    spec = presets.resolve_preset('cpu_noILS', 64)
+    assert {ils_sigma(k, spec.initial_sigma, spec.sigma, spec.anti_kimg) for k in (0, 15, 16, 30)} == {0.0}

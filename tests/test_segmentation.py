@@ -114,7 +114,7 @@ def test_evaluate_scores_low_resolution_predictions_against_high_resolution_mask
 # The UNet.
 
 def double_conv_params(c_in: int, c_out: int) -> int:
-    return 9 * c_in * c_out + 9 * c_out * c_out + 4 * c_out          # two bias-free convs + two BN (γ, β)
+    return (9 * c_in + 1) * c_out + (9 * c_out + 1) * c_out + 4 * c_out  # two convs with bias + two BN (γ, β)
 
 
 def test_unet_has_the_widths_of_method_8():
@@ -204,7 +204,7 @@ def test_unet_trained_on_true_pairs_reaches_a_high_iou_on_the_synthetic_test_spl
     assert results['results']['IoU_dataset'] >= 0.7
     assert results['num_train_pairs'] == 360 and results['num_val_pairs'] == 40
     lines = [json.loads(l) for l in (tmp_path / 'run' / 'metric-val.jsonl').read_text().splitlines()]
-    assert [l['iteration'] for l in lines] == [100, 200, 300]
+    assert [l['iteration'] for l in lines] == [20, 120, 220, 300]
     best = max(lines, key=lambda l: l['results']['IoU_dataset'])
     assert results['best_iteration'] == best['iteration'] and results['val'] == best['results']
 
@@ -273,7 +273,7 @@ def test_cli_names_a_missing_synthetic_folder(tmp_path):
 def test_empty_or_unpaired_synthetic_folders_are_user_errors(tmp_path, dataset_module):
     import dnnlib
     from PIL import Image
-    cfg = seg.SegmentationConfig(syn_data=str(tmp_path), real_data='cub')
+    cfg = seg.SegmentationConfig(syn_data=str(tmp_path), real_data=str(tmp_path))   # the real test set: the same pairs
     with pytest.raises(dnnlib.UserError, match='no img/ folder'):
         seg.check_config(cfg)
     (tmp_path / 'img').mkdir()
@@ -286,10 +286,10 @@ def test_empty_or_unpaired_synthetic_folders_are_user_errors(tmp_path, dataset_m
     Image.new('RGB', (8, 8)).save(tmp_path / 'mask' / '000001.png')
     seg.check_config(cfg)
     with pytest.raises(dnnlib.UserError, match='--aug'):
-        seg.check_config(seg.SegmentationConfig(syn_data=str(tmp_path), real_data='cub', aug='colour'))
+        seg.check_config(seg.SegmentationConfig(syn_data=str(tmp_path), real_data=str(tmp_path), aug='colour'))
 
 
-def test_dry_run_prints_the_paper_defaults(tmp_path, dataset_module):
+def test_dry_run_prints_the_originals_defaults(tmp_path, dataset_module):
     from click.testing import CliRunner
     import eval_segmentation
     (tmp_path / 'img').mkdir()
@@ -297,12 +297,22 @@ def test_dry_run_prints_the_paper_defaults(tmp_path, dataset_module):
     from PIL import Image
     Image.new('RGB', (8, 8)).save(tmp_path / 'img' / '000001.png')
     Image.new('RGB', (8, 8)).save(tmp_path / 'mask' / '000001.png')
-    result = CliRunner().invoke(eval_segmentation.main, [f'--syn-data={tmp_path}', '--real-data=cub', '-n'])
+    result = CliRunner().invoke(eval_segmentation.main, [f'--syn-data={tmp_path}', f'--real-data={tmp_path}', '-n'])
     assert result.exit_code == 0, result.output
     options = json.loads(result.output)
     assert (options['iters'], options['batch'], options['lr'], options['val_interval'], options['base_width'],
-            options['aug'], options['scale']) == (6000, 64, 1e-3, 1000, 64, 'color', 64)
+            options['aug'], options['scale']) == (6000, 64, 1e-3, 1000, 64, 'none', 128)  # the original's
     assert sorted(os.listdir(tmp_path)) == ['img', 'mask']             # a dry run writes nothing
+
+
+@pytest.mark.parametrize('iters, val_interval, expected', [
+    (6000, 1000, [20, 1020, 2020, 3020, 4020, 5020, 6000]),   # the original: ticks of 20, every 50 ticks, and done
+    (600, 200, [20, 220, 420, 600]),                          # the CPU demo's auto test
+    (6, 3, [3, 6]),                                           # shorter than a tick: every val_interval
+    (20, 1000, [20]),
+])
+def test_validation_follows_the_originals_tick_schedule(iters, val_interval, expected):
+    assert [i for i in range(1, iters + 1) if seg.evaluation_due(i, val_interval, iters)] == expected
 
 
 def test_eval128_script_accepts_the_papers_scale_flag_and_rejects_others(tmp_path):

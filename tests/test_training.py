@@ -1,6 +1,7 @@
 """End-to-end training on the synthetic dataset with tiny networks: outputs, resume, NaN stop,
 two processes, CLI paths. In-process runs use the ``cpu`` preset narrowed further."""
 
+import errno
 import glob
 import json
 import os
@@ -12,11 +13,12 @@ import PIL.Image
 import pytest
 import torch
 
+import dnnlib
 from torch_utils import checkpoint, training_stats
 from training import loss as loss_module
 from training import train_cli
-from training.training_loop import (FiniteCheck, build_networks, lazy_adam, phase_losses, update_ema,
-                                    uses_channels_last)
+from training.training_loop import (FiniteCheck, build_networks, find_resume_snapshot, lazy_adam, phase_losses,
+                                    update_ema, uses_channels_last)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC_IMAGES = 96  # a small synthetic set keeps generation and FID statistics quick
@@ -122,16 +124,20 @@ def test_run_writes_options_snapshots_stats_and_grids(finished_run):
     assert stats[0]['Loss/G/adv']['num'] == 8 and stats[1]['Loss/G/adv']['num'] == 16
     assert 'Loss/r1' in stats[0]  # D-reg runs at iteration 0 (then every 16)
     assert stats[0]['Progress/sigma']['mean'] == 0.2
-    # Snapshot names come from integer kimg, so all of this short run is snapshot 000000.
-    assert [os.path.basename(p) for p in snapshots(run_dir)] == ['network-snapshot-000000.pt']
-    for name in ('reals.png', 'fakes-init.png', 'layers-init.png', 'fakes-000000.png', 'layers-000000.png',
+    # Ticks of a fraction of a kimg: one file per snapshot event (snap=1: every tick), named by the
+    # images seen, each holding the weights of its own moment.
+    assert [os.path.basename(p) for p in snapshots(run_dir)] == [
+        'network-snapshot-000000_008.pt', 'network-snapshot-000000_024.pt', 'network-snapshot-000000_040.pt',
+        'network-snapshot-000000_048.pt']
+    assert [checkpoint.read_snapshot(p)['data']['cur_nimg'] for p in snapshots(run_dir)] == [8, 24, 40, 48]
+    for name in ('reals.png', 'fakes-init.png', 'layers-init.png', 'fakes-000000_008.png', 'layers-000000_048.png',
                  'log.txt'):
         assert os.path.isfile(os.path.join(run_dir, name)), name
-    layers = np.asarray(PIL.Image.open(os.path.join(run_dir, 'layers-000000.png')))
+    layers = np.asarray(PIL.Image.open(os.path.join(run_dir, 'layers-000000_048.png')))
     assert layers.shape == (4 * 32, 5 * 32, 3)  # rows of bg | fg | mask | m·f | composite; cpu preset: 32 px
     mask_tile = layers[:32, 64:96].astype(int)
     assert (mask_tile[..., 0] == mask_tile[..., 1]).all()  # the mask is drawn in gray
-    assert np.asarray(PIL.Image.open(os.path.join(run_dir, 'fakes-000000.png'))).shape == (2 * 32, 4 * 32, 3)
+    assert np.asarray(PIL.Image.open(os.path.join(run_dir, 'fakes-000000_048.png'))).shape == (2 * 32, 4 * 32, 3)
     with open(os.path.join(run_dir, 'log.txt')) as f:
         assert 'sec/kimg' in f.read()
 
@@ -143,6 +149,8 @@ def test_snapshot_is_safe_and_holds_training_state(finished_run):
     assert data['cur_nimg'] == 48 and data['kimg'] == pytest.approx(0.048)
     assert data['sigma'] == 0.2 and data['resolution'] == 32
     assert set(data['optimizers']) == {'G', 'D'} and data['ada'] is not None
+    # ADA adjusts after iterations 4, 8, …: after 6 the signs of D-main at iterations 5 and 6 are pending.
+    assert data['ada']['sign_count'] == 2 * 8
     assert {'G', 'G_ema', 'D', 'augment_pipe'} <= set(loaded)
     out = loaded['G_ema'](torch.randn(2, 16), noise_mode='const')
     assert out['img'].shape == (2, 3, 32, 32)
@@ -250,11 +258,11 @@ def test_a_transient_nan_inside_a_tick_still_stops_the_run_before_its_snapshot(t
     monkeypatch.setattr(loss_module, 'mask_binarization_loss', poisoned)
     c = tiny_config(tmp_path, kimg=0.1)
     with pytest.raises(loss_module.NonFiniteLossError, match=r'Loss/G/total became nan at kimg 0\.008; .*'
-                                                             r'network-snapshot-000000\.pt'):
+                                                             r'network-snapshot-000000_008\.pt$'):
         train_cli.launch(c)
     assert calls['n'] == 3  # tick 1 ran both its iterations before the check
-    assert [os.path.basename(p) for p in snapshots(glob.glob(os.path.join(tmp_path, '0*'))[0])] == [
-        'network-snapshot-000000.pt']
+    kept = snapshots(glob.glob(os.path.join(tmp_path, '0*'))[0])
+    assert len(kept) == 1 and checkpoint.read_snapshot(kept[0])['data']['cur_nimg'] == 8  # tick 0's only
 
 
 def test_compile_option_compiles_g_and_d_for_the_main_phases_and_keeps_r1_eager(tmp_path):
@@ -276,23 +284,94 @@ def test_compile_option_compiles_g_and_d_for_the_main_phases_and_keeps_r1_eager(
     assert plain_main is plain_reg and plain_main.D is nets.D and len(compiled) == 2
 
 
-def test_metric_line_written_at_snapshot_with_tiny_detector(tmp_path):
+def test_metric_lines_name_distinct_snapshots_and_generation_uses_the_one_whose_fid_it_reports(tmp_path):
     class TinyDetector(torch.nn.Module):
         def forward(self, images: torch.Tensor, return_features: bool = True) -> torch.Tensor:
             x = images.to(torch.float32) / 255
             pooled = torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)  # [N, 12]
             return torch.cat([pooled, pooled.square()], dim=1)
 
+    from click.testing import CliRunner
+    import generate_segmentation_samples
+    from metrics import generate
     detector = str(tmp_path / 'detector.pt')
     torch.jit.save(torch.jit.script(TinyDetector()), detector)
-    c = tiny_config(tmp_path / 'out', kimg=0.008, metrics='fid10k_full', detector=detector)
+    c = tiny_config(tmp_path / 'out', kimg=0.04, metrics='fid10k_full', detector=detector)
     c.metric_num_gen = 64
     run_dir = train_cli.launch(c)
+
+    # One line per snapshot (ticks end at 8, 24, 40 images), each naming its own, existing file.
     lines = read_jsonl(os.path.join(run_dir, 'metric-fid10k_full.jsonl'))
-    assert len(lines) == 1
-    line = lines[0]
-    assert line['metric'] == 'fid10k_full' and line['snapshot_pkl'] == 'network-snapshot-000000.pt'
-    assert line['sigma'] == 0.2 and np.isfinite(line['results']['fid10k_full']) and line['num_gen'] == 64
+    names = [line['snapshot_pkl'] for line in lines]
+    assert names == ['network-snapshot-000000_008.pt', 'network-snapshot-000000_024.pt',
+                     'network-snapshot-000000_040.pt']
+    assert names == [os.path.basename(p) for p in snapshots(run_dir)]
+    for line, nimg in zip(lines, (8, 24, 40)):
+        assert checkpoint.read_snapshot(os.path.join(run_dir, line['snapshot_pkl']))['data']['cur_nimg'] == nimg
+        assert line['sigma'] == 0.2 and np.isfinite(line['results']['fid10k_full']) and line['num_gen'] == 64
+    fid = {line['snapshot_pkl']: line['results']['fid10k_full'] for line in lines}
+
+    # --pkl_idx names a snapshot by its (fractional) kimg; --topk bounds the kimg of the FID choice.
+    out = tmp_path / 'by-pkl-idx'
+    result = CliRunner().invoke(generate_segmentation_samples.main, [
+        f'--network={run_dir}', '--pkl_idx=0.024', '--n=2', f'--outdir={out}', '--device=cpu'])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / 'meta.json').read_text())
+    chosen = os.path.join(run_dir, 'network-snapshot-000000_024.pt')
+    assert meta['snapshot'] == chosen and meta['kimg'] == 0.024 and meta['fid'] == fid[os.path.basename(chosen)]
+    assert meta['snapshot_sha256'] == generate.file_sha256(chosen)
+    best_early = min(names[:2], key=fid.get)   # the snapshots at or below 0.03 kimg
+    _, meta = generate.generate_from_network(run_dir, n=2, topk=0.03, outdir=str(tmp_path / 'by-topk'),
+                                             progress=False)
+    assert os.path.basename(meta['snapshot']) == best_early and meta['fid'] == fid[best_early]
+    assert meta['snapshot_sha256'] == generate.file_sha256(os.path.join(run_dir, best_early))
+    # The default folder is named by the snapshot's tag, so two snapshots of kimg 0 never share one.
+    assert generate.default_outdir(chosen) == os.path.join(run_dir, 'synthetic_data-000000_024')
+
+
+def test_snapshot_names_carry_the_images_seen_and_old_names_still_parse(tmp_path):
+    assert checkpoint.snapshot_name(200_000) == 'network-snapshot-000200.pt'   # an exact kimg reads as before
+    assert checkpoint.snapshot_name(272) == 'network-snapshot-000000_272.pt'
+    assert checkpoint.snapshot_name(1_234_005) == 'network-snapshot-001234_005.pt'
+    for nimg in (0, 8, 272, 1000, 1008, 200_000, 1_234_005):
+        assert checkpoint.snapshot_nimg(checkpoint.snapshot_name(nimg)) == nimg
+    assert checkpoint.snapshot_nimg('/runs/00003/network-snapshot-000200.pt') == 200_000   # older runs' names
+    assert checkpoint.snapshot_nimg('network-snapshot-004000.pkl') == 4_000_000
+    assert checkpoint.snapshot_kimg('network-snapshot-000000_272.pt') == 0.272
+    assert [checkpoint.format_kimg(n) for n in (200_000, 272, 1_234_005)] == ['200', '0.272', '1234.005']
+    with pytest.raises(dnnlib.UserError, match='is not named network-snapshot-KKKKKK.pt'):
+        checkpoint.snapshot_nimg('my-generator.pt')
+    # Sorting: by images seen, which is also the order of the names themselves (what ls shows).
+    for nimg in (1016, 1000, 999, 528, 2000, 16):
+        (tmp_path / checkpoint.snapshot_name(nimg)).write_bytes(b'x')
+    (tmp_path / 'network-snapshot-best.pt').write_bytes(b'x')   # copied by hand: not one of the run's
+    (tmp_path / '.tmp-abcnetwork-snapshot-003000.pt').write_bytes(b'')
+    listed = checkpoint.list_snapshots(str(tmp_path))
+    assert [checkpoint.snapshot_nimg(p) for p in listed] == [16, 528, 999, 1000, 1016, 2000]
+    assert [os.path.basename(p) for p in listed] == sorted(os.path.basename(p) for p in listed)
+    assert find_resume_snapshot(str(tmp_path)) == str(tmp_path / 'network-snapshot-000002.pt')
+
+
+def test_a_second_save_to_an_existing_snapshot_name_is_refused_and_the_old_file_is_intact(tmp_path, monkeypatch):
+    from training.networks import MappingNetwork
+    G = MappingNetwork(z_dim=4, w_dim=4, num_ws=1, num_layers=1)
+    path = str(tmp_path / checkpoint.snapshot_name(272))
+    checkpoint.save_snapshot(path, {'G': G}, data={'cur_nimg': 272}, overwrite=False)
+    before = open(path, 'rb').read()
+    for link in (os.link, None):   # with hard links, and on a file system without them
+        if link is None:
+            def no_links(*args):
+                raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+            monkeypatch.setattr(os, 'link', no_links)
+        with pytest.raises(FileExistsError) as info:
+            checkpoint.save_snapshot(path, {'G': G}, data={'cur_nimg': 999}, overwrite=False)
+        assert info.value.filename == path
+        assert open(path, 'rb').read() == before and os.listdir(tmp_path) == [os.path.basename(path)]
+    fresh = str(tmp_path / checkpoint.snapshot_name(528))   # a new name is still written (by rename)
+    checkpoint.save_snapshot(fresh, {'G': G}, data={'cur_nimg': 528}, overwrite=False)
+    assert checkpoint.read_snapshot(fresh)['data'] == {'cur_nimg': 528}
+    assert dnnlib.os_error_message(info.value) == (f'File exists: {path}; it is never overwritten; move it away, '
+                                                   f'or choose another output folder')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,8 +404,9 @@ def test_cli_dry_run_prints_config_and_makes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize('args,message', [
-    (['--cfg=nope'], 'unknown --cfg=nope; valid: ILS_predL, ILS_predN, ILS_learnL, ILS_learnN, ILS_L1, cpu, cpu64'),
+    (['--cfg=nope'], 'unknown --cfg=nope; valid: ILS_predL, ILS_predN, ILS_learnL, ILS_learnN, ILS_L1, cpu, cpu64, cpu_noILS, cpu_L1'),
     (['--batch=30', '--gpus=4'], '--batch=30 is not divisible by --gpus=4'),
+    (['--aug=noaug', '--target=0.7'], '--target only applies to --aug=ada (here --aug=noaug); drop --target'),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):
     result = run_cli(f'--outdir={tmp_path}', '--data=synthetic', *args, '-n')
@@ -350,6 +430,7 @@ def test_two_process_gloo_run_writes_once(tmp_path, image_folder):
     assert [round(s['Progress/kimg']['mean'], 3) for s in stats] == [0.008, 0.024]  # no duplicate lines
     assert stats[0]['Loss/G/adv']['num'] == 8  # 4 per process, reduced over both
     assert result.stdout.count('tick 0 ') == 1
-    assert len(snapshots(run_dir)) == 1
-    data = checkpoint.read_snapshot(snapshots(run_dir)[0])['data']
-    assert data['num_gpus'] == 2 and len(data['rng']) == 2
+    assert [os.path.basename(p) for p in snapshots(run_dir)] == ['network-snapshot-000000_008.pt',
+                                                                  'network-snapshot-000000_024.pt']
+    data = checkpoint.read_snapshot(snapshots(run_dir)[-1])['data']
+    assert data['num_gpus'] == 2 and len(data['rng']) == 2 and data['cur_nimg'] == 24

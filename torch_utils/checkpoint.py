@@ -8,8 +8,11 @@ A snapshot file is ``torch.save`` of::
 
 so it loads with ``torch.load(path, weights_only=True)``: no pickled code. Networks opt in with
 the :func:`rebuildable` class decorator, which records the keyword arguments of their
-constructor. Files are written through a temporary file and a rename, so a killed process never
-leaves a half-written snapshot under the final name.
+constructor and enters the class in the registry of classes a snapshot may construct: a class
+name read from a file is looked up there by its exact name, and nothing else can be reached
+(no module attribute is walked, no import is named by the file). Files are written through a
+temporary file and a rename, so a killed process never leaves a half-written snapshot under the
+final name.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from __future__ import annotations
 import copy
 import glob
 import functools
+import importlib
 import inspect
 import io
 import os
+import pickle
 import re
+import warnings
 from typing import Any
 
 import torch
@@ -28,11 +34,12 @@ import torch
 import dnnlib
 
 FORMAT = 'ilsgan-snapshot-v1'
-SNAPSHOT_PATTERN = 'network-snapshot-{:06d}.pt'  # KKKKKK = kimg
-SNAPSHOT_GLOB = 'network-snapshot-*.pt'
 
-# Only classes from the project's own packages are ever constructed from a snapshot.
-ALLOWED_PREFIXES = ('training.', 'metrics.', 'torch_utils.')
+# Exact class name → class, for every @rebuildable class: the only classes a snapshot may construct.
+_REGISTRY: dict[str, type] = {}
+# The modules that define them; imported before a lookup so that the registry is complete.
+NETWORK_MODULES = ('training.networks', 'training.augment', 'training.mi_estimators', 'metrics.segmentation',
+                   'metrics.mine')
 
 _PLAIN_TYPES = (type(None), bool, int, float, str)
 
@@ -82,7 +89,16 @@ def rebuildable(cls: type) -> type:
         self.init_class = dnnlib.full_name(cls)
 
     cls.__init__ = __init__
+    _REGISTRY[dnnlib.full_name(cls)] = cls
     return cls
+
+
+def registered_class(name: str) -> type | None:
+    """The @rebuildable class called exactly ``name``, or None."""
+    if name not in _REGISTRY:
+        for module in NETWORK_MODULES:
+            importlib.import_module(module)
+    return _REGISTRY.get(name)
 
 
 def module_record(module: torch.nn.Module) -> dict:
@@ -93,18 +109,72 @@ def module_record(module: torch.nn.Module) -> dict:
     return {'class': module.init_class, 'kwargs': copy.deepcopy(module.init_kwargs), 'state': state}
 
 
-def build_module(record: dict, device: torch.device | str = 'cpu') -> torch.nn.Module:
-    """Rebuild a module from :func:`module_record`'s output and load its weights."""
-    class_name = record['class']
-    if not class_name.startswith(ALLOWED_PREFIXES):
-        raise ValueError(f'refusing to construct {class_name!r}: not a class of this project')
-    module = dnnlib.construct_class_by_name(class_name=class_name, **record['kwargs'])
-    module.load_state_dict(record['state'], strict=True)
+def _snapshot_error(where: str, problem: str) -> dnnlib.UserError:
+    return dnnlib.UserError(f'{where}: {problem}; use a snapshot written by this project')
+
+
+def check_record(record: Any, where: str) -> None:
+    """Raise :class:`dnnlib.UserError` (naming ``where``) unless ``record`` is exactly what
+    :func:`module_record` writes: ``{'class': a registered class name, 'kwargs': plain data with
+    str keys, 'state': {str: tensor}}``. A snapshot is untrusted input."""
+    if not isinstance(record, dict) or set(record) != {'class', 'kwargs', 'state'}:
+        raise _snapshot_error(where, 'not a module record (a dict of class, kwargs and state)')
+    class_name, kwargs, state = record['class'], record['kwargs'], record['state']
+    if not isinstance(class_name, str) or registered_class(class_name) is None:
+        raise _snapshot_error(where, f'refusing to construct {class_name!r}: not a network class of this project')
+    try:
+        if not isinstance(kwargs, dict) or not all(isinstance(key, str) for key in kwargs):
+            raise TypeError('kwargs is not a dict with str keys')
+        _check_plain(kwargs, 'kwargs', allow_tensors=False)
+    except TypeError as err:
+        raise _snapshot_error(where, f'bad constructor arguments ({err})') from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise _snapshot_error(where, 'its state is not a dict of named tensors')
+
+
+def check_payload(payload: Any, path: str) -> None:
+    """Raise :class:`dnnlib.UserError` naming ``path`` unless ``payload`` is a well-formed snapshot:
+    exactly the keys format/modules/data, every module a valid record, data plain."""
+    if not isinstance(payload, dict) or payload.get('format') != FORMAT:
+        raise dnnlib.UserError(f'{path} is not an ILSGAN snapshot (expected format {FORMAT}); for a snapshot '
+                               f'of the original code (.pkl) run python -m torch_utils.legacy convert')
+    if set(payload) != {'format', 'modules', 'data'} or not isinstance(payload['modules'], dict):
+        raise _snapshot_error(f'snapshot {path}', 'expected exactly the entries format, modules and data')
+    try:
+        _check_plain(payload['data'], 'data', allow_tensors=True)
+        if not isinstance(payload['data'], dict):
+            raise TypeError('data is not a dict')
+    except TypeError as err:
+        raise _snapshot_error(f'snapshot {path}', str(err)) from None
+    for name, record in payload['modules'].items():
+        check_record(record, f'snapshot {path}, module {name!r}')
+
+
+def build_module(record: dict, device: torch.device | str = 'cpu', where: str = 'snapshot record') -> torch.nn.Module:
+    """Rebuild a module from :func:`module_record`'s output and load its weights.
+
+    Only registered classes are constructed (:func:`check_record`); a record whose arguments or
+    weights do not fit its class is a :class:`dnnlib.UserError` naming ``where``.
+    """
+    check_record(record, where)
+    cls = registered_class(record['class'])
+    try:
+        module = cls(**record['kwargs'])
+    except (TypeError, ValueError) as err:
+        raise _snapshot_error(where, f'cannot build {record["class"]} from its arguments ({err})') from None
+    try:
+        module.load_state_dict(record['state'], strict=True)
+    except RuntimeError as err:
+        raise _snapshot_error(where, f'its weights do not fit {record["class"]} '
+                                     f'({str(err).strip().splitlines()[-1].strip()})') from None
     return module.to(device)
 
 
-def save_snapshot(path: str, modules: dict[str, torch.nn.Module | None], data: dict | None = None) -> None:
-    """Write the modules (``None`` entries are skipped) and plain ``data`` to ``path`` atomically."""
+def save_snapshot(path: str, modules: dict[str, torch.nn.Module | None], data: dict | None = None,
+                  overwrite: bool = True) -> None:
+    """Write the modules (``None`` entries are skipped) and plain ``data`` to ``path`` atomically
+    (never replacing an existing file when ``overwrite`` is False: FileExistsError)."""
     payload = {
         'format': FORMAT,
         'modules': {name: module_record(module) for name, module in modules.items() if module is not None},
@@ -113,21 +183,32 @@ def save_snapshot(path: str, modules: dict[str, torch.nn.Module | None], data: d
     _check_plain(payload['data'], 'snapshot data', allow_tensors=True)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    dnnlib.write_bytes_atomic(path, buffer.getvalue())
+    dnnlib.write_bytes_atomic(path, buffer.getvalue(), overwrite=overwrite)
 
 
 def read_snapshot(path: str) -> dict:
-    """``torch.load(path, weights_only=True)`` with user-facing errors for missing or corrupt files."""
+    """``torch.load(path, weights_only=True)``, checked by :func:`check_payload`, with
+    user-facing errors for missing, corrupt or malformed files."""
     if not os.path.isfile(path):
         raise dnnlib.UserError(f'snapshot not found: {path}')
     try:
-        payload = torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
+            warnings.simplefilter('ignore', UserWarning)
+            payload = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as err:
+        if 'Weights only load failed' not in str(err):
+            raise dnnlib.UserError(f'snapshot {path} is truncated or corrupt (UnpicklingError); '
+                                   f'use an earlier snapshot of the run') from None
+        found = re.search(r'GLOBAL ([\w.]+)', str(err))
+        problem = f'refusing to load it: it holds code or objects that a snapshot never contains' + \
+            (f' ({found.group(1)})' if found else '')
+        if path.endswith('.pkl'):
+            problem += '; a snapshot of the original code converts with python -m torch_utils.legacy convert'
+        raise _snapshot_error(f'snapshot {path}', problem) from None
     except Exception as err:
         raise dnnlib.UserError(f'snapshot {path} is truncated or corrupt ({type(err).__name__}); '
                                f'use an earlier snapshot of the run') from None
-    if not isinstance(payload, dict) or payload.get('format') != FORMAT:
-        raise dnnlib.UserError(f'{path} is not an ILSGAN snapshot (expected format {FORMAT}); '
-                               f'snapshots of the original code (.pkl) are not supported')
+    check_payload(payload, path)
     return payload
 
 
@@ -140,22 +221,61 @@ def load_snapshot(path: str, device: torch.device | str = 'cpu') -> dict:
     payload = read_snapshot(path)
     result: dict[str, Any] = {'data': payload['data']}
     for name, record in payload['modules'].items():
-        module = build_module(record, device).eval().requires_grad_(False)
-        result[name] = module
+        module = build_module(record, device, where=f'snapshot {path}, module {name!r}')
+        result[name] = module.eval().requires_grad_(False)
     return result
 
 
 # ----------------------------------------------------------------------------------------------
 # Snapshot names in a run directory.
+#
+# A snapshot is named by the images seen when it was written, so no two snapshots of a run share
+# a name: ``network-snapshot-000200.pt`` at exactly 200 kimg (200 000 images), and
+# ``network-snapshot-000000_272.pt`` at 272 images (kimg 0 plus 272 images: 0.272 kimg), which a
+# tick shorter than 1 kimg produces. The tag sorts as the images do (``_`` sorts after ``.``), so
+# ``ls`` lists a run's snapshots oldest first. Names of older runs (KKKKKK only) read the same way.
 
-def snapshot_kimg(path: str) -> int:
-    """The kimg number in a snapshot file name: ``network-snapshot-000200.pt`` → 200."""
-    match = re.search(r'network-snapshot-(\d+)', os.path.basename(path))
+SNAPSHOT_GLOB = 'network-snapshot-*.pt'
+SNAPSHOT_PATTERN = re.compile(r'network-snapshot-(\d+)(?:_(\d{3}))?\.\w+')  # a whole file name
+
+
+def snapshot_tag(nimg: int) -> str:
+    """``'000200'`` for 200 000 images seen, ``'000000_272'`` for 272: kimg, then the images past it."""
+    kimg, rest = divmod(int(nimg), 1000)
+    return f'{kimg:06d}' if rest == 0 else f'{kimg:06d}_{rest:03d}'
+
+
+def snapshot_name(nimg: int) -> str:
+    """The file name of the snapshot written after ``nimg`` images: ``network-snapshot-<tag>.pt``."""
+    return f'network-snapshot-{snapshot_tag(nimg)}.pt'
+
+
+def snapshot_nimg(path: str) -> int:
+    """The images seen in a snapshot file name: ``network-snapshot-000200.pt`` → 200 000,
+    ``network-snapshot-000000_272.pt`` → 272."""
+    match = SNAPSHOT_PATTERN.fullmatch(os.path.basename(path))
     if match is None:
-        raise dnnlib.UserError(f'{path} is not named network-snapshot-KKKKKK.pt; pass a snapshot of a run')
-    return int(match.group(1))
+        raise dnnlib.UserError(f'{path} is not named network-snapshot-KKKKKK.pt (or network-snapshot-KKKKKK_III.pt); '
+                               f'pass a snapshot of a run')
+    return int(match.group(1)) * 1000 + int(match.group(2) or 0)
+
+
+def snapshot_kimg(path: str) -> float:
+    """The kimg of a snapshot file name: ``network-snapshot-000200.pt`` → 200.0, ``…000000_272.pt`` → 0.272."""
+    return snapshot_nimg(path) / 1000
+
+
+def format_kimg(nimg: int) -> str:
+    """``'200'`` for 200 000 images, ``'0.272'`` for 272: the kimg a user types for ``--pkl_idx``."""
+    return str(nimg // 1000) if nimg % 1000 == 0 else f'{nimg / 1000:.3f}'
 
 
 def list_snapshots(run_dir: str) -> list[str]:
-    """Snapshot files of a run directory, oldest (lowest kimg) first."""
-    return sorted(glob.glob(os.path.join(run_dir, SNAPSHOT_GLOB)), key=snapshot_kimg)
+    """Snapshot files of a run directory, oldest (fewest images seen) first; other names are ignored."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(run_dir), SNAPSHOT_GLOB)):
+        try:
+            found.append((snapshot_nimg(path), path))
+        except dnnlib.UserError:
+            continue  # e.g. network-snapshot-best.pt copied by hand: not a snapshot of the schedule
+    return [path for _, path in sorted(found)]

@@ -12,6 +12,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+import dnnlib
 from torch_utils import distributed
 
 
@@ -65,35 +66,51 @@ def image_grid(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
         rows * height, cols * width, channels)
 
 
+def encode_uint8(images: torch.Tensor, low: float = -1.0, high: float = 1.0) -> torch.Tensor:
+    """Float images in [low, high] → uint8 0..255 of the same shape and device: the one encoder.
+
+    The original writes [-1, 1] images as uint8(clamp(127.5·x + 128, 0, 255)): adding 128 rather
+    than 127.5, then truncating, rounds 127.5·(x + 1) half up, so x = 0 → 128, x = −1 → 0, x = 1 →
+    255 and decoding with /127.5 − 1 is unbiased. A [0, 1] mask, which the original writes as the
+    image 2m − 1, comes out the same way as round-half-up(255·m).
+    """
+    scale = 255 / (high - low)
+    return (images.detach().float() * scale + (0.5 - low * scale)).clamp(0, 255).to(torch.uint8)
+
+
 def to_uint8(images: torch.Tensor, low: float = -1.0, high: float = 1.0) -> np.ndarray:
-    """[N, C, H, W] float in [low, high] → [N, H, W, 3] uint8 (a 1-channel mask becomes gray)."""
-    images = images.detach().float().cpu()
+    """[N, C, H, W] float in [low, high] → [N, H, W, 3] uint8 on the host by :func:`encode_uint8`
+    (a 1-channel mask becomes grey)."""
+    images = encode_uint8(images, low, high).cpu()
     if images.shape[1] == 1:
         images = images.repeat(1, 3, 1, 1)
-    scaled = (images - low) * (255 / (high - low))
-    return scaled.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return images.permute(0, 2, 3, 1).numpy()
 
 
 def save_image_grid(images: np.ndarray, path: str, rows: int, cols: int) -> None:
     """Write uint8 tiles [rows·cols, H, W, 3] as one PNG."""
-    PIL.Image.fromarray(image_grid(images, rows, cols), 'RGB').save(path)
+    with dnnlib.naming_file(path):
+        PIL.Image.fromarray(image_grid(images, rows, cols), 'RGB').save(path)
 
 
 class Tee:
     """Copy everything written to stdout into a log file as well (rank 0 of a run)."""
 
     def __init__(self, path: str, stream: TextIO | None = None) -> None:
+        self.path = path
         self.file = open(path, 'at', buffering=1)
         self.stream = stream or sys.stdout
 
     def write(self, text: str) -> int:
         written = self.stream.write(text)  # the console first: a full disk must not hide the output
-        self.file.write(text)
+        with dnnlib.naming_file(self.path):
+            self.file.write(text)
         return written
 
     def flush(self) -> None:
         self.stream.flush()
-        self.file.flush()
+        with dnnlib.naming_file(self.path):
+            self.file.flush()
 
     def close(self) -> None:
         try:

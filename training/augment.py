@@ -77,10 +77,13 @@ AUGPIPE_SPECS: dict[str, dict] = {
 }
 
 # Segmentation-evaluation augmentations (METHOD.md §8); each op fires with probability 0.5.
+# The original seg pipe draws its translation with std 0.125 in grid_sample's normalised units,
+# where the image spans [-1, 1]: 0.0625 of the image size, half of ADA's 0.125 (ORIGINAL.md §9.1).
+_SEG_GEOM = dict(xflip=1, scale=1, rotate=1, xfrac=1, xfrac_std=0.125 / 2)
 SEGMENTATION_AUG_SPECS: dict[str, dict] = {
     'color': dict(_COLOR),
-    'geom': dict(xflip=1, scale=1, rotate=1, xfrac=1),
-    'gc': dict(_COLOR, xflip=1, scale=1, rotate=1, xfrac=1),
+    'geom': dict(_SEG_GEOM),
+    'gc': dict(_COLOR, **_SEG_GEOM),
 }
 SEGMENTATION_AUG_P = 0.5
 
@@ -515,7 +518,7 @@ def segmentation_augment_pipe(kind: str | None) -> AugmentPipe | None:
 class AdaptiveAugment:
     """The ADA controller: steers ``pipe.p`` towards E[sign(D(real))] = target (METHOD.md §3).
 
-    Per iteration call :meth:`observe` with D's logits on real images. Every ``interval``
+    Per iteration call :meth:`observe` with D's logits on real images. After every ``interval``
     iterations (:meth:`due`), reduce :meth:`pending` (sum, count) across processes if there are
     several, and call :meth:`update` with the resulting mean sign::
 
@@ -537,9 +540,10 @@ class AdaptiveAugment:
         """How far p moves in one adjustment."""
         return self.batch_size * self.interval / (self.ada_kimg * 1000)
 
-    def due(self, iteration: int) -> bool:
-        """Whether ``iteration`` (0-based batch index) ends an adjustment interval."""
-        return iteration % self.interval == 0
+    def due(self, completed: int) -> bool:
+        """Whether an adjustment is due after ``completed`` iterations: after every ``interval``-th
+        (4, 8, 12, … for interval 4), so each adjustment sees the signs of a whole interval."""
+        return completed > 0 and completed % self.interval == 0
 
     def observe(self, real_logits: torch.Tensor) -> None:
         """Accumulate sign(D(real)) without a host sync; real_logits: any shape."""

@@ -20,7 +20,9 @@ import dataclasses
 import io
 import json
 import os
+import re
 import zipfile
+import zlib
 from typing import Callable
 
 import click
@@ -28,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 import dnnlib
+from torch_utils import safe_pickle
 from training import synthetic
 
 try:
@@ -43,6 +46,9 @@ DRC_SHORT_NAMES = {'birds': 'cub', 'dogs': 'dog', 'cars': 'car'}
 DRC_MARKERS = {'birds': 'images.txt', 'dogs': 'data_tr_sel.npy', 'cars': 'data_mrcnn_train_select.npy'}
 DEFAULT_DRC_ROOT = os.path.join('datasets', 'DRC_processed')
 SPLITS = ('train', 'test')
+# What opening a zip archive or reading one of its members can raise: a bad CRC, a truncated or
+# damaged archive, a compression method or encryption this Python cannot read, a failed read.
+ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -56,8 +62,23 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert('RGB'))
     except Exception as err:  # every decoder failure (truncated, not an image, ...) means the same
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise dnnlib.UserError(f'cannot read image {name} ({reason}); replace or remove the file') from None
+        raise _unreadable(err, name) from None
+
+
+def decode_dithered_mask(data: bytes, name: str) -> np.ndarray:
+    """Encoded mask bytes → [H, W] uint8 in {0, 1}, as the original reads DRC dogs/cars masks:
+    PIL's convert('1') (luma, then Floyd–Steinberg dithering of every grey pixel; 0 and 255 stay)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert('1'), dtype=np.uint8)
+    except Exception as err:
+        raise _unreadable(err, name) from None
+
+
+def _unreadable(err: Exception, name: str) -> dnnlib.UserError:
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    reason = re.sub(r' <[\w.]+ object at 0x[0-9a-fA-F]+>', '', reason)  # PIL names its in-memory file
+    return dnnlib.UserError(f'cannot read image {name} ({reason}); replace or remove the file')
 
 
 def grey_channel(rgb: np.ndarray) -> np.ndarray:
@@ -65,10 +86,11 @@ def grey_channel(rgb: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, 0])
 
 
-def centre_square_crop(image: np.ndarray) -> np.ndarray:
-    """[H, W, C] → [S, S, C], S = min(H, W), the longer side trimmed by floor((long − short)/2) first."""
+def centre_square_crop(image: np.ndarray, ratio: float = 1.0) -> np.ndarray:
+    """[H, W, C] → [S, S, C], S = int(min(H, W)·ratio), centred: each side trimmed by floor((long − S)/2)
+    first. ``ratio`` < 1 is eval_segmentation.py's --crop-ratio."""
     h, w = image.shape[:2]
-    side = min(h, w)
+    side = max(int(min(h, w) * ratio), 1)
     top, left = (h - side) // 2, (w - side) // 2
     return image[top:top + side, left:left + side]
 
@@ -113,7 +135,9 @@ class Dataset:
         self.xflip = xflip
         self.raw_indices = np.arange(num_raw)
         if max_size is not None and max_size < num_raw:
-            chosen = np.random.default_rng(seed).choice(num_raw, size=max_size, replace=False)
+            # StyleGAN2-ADA's subset (--subset): the first max_size of a legacy-RandomState
+            # permutation drawn with the seed, kept in file order, so a run repeats the original's pick.
+            chosen = np.random.RandomState(seed).permutation(num_raw)[:max_size]
             self.raw_indices = np.sort(chosen)
 
     @property
@@ -167,16 +191,19 @@ class Record:
 class FileDataset(Dataset):
     """Samples read from files in a folder or a zip archive, one :class:`Record` each.
 
-    ``crop``: 'centre' (centre square, GAN training), 'box' (CUB test crop) or 'none' (stretch).
+    ``crop``: 'centre' (centre square, GAN training), 'box' (CUB test crop) or 'none' (stretch);
+    then ``crop_ratio`` < 1 keeps the centre square of that fraction of the side (pair folders).
     ``mask_resample``: 'bilinear' resizes the grey mask then thresholds (CUB, pair folders);
-    'nearest' thresholds then resizes with nearest neighbour (DRC dogs/cars masks).
+    'nearest' binarises by dithering (:func:`decode_dithered_mask`) then resizes with nearest
+    neighbour (DRC dogs/cars masks, as the original).
     """
 
     def __init__(self, name: str, resolution: int, records: list[Record], crop: str = 'centre',
-                 mask_resample: str = 'bilinear', zip_path: str | None = None, **kwargs):
+                 mask_resample: str = 'bilinear', zip_path: str | None = None, crop_ratio: float = 1.0, **kwargs):
         has_masks = bool(records) and records[0].mask is not None
         super().__init__(name, resolution, len(records), has_masks=has_masks, **kwargs)
         self.records, self.crop, self.mask_resample, self.zip_path = records, crop, mask_resample, zip_path
+        self.crop_ratio = crop_ratio
         self._zip: zipfile.ZipFile | None = None
 
     def __getstate__(self) -> dict:
@@ -189,15 +216,22 @@ class FileDataset(Dataset):
                     return f.read()
             except OSError as err:
                 raise dnnlib.UserError(f'cannot read {path} ({err.strerror}); check that the file exists') from None
-        if self._zip is None:
-            self._zip = zipfile.ZipFile(self.zip_path)
-        return self._zip.read(path)
+        try:
+            if self._zip is None:
+                self._zip = zipfile.ZipFile(self.zip_path)
+            return self._zip.read(path)
+        except ZIP_READ_ERRORS as err:
+            reason = f'{type(err).__name__}: {err}' if str(err) else type(err).__name__
+            raise dnnlib.UserError(f'cannot read {path} from the zip archive {self.zip_path} ({reason}); '
+                                   f'the archive is damaged: re-create it, or remove that member') from None
 
     def _load(self, raw_index: int) -> tuple[np.ndarray, np.ndarray | None]:
         record, r = self.records[raw_index], self.resolution
         where = f'{self.zip_path}:{record.image}' if self.zip_path else record.image
         image = decode_rgb(self._read_bytes(record.image), where)
-        mask = grey_channel(decode_rgb(self._read_bytes(record.mask), record.mask)) if record.mask else None
+        decode_mask = decode_dithered_mask if self.mask_resample == 'nearest' else (
+            lambda data, name: grey_channel(decode_rgb(data, name)))
+        mask = decode_mask(self._read_bytes(record.mask), record.mask) if record.mask else None
         if mask is not None and mask.shape != image.shape[:2]:
             raise dnnlib.UserError(f'mask {record.mask} is {mask.shape[1]}x{mask.shape[0]} but its image is '
                                    f'{image.shape[1]}x{image.shape[0]}; image and mask must have the same size')
@@ -207,10 +241,13 @@ class FileDataset(Dataset):
         elif self.crop == 'box':
             left, top, right, bottom = cub_box_crop(image.shape[1], image.shape[0], record.box)
             image, mask = image[top:bottom, left:right], mask[top:bottom, left:right]
+        if self.crop_ratio < 1:
+            image = centre_square_crop(image, self.crop_ratio)
+            mask = centre_square_crop(mask, self.crop_ratio) if mask is not None else None
         image = resize(image, r, Image.Resampling.BILINEAR)
         if mask is not None:
             if self.mask_resample == 'nearest':
-                mask = resize(binarize(mask), r, Image.Resampling.NEAREST)
+                mask = resize(mask, r, Image.Resampling.NEAREST)
             else:
                 mask = binarize(resize(mask, r, Image.Resampling.BILINEAR))
         return image.transpose(2, 0, 1), mask
@@ -251,7 +288,9 @@ def _read_table(path: str, num_fields: int) -> dict[int, list[str]]:
     return table
 
 
-def _cub_records(root: str, split: str) -> list[Record]:
+def _cub_records(root: str, split: str, train_masks: bool = False) -> list[Record]:
+    """Train (k = 0): images, with their segmentations when ``train_masks``; test (k = 2): images,
+    segmentations and boxes."""
     images = _read_table(os.path.join(root, 'images.txt'), 1)
     split_path = os.path.join(root, 'train_val_test_split.txt')
     split_of = _read_table(split_path, 1)
@@ -265,7 +304,8 @@ def _cub_records(root: str, split: str) -> list[Record]:
                                    f'in {root}; the metadata files do not match')
         key = os.path.splitext(images[i][0])[0]
         if split == 'train':
-            records.append(Record(os.path.join(root, 'images', key + '.jpg')))
+            mask = os.path.join(root, 'segmentations', key + '.png') if train_masks else None
+            records.append(Record(os.path.join(root, 'images', key + '.jpg'), mask))
         else:
             box = tuple(int(float(v)) for v in boxes[i])
             records.append(Record(os.path.join(root, 'images', key + '.jpg'),
@@ -275,30 +315,43 @@ def _cub_records(root: str, split: str) -> list[Record]:
 
 
 def load_tokens(path: str) -> list[str]:
-    """DRC split file (.npy array of tokens) → list of filename stems."""
+    """DRC split file (.npy array of tokens) → list of filename stems.
+
+    Some DRC releases save the tokens as object arrays, whose data is a pickle: those are read
+    with an allow-list that admits NumPy's array rebuilding and plain strings and numbers only,
+    so a split file can never run code.
+    """
     _need_file(path, 'split file')
     try:
-        try:
-            tokens = np.load(path, allow_pickle=False)
-        except ValueError:
-            # DRC saved some token lists as object arrays, which only unpickling can read. Unpickling
-            # can run code, so it is done only here: for the split files inside the dataset folder
-            # the user pointed us at, after the safe attempt failed.
-            tokens = np.load(path, allow_pickle=True)
+        tokens = safe_pickle.load_npy(path)
+    except safe_pickle.RefusedGlobal as err:
+        raise dnnlib.UserError(f'{path} is not a plain array of file tokens; refusing to unpickle {err.name}; '
+                               f'replace it with the one from the dataset release') from None
     except Exception as err:
         raise dnnlib.UserError(f'cannot read split file {path} ({type(err).__name__}: {err}); '
                                f'replace it with the one from the dataset release') from None
-    return [t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in np.ravel(tokens)]
+    tokens = np.ravel(tokens)
+    strange = [t for t in tokens if not isinstance(t, (str, bytes, int, np.integer))] if tokens.dtype.hasobject else []
+    if strange:
+        raise dnnlib.UserError(f'{path} is not a plain array of file tokens (it holds a {type(strange[0]).__name__}); '
+                               f'replace it with the one from the dataset release')
+    return [t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in tokens]
 
 
-def _mrcnn_records(root: str, kind: str, split: str) -> list[Record]:
+def _mrcnn_records(root: str, kind: str, split: str, train_masks: bool = False) -> list[Record]:
+    """Train: ``<token>_orig.png`` (with ``<token>_maskorig.png`` beside it when ``train_masks``: DRC's
+    layout as we know it has no such files, another copy may); test: ``_resized.png`` + ``_maskresized.png``."""
     split_files = {'dogs': ('data_tr_sel.npy', 'data_te_sel.npy'),
                    'cars': ('data_mrcnn_train_select.npy', 'data_mrcnn_test_select.npy')}[kind]
     split_path = os.path.join(root, split_files[0 if split == 'train' else 1])
     tokens = load_tokens(split_path)
     if split == 'train':
         folder = os.path.join(root, 'train_orig', 'orig') if kind == 'dogs' else os.path.join(root, 'data_mrcnn', 'train', 'orig')
-        records = [Record(os.path.join(folder, f'{t}_orig.png')) for t in tokens]
+        masks = [os.path.join(folder, f'{t}_maskorig.png') if train_masks else None for t in tokens]
+        if train_masks and tokens and not os.path.isfile(masks[0]):
+            raise dnnlib.UserError(f'the {kind} train split has no masks: {masks[0]} does not exist (train masks '
+                                   f'are read as <token>_maskorig.png beside <token>_orig.png); export --split=test')
+        records = [Record(os.path.join(folder, f'{t}_orig.png'), mask) for t, mask in zip(tokens, masks)]
     else:
         folder = os.path.join(root, 'data_mrcnn', 'test', 'resized')
         records = [Record(os.path.join(folder, f'{t}_resized.png'), os.path.join(folder, f'{t}_maskresized.png'))
@@ -307,30 +360,38 @@ def _mrcnn_records(root: str, kind: str, split: str) -> list[Record]:
     return records
 
 
-def resolve_drc_root(kind: str, data_root: str | None, env_root: str | None) -> str:
+def resolve_drc_root(kind: str, data_root: str | None, env_root: str | None, root_option: str = '--data-root') -> str:
     """The folder of one DRC dataset: ``data_root`` (or its ``kind`` subfolder), else
-    ``env_root/kind``, else ``./datasets/DRC_processed/kind``."""
+    ``env_root/kind``, else ``./datasets/DRC_processed/kind``. ``root_option`` is the caller's
+    name for ``data_root`` (``--data-root``, ``--real-root``), which the error message names."""
     if data_root:
         nested = os.path.join(data_root, kind)
         if not os.path.isfile(os.path.join(data_root, DRC_MARKERS[kind])) and os.path.isdir(nested):
             data_root = nested   # the DRC_processed folder itself was given
-        root, how = data_root, '--data-root'
+        root, how = data_root, root_option
     elif env_root:
         root, how = os.path.join(env_root, kind), '$ILSGAN_DATA_ROOT'
     else:
         root, how = os.path.join(DEFAULT_DRC_ROOT, kind), 'the default location'
     if not os.path.isdir(root):
-        raise dnnlib.UserError(f'{kind} dataset folder not found: {root} (from {how}); pass --data-root=FOLDER '
+        raise dnnlib.UserError(f'{kind} dataset folder not found: {root} (from {how}); pass {root_option}=FOLDER '
                                f'(the folder holding {DRC_MARKERS[kind]}) or set ILSGAN_DATA_ROOT, see README "Datasets"')
     return root
 
 
-def open_drc(kind: str, split: str, resolution: int, root: str, **kwargs) -> FileDataset:
-    """birds/dogs/cars as laid out by DRC. Train: centre square crop; test: CUB box crop or resized."""
-    records = _cub_records(root, split) if kind == 'birds' else _mrcnn_records(root, kind, split)
+def open_drc(kind: str, split: str, resolution: int, root: str, train_masks: bool = False, **kwargs) -> FileDataset:
+    """birds/dogs/cars as laid out by DRC. Train: centre square crop; test: CUB box crop or resized.
+
+    ``train_masks`` reads the masks of the train split too (CUB's segmentations; dogs/cars only in a
+    layout that has them), cropped and bilinearly resized exactly as their images, then thresholded.
+    """
+    if kind == 'birds':
+        records = _cub_records(root, split, train_masks)
+    else:
+        records = _mrcnn_records(root, kind, split, train_masks)
     name = f'{DRC_SHORT_NAMES[kind]}{resolution}' + ('' if split == 'train' else '-test')
     if split == 'train':
-        return FileDataset(name, resolution, records, crop='centre', **kwargs)
+        return FileDataset(name, resolution, records, crop='centre', mask_resample='bilinear', **kwargs)
     if kind == 'birds':
         return FileDataset(name, resolution, records, crop='box', mask_resample='bilinear', **kwargs)
     return FileDataset(name, resolution, records, crop='none', mask_resample='nearest', **kwargs)
@@ -344,17 +405,22 @@ def _is_image(name: str) -> bool:
 
 
 def _list_images(folder: str) -> list[str]:
-    """Image files under ``folder`` (recursively), as sorted relative paths."""
+    """Image files under ``folder`` (recursively), as sorted relative paths; the temporary files of
+    an unfinished write (``.tmp-*``, e.g. of a killed generation) are not images of the set."""
     found = []
     for parent, dirs, files in os.walk(folder):
         dirs.sort()
-        found += [os.path.relpath(os.path.join(parent, f), folder) for f in files if _is_image(f)]
+        found += [os.path.relpath(os.path.join(parent, f), folder) for f in files
+                  if _is_image(f) and not dnnlib.is_temp_file(f)]
     return sorted(found)
 
 
-def open_pairs(path: str, resolution: int, **kwargs) -> FileDataset:
-    """A folder of ``img/NAME`` + ``mask/NAME`` (mask: grey PNG, m·255, foreground > 127)."""
-    images = _list_images(os.path.join(path, 'img'))
+def open_pairs(path: str, resolution: int, names: list[str] | None = None, **kwargs) -> FileDataset:
+    """A folder of ``img/NAME`` + ``mask/NAME`` (mask: grey PNG, m·255, foreground > 127).
+
+    ``names`` (relative to img/) chooses the pairs; default: every image of img/.
+    """
+    images = _list_images(os.path.join(path, 'img')) if names is None else names
     if not images:
         raise dnnlib.UserError(f'no images in {os.path.join(path, "img")}; expected img/*.png beside mask/*.png')
     records = [Record(os.path.join(path, 'img', rel), os.path.join(path, 'mask', os.path.splitext(rel)[0] + '.png'))
@@ -364,16 +430,19 @@ def open_pairs(path: str, resolution: int, **kwargs) -> FileDataset:
                        mask_resample='bilinear', **kwargs)
 
 
-def open_image_folder(path: str, resolution: int, **kwargs) -> FileDataset:
-    """Any images in a folder (recursively) or a zip archive: centre square crop, resize to R."""
+def open_image_folder(path: str, resolution: int, names: list[str] | None = None, **kwargs) -> FileDataset:
+    """Any images in a folder (recursively) or a zip archive: centre square crop, resize to R.
+
+    ``names`` (relative to the folder) chooses the images of a folder; default: all of them.
+    """
     if os.path.isdir(path):
-        records = [Record(os.path.join(path, rel)) for rel in _list_images(path)]
+        records = [Record(os.path.join(path, rel)) for rel in (_list_images(path) if names is None else names)]
         zip_path = None
     else:
         try:
             with zipfile.ZipFile(path) as archive:
                 members = sorted(n for n in archive.namelist() if _is_image(n))
-        except (zipfile.BadZipFile, OSError) as err:
+        except ZIP_READ_ERRORS as err:
             raise dnnlib.UserError(f'cannot open {path} as a folder or a zip archive of images ({err})') from None
         records, zip_path = [Record(m) for m in members], path
     if not records:
@@ -410,7 +479,8 @@ def open_synthetic(split: str, resolution: int, cache_root: str, num_images: int
 
 def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_root: str | None = None,
                  xflip: bool = False, max_size: int | None = None, seed: int = 0,
-                 num_images: int | None = None, synthetic_seed: int = 0, train_masks: bool = False) -> Dataset:
+                 num_images: int | None = None, synthetic_seed: int = 0, train_masks: bool = False,
+                 crop_ratio: float = 1.0, root_option: str = '--data-root') -> Dataset:
     """Open a dataset by name (cub|bird|birds, dog|dogs, car|cars, synthetic) or path.
 
     A path is a folder with ``img/`` and ``mask/`` (pairs, always with masks), or a folder or zip
@@ -418,8 +488,11 @@ def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_roo
     ``$ILSGAN_DATA_ROOT/<birds|dogs|cars>``, else ``./datasets/DRC_processed/<...>`` (this is the
     edge that reads the environment). ``xflip`` doubles the set with mirrored copies;
     ``max_size`` keeps a subset chosen with ``seed``. ``num_images`` and ``synthetic_seed`` pick
-    the size and the stream of the synthetic set; ``train_masks`` keeps the masks of its train
-    split (the only train split that has them).
+    the size and the stream of the synthetic set; ``train_masks`` reads the masks of the train
+    split too (the synthetic set's, CUB's segmentations, dogs/cars ``_maskorig.png`` files).
+    ``crop_ratio`` (pair folders only) keeps the centre square of that fraction of each image and
+    mask before resizing. ``root_option`` is the caller's option for ``data_root``, named in the
+    advice when the DRC folder is not found.
     """
     if split not in SPLITS:
         raise dnnlib.UserError(f'unknown split {split!r}; use one of {", ".join(SPLITS)}')
@@ -430,15 +503,17 @@ def open_dataset(data: str, split: str = 'train', resolution: int = 64, data_roo
         raise dnnlib.UserError(f'max_size must be at least 1, got {max_size}')
     options = dict(xflip=xflip, max_size=max_size, seed=seed)
     kind = dataset_kind(data)
+    if crop_ratio != 1 and kind != 'pairs':
+        raise dnnlib.UserError(f'--crop-ratio applies to a folder of img/ + mask/ pairs, not to {data}')
     if kind == 'synthetic':
         return open_synthetic(split, resolution, dnnlib.cache_dir(), num_images, synthetic_seed, train_masks,
                               **options)
     if kind == 'drc':
         drc_kind = DRC_KINDS[data.lower()]
-        root = resolve_drc_root(drc_kind, data_root, os.environ.get('ILSGAN_DATA_ROOT'))
-        return open_drc(drc_kind, split, resolution, root, **options)
+        root = resolve_drc_root(drc_kind, data_root, os.environ.get('ILSGAN_DATA_ROOT'), root_option)
+        return open_drc(drc_kind, split, resolution, root, train_masks, **options)
     if kind == 'pairs':
-        return open_pairs(data, resolution, **options)
+        return open_pairs(data, resolution, crop_ratio=crop_ratio, **options)
     if kind == 'images':
         if split == 'test':
             raise dnnlib.UserError(f'{data} has no masks, so it has no test split; segmentation needs a folder '
@@ -518,7 +593,7 @@ def export_pairs(dataset: Dataset, outdir: str, count: int | None = None, source
 
     if not dataset.has_masks:
         raise dnnlib.UserError(f'{dataset.name} has no masks, so it has no pairs to export; export a split with '
-                               f'masks (a test split, the synthetic train split, or a folder of img/ + mask/)')
+                               f'masks (a test split, the synthetic or CUB train split, or a folder of img/ + mask/)')
     count = len(dataset) if count is None else count
     if not 1 <= count <= len(dataset):
         raise dnnlib.UserError(f'cannot export {count} pairs: {dataset.name} holds {len(dataset)}')
@@ -538,12 +613,23 @@ def export_pairs(dataset: Dataset, outdir: str, count: int | None = None, source
     return count
 
 
+def check_grid_path(path: str) -> None:
+    """UserError unless ``path`` names a .png file that can be written (checked before any reading)."""
+    if os.path.isdir(path) or not path.lower().endswith('.png'):
+        raise dnnlib.UserError(f'--grid={path}: name the .png file to write the preview to, e.g. --grid=preview.png')
+    from torch_utils import misc
+    try:
+        misc.ensure_writable_dir(os.path.dirname(os.path.abspath(path)))
+    except OSError as err:
+        raise dnnlib.UserError(f'--grid={path} cannot be written: {err}') from None
+
+
 @click.command()
 @click.option('--data', required=True, help='cub | dog | car | synthetic | folder or zip of images | folder with img/ + mask/')
 @click.option('--data-root', default=None,
               help='DRC dataset folder (default: $ILSGAN_DATA_ROOT/<birds|dogs|cars>, else ./datasets/DRC_processed/...)')
-@click.option('--resolution', default=64, show_default=True, type=int, help='Image size R')
-@click.option('--grid', 'grid_path', default=None, help='Write a PNG preview here: train images, then test images over their masks')
+@click.option('--resolution', default=64, show_default=True, type=click.IntRange(min=4), help='Image size R')
+@click.option('--grid', 'grid_path', default=None, metavar='FILE.png', help='Write a PNG preview here: train images, then test images over their masks')
 @click.option('--export', 'export_dir', default=None, metavar='DIR',
               help='Instead: write the (image, mask) pairs of --split as DIR/img/000001.png, DIR/mask/000001.png '
                    'and DIR/meta.json, for eval_segmentation.py --syn-data=DIR')
@@ -557,6 +643,8 @@ def main(data: str, data_root: str | None, resolution: int, grid_path: str | Non
 
     With --export, write the ground-truth pairs of one split instead and print their count as JSON.
     """
+    if grid_path is not None:
+        check_grid_path(grid_path)
     if export_dir is not None:
         if grid_path:
             raise dnnlib.UserError('--grid inspects and --export exports: pass one of them')

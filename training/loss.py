@@ -7,12 +7,15 @@ Terms (each pure: tensors in, tensor out):
 * :func:`valid_range_gate`, :func:`ils_regions`, :func:`club_bound`, :func:`ils_l1_distance`,
   :func:`ils_sigma` — the ILS term on the unshifted layers;
 * :func:`estimator_nll` — maximum-likelihood fit of the learned q(x | y);
-* :func:`r1_penalty` — the gradient penalty on reals.
+* :func:`r1_penalty` — the gradient penalty on reals;
+* :func:`path_lengths` — the path-length regulariser's ‖J_wᵀ y‖ (off in every preset);
+* :func:`mixing_cutoffs` — where the second latent's ws take over when styles are mixed.
 
-:class:`ILSLoss` runs the three phases of an iteration that have work to do (G-main, D-main with
-the estimators' fit, D-reg); each phase computes its losses, reports them to
-:mod:`torch_utils.training_stats` and calls ``backward``. Which network each term updates is
-decided by which parameters have ``requires_grad`` (the loop's job) and by the detaches below.
+:class:`ILSLoss` runs the phases of an iteration that have work to do (G-main, G-reg only with a
+path-length weight, D-main with the estimators' fit, D-reg); each phase computes its losses,
+reports them to :mod:`torch_utils.training_stats` and calls ``backward``. Which network each term
+updates is decided by which parameters have ``requires_grad`` (the loop's job) and by the detaches
+below.
 """
 
 from __future__ import annotations
@@ -188,6 +191,42 @@ def r1_penalty(real_img: torch.Tensor, real_logits: torch.Tensor) -> torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------
+# Options of StyleGAN2 that every ILSGAN preset leaves off: path length, style mixing.
+
+def path_lengths(img: torch.Tensor, ws: list[torch.Tensor], noise: torch.Tensor) -> torch.Tensor:
+    """‖J_wᵀ y‖ per sample (Karras et al. 2020, §3.2): img [N, C, H, W] made from the style
+    inputs ``ws`` (a list of [N, K_i, w_dim], graph kept), noise y [N, C, H, W] → [N].
+
+    Jᵀy is the gradient of Σ img·y with respect to each style input; the length is the root of the
+    mean over all ΣK_i inputs of its squared norm, so that it does not grow with the number of
+    layers. The graph is kept so that the penalty trains G.
+    """
+    grads = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+    return torch.cat([g.square().sum(dim=2) for g in grads], dim=1).mean(dim=1).sqrt()
+
+
+MIXING_MODES = ('orig', 'style', 'layer', 'none')
+
+
+def mixing_cutoffs(mode: str, num_ws: int) -> tuple[int, int]:
+    """(bg, fg) indices from which the second latent's ws replace the first's (ORIGINAL §2.4).
+
+    'orig': an independent cutoff in [1, num_ws) for each stack; 'style': one cutoff in
+    [1, 2·num_ws) over the list bg ws then fg ws; 'layer': the whole bg stack, no fg ws.
+    Draws from the global CPU generator.
+    """
+    if mode == 'orig':
+        cutoffs = torch.randint(1, num_ws, [2])
+        return int(cutoffs[0]), int(cutoffs[1])
+    if mode == 'style':
+        cutoff = int(torch.randint(1, 2 * num_ws, []))
+        return min(cutoff, num_ws), max(cutoff - num_ws, 0)
+    if mode == 'layer':
+        return 0, num_ws
+    raise ValueError(f'unknown style-mixing mode {mode!r}; valid: {", ".join(MIXING_MODES[:3])}')
+
+
+# ----------------------------------------------------------------------------------------------
 # The phases.
 
 class ILSLoss:
@@ -204,7 +243,8 @@ class ILSLoss:
                  max_msize: float | None = None,
                  estimator: str = 'club', distribution: str | None = 'predetermined_laplace',
                  neg_weight: float = 1.0, opt_mask: bool = True, stop_grad: bool = False,
-                 estimator_weight: float = 0.1) -> None:
+                 estimator_weight: float = 0.1, style_mixing_prob: float = 0.0, mixing: str = 'orig',
+                 pl_weight: float = 0.0, pl_decay: float = 0.01) -> None:
         self.G, self.D, self.composition = G, D, composition
         self.augment_pipe, self.estimators = augment_pipe, estimators
         self.r1_gamma = r1_gamma
@@ -213,13 +253,31 @@ class ILSLoss:
         self.estimator, self.distribution = estimator, distribution
         self.neg_weight, self.opt_mask, self.stop_grad = neg_weight, opt_mask, stop_grad
         self.estimator_weight = estimator_weight
+        if mixing not in MIXING_MODES:
+            raise ValueError(f'unknown style-mixing mode {mixing!r}; valid: {", ".join(MIXING_MODES)}')
+        self.style_mixing_prob = style_mixing_prob if mixing != 'none' else 0.0
+        self.mixing = mixing
+        self.pl_weight, self.pl_decay = pl_weight, pl_decay
+        self.pl_mean = torch.zeros([])  # EMA of the path lengths, the target a of the penalty
         if distribution in ('neural_laplace', 'neural_gaussian') and estimators is None:
             raise ValueError(f'{distribution} needs estimator networks')
 
     # -- helpers --------------------------------------------------------------------------------
+    def mapping(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ws_bg, ws_fg) [N, num_ws, w_dim] of z [N, z_dim]. With probability style_mixing_prob
+        (0 in every preset: then no random number is drawn) the ws past the cutoffs of
+        :func:`mixing_cutoffs` come from a second latent, which leaves w_avg alone."""
+        ws_bg, ws_fg = self.G.mapping(z)
+        if self.style_mixing_prob > 0 and float(torch.rand([])) < self.style_mixing_prob:
+            cutoff_bg, cutoff_fg = mixing_cutoffs(self.mixing, ws_bg.shape[1])
+            mix_bg, mix_fg = self.G.mapping(torch.randn_like(z), update_w_avg=False)
+            ws_bg = torch.cat([ws_bg[:, :cutoff_bg], mix_bg[:, cutoff_bg:]], dim=1)
+            ws_fg = torch.cat([ws_fg[:, :cutoff_fg], mix_fg[:, cutoff_fg:]], dim=1)
+        return ws_bg, ws_fg
+
     def run_G(self, z: torch.Tensor, eps: torch.Tensor) -> tuple[dict, dict]:
         """(unshifted layers, shifted layers) for latents z [N, z_dim] and shifts eps [N, eps_dim]."""
-        layers = self.G(z)
+        layers = self.G.synthesis(*self.mapping(z))
         return layers, self.composition(layers, eps)
 
     def run_D(self, img: torch.Tensor) -> torch.Tensor:
@@ -265,6 +323,23 @@ class ILSLoss:
         training_stats.report('Loss/G/total', total)
         total.mul(gain).backward()
         return {'Loss/G/total': total.detach()}
+
+    def generator_reg(self, z: torch.Tensor, gain: float = 1.0) -> dict:
+        """G-reg: pl_weight · (‖J_wᵀ y‖ − a)², y ~ N(0, I)/√(HW), a = EMA of the lengths (decay
+        ``pl_decay``), on the unshifted composite of z [N, z_dim] with respect to the ws of both
+        mapping networks; mean over the batch, backward (updates G)."""
+        ws_bg, ws_fg = self.mapping(z)
+        img = self.G.synthesis(ws_bg, ws_fg)['img']
+        noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+        lengths = path_lengths(img, [ws_bg, ws_fg], noise)
+        self.pl_mean = self.pl_mean.to(lengths.device).lerp(lengths.mean().detach(), self.pl_decay)
+        penalty = (lengths - self.pl_mean).square()
+        loss_pl = penalty * self.pl_weight
+        training_stats.report('Loss/pl_penalty', penalty)
+        training_stats.report('Loss/G/reg', loss_pl)
+        total = loss_pl.mean()
+        total.mul(gain).backward()
+        return {'Loss/G/reg': total.detach()}
 
     def discriminator_main(self, real_img: torch.Tensor, z: torch.Tensor, eps: torch.Tensor,
                            gain: float = 1.0) -> tuple[dict, torch.Tensor]:

@@ -82,10 +82,12 @@ class EqualizedLinear(torch.nn.Module):
 @rebuildable
 class EqualizedConv2d(torch.nn.Module):
     """k x k convolution with equalised learning rate, optional FIR down/upsampling, bias,
-    activation and clamping of the output to +-conv_clamp (the discriminator's layers)."""
+    activation and clamping of the output to +-conv_clamp (the discriminator's layers).
+    ``trainable=False`` (Freeze-D) holds weight and bias as buffers."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, activation: str = 'linear',
-                 bias: bool = True, up: int = 1, down: int = 1, conv_clamp: float | None = None) -> None:
+                 bias: bool = True, up: int = 1, down: int = 1, conv_clamp: float | None = None,
+                 trainable: bool = True) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -94,8 +96,16 @@ class EqualizedConv2d(torch.nn.Module):
         self.down = down
         self.padding = kernel_size // 2
         self.conv_clamp = conv_clamp
-        self.weight = torch.nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
-        self.bias = torch.nn.Parameter(torch.zeros([out_channels])) if bias else None
+        weight = torch.randn([out_channels, in_channels, kernel_size, kernel_size])
+        bias_value = torch.zeros([out_channels]) if bias else None
+        if trainable:
+            self.weight = torch.nn.Parameter(weight)
+            self.bias = torch.nn.Parameter(bias_value) if bias else None
+        else:
+            # Freeze-D: buffers are outside parameters(), so no optimiser or requires_grad_ reaches
+            # them; the state-dict keys stay those of a trainable layer.
+            self.register_buffer('weight', weight)
+            self.register_buffer('bias', bias_value)
         self.weight_gain = 1 / math.sqrt(in_channels * kernel_size * kernel_size)
         self.register_buffer('resample_filter', upfirdn2d.setup_filter(RESAMPLE_FILTER))
 
@@ -146,13 +156,14 @@ class MappingNetwork(torch.nn.Module):
             for fan_in, fan_out in zip(features[:-1], features[1:]))
         self.register_buffer('w_avg', torch.zeros([w_dim]))
 
-    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, update_w_avg: bool = True) -> torch.Tensor:
         """z [N, z_dim] (any scale) -> ws [N, num_ws, w_dim]; in training mode also moves w_avg
-        towards the batch mean (beta 0.995). psi < 1 pulls every w towards w_avg."""
+        towards the batch mean (beta 0.995) unless ``update_w_avg`` is False (the style-mixing
+        pass). psi < 1 pulls every w towards w_avg."""
         x = normalize_z(z.to(torch.float32))
         for layer in self.layers:
             x = layer(x)
-        if self.training and self.w_avg_beta is not None:
+        if self.training and update_w_avg and self.w_avg_beta is not None:
             with torch.no_grad():
                 self.w_avg.copy_(x.detach().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
         if truncation_psi != 1:
@@ -382,9 +393,11 @@ class LayeredGenerator(torch.nn.Module):
         self.mapping_bg = MappingNetwork(**mapping_kwargs)
         self.mapping_fg = MappingNetwork(**mapping_kwargs)
 
-    def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0,
+                update_w_avg: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """z [N, z_dim] -> (ws_bg, ws_fg), each [N, num_ws, w_dim]; the same z feeds both."""
-        return self.mapping_bg(z, truncation_psi), self.mapping_fg(z, truncation_psi)
+        return (self.mapping_bg(z, truncation_psi, update_w_avg=update_w_avg),
+                self.mapping_fg(z, truncation_psi, update_w_avg=update_w_avg))
 
     def synthesis(self, ws_bg: torch.Tensor, ws_fg: torch.Tensor,
                   noise_mode: str = 'random') -> dict[str, torch.Tensor]:
@@ -567,14 +580,20 @@ class DiscriminatorBlock(torch.nn.Module):
     [N, C_tmp, r, r] (or the image [N, img_channels, r, r] in the first block) -> [N, C_out, r/2, r/2]."""
 
     def __init__(self, tmp_channels: int, out_channels: int, img_channels: int, first: bool = False,
-                 use_fp16: bool = False, conv_clamp: float | None = None) -> None:
+                 use_fp16: bool = False, conv_clamp: float | None = None, first_layer_index: int = 0,
+                 freeze_layers: int = 0) -> None:
         super().__init__()
         self.use_fp16 = use_fp16
-        self.fromrgb = (EqualizedConv2d(img_channels, tmp_channels, 1, activation='lrelu', conv_clamp=conv_clamp)
-                        if first else None)
-        self.conv0 = EqualizedConv2d(tmp_channels, tmp_channels, 3, activation='lrelu', conv_clamp=conv_clamp)
-        self.conv1 = EqualizedConv2d(tmp_channels, out_channels, 3, activation='lrelu', down=2, conv_clamp=conv_clamp)
-        self.skip = EqualizedConv2d(tmp_channels, out_channels, 1, bias=False, down=2)
+        # Freeze-D counts layers from the input: [fromrgb,] conv0, conv1, skip, then the next block.
+        trainable = iter(index >= freeze_layers for index in range(first_layer_index, first_layer_index + 4))
+        self.fromrgb = (EqualizedConv2d(img_channels, tmp_channels, 1, activation='lrelu', conv_clamp=conv_clamp,
+                                        trainable=next(trainable)) if first else None)
+        self.conv0 = EqualizedConv2d(tmp_channels, tmp_channels, 3, activation='lrelu', conv_clamp=conv_clamp,
+                                     trainable=next(trainable))
+        self.conv1 = EqualizedConv2d(tmp_channels, out_channels, 3, activation='lrelu', down=2, conv_clamp=conv_clamp,
+                                     trainable=next(trainable))
+        self.skip = EqualizedConv2d(tmp_channels, out_channels, 1, bias=False, down=2, trainable=next(trainable))
+        self.num_layers = 4 if first else 3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(compute_dtype(self.use_fp16, x.device))
@@ -609,11 +628,16 @@ class DiscriminatorEpilogue(torch.nn.Module):
 
 @rebuildable
 class Discriminator(torch.nn.Module):
-    """StyleGAN2 residual discriminator, unconditional: img [N, 3, R, R] in [-1, 1] -> logits [N, 1]."""
+    """StyleGAN2 residual discriminator, unconditional: img [N, 3, R, R] in [-1, 1] -> logits [N, 1].
+
+    ``freeze_layers`` (Freeze-D, ``--freezed``): the first k convolution layers counted from the
+    input (first block: fromRGB, conv0, conv1, skip; each later block: conv0, conv1, skip) keep
+    their weights; the epilogue always trains.
+    """
 
     def __init__(self, img_resolution: int = 64, img_channels: int = 3, channel_base: int = 16384,
                  channel_max: int = 256, num_fp16_res: int = 4, conv_clamp: float | None = 256,
-                 mbstd_group_size: int = 4, mbstd_num_channels: int = 1) -> None:
+                 mbstd_group_size: int = 4, mbstd_num_channels: int = 1, freeze_layers: int = 0) -> None:
         super().__init__()
         _check_resolution(img_resolution)
         self.img_resolution = img_resolution
@@ -622,12 +646,14 @@ class Discriminator(torch.nn.Module):
         self.block_resolutions = [2 ** i for i in range(int(np.log2(img_resolution)), 2, -1)]
         fp16_from = fp16_min_resolution(img_resolution, num_fp16_res)
         blocks = []
+        layer_index = 0
         for res in self.block_resolutions:
             blocks.append(DiscriminatorBlock(
                 tmp_channels=block_channels(res, channel_base, channel_max),
                 out_channels=block_channels(res // 2, channel_base, channel_max),
                 img_channels=img_channels, first=res == img_resolution, use_fp16=res >= fp16_from,
-                conv_clamp=conv_clamp))
+                conv_clamp=conv_clamp, first_layer_index=layer_index, freeze_layers=freeze_layers))
+            layer_index += blocks[-1].num_layers
         self.blocks = torch.nn.ModuleList(blocks)
         self.epilogue = DiscriminatorEpilogue(block_channels(4, channel_base, channel_max), resolution=4,
                                               mbstd_group_size=mbstd_group_size,

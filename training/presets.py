@@ -26,6 +26,11 @@ BASE: dict[str, Any] = dict(
     # Optimisers and lazy regularisation (METHOD §3).
     lrate=0.0025, betas=[0.0, 0.99], adam_eps=1e-8,
     G_reg_interval=4, D_reg_interval=16,
+    # StyleGAN2's path-length regulariser, off in ILSGAN (ORIGINAL §4.7): G-reg is then a no-op.
+    pl_weight=0.0, pl_batch_shrink=2, pl_decay=0.01,
+    # Style mixing, off in ILSGAN (ORIGINAL §2.4): mode orig | style | layer | none.
+    style_mixing_prob=0.0, mixing='orig',
+    freeze_layers=0,                # Freeze-D: D layers counted from the input that do not train
     gamma=None,                     # None: 0.0002 · R² / batch
     ema_kimg=None,                  # None: batch · 10 / 32
     ema_ramp=0.05,
@@ -79,6 +84,11 @@ PRESETS_64: dict[str, dict[str, Any]] = {
     # The longer CPU quality run (bench/quality.sh): the demo preset with a 64 px level (16 channels)
     # on top, trained longer, on both cores of a 2-core machine.
     'cpu64': dict({k: v for k, v in _CPU_DEMO.items() if k != 'resolution'}, kimg=24),
+    # The ILS ablation (bench/ablation.sh): the demo preset without the ILS term (σ = 0 throughout;
+    # the bound is still computed, so the random streams match the demo's), and with ILS_L1's
+    # direct L1 separation in place of the CLUB bound.
+    'cpu_noILS': dict(_CPU_DEMO, initial_sigma=0.0, sigma=0.0),
+    'cpu_L1': dict(_CPU_DEMO, estimator='l1_distance', distribution=None),
 }
 PRESETS_128: dict[str, dict[str, Any]] = {
     'ILS': dict(resolution=128),

@@ -24,6 +24,8 @@ from typing import Callable
 
 import numpy as np
 
+import dnnlib
+
 SYNTHETIC_VERSION = 1           # bump whenever the generator's output changes: it keys the cache
 NATIVE_RESOLUTION = 128
 DEFAULT_NUM_IMAGES = {'train': 4000, 'test': 500}
@@ -358,28 +360,34 @@ def load_or_generate(cache_root: str, split: str, num_images: int, seed: int = 0
                      verbose: bool = False) -> dict[str, np.ndarray]:
     """dict(img uint8 [N, 3, 128, 128], mask uint8 [N, 128, 128]) from the cache, generated on first use.
 
-    The cache file is written to a temporary name and renamed, so concurrent or interrupted runs
-    never leave a half-written set behind.
+    An unreadable cache file (truncated, empty) is generated again and replaced. The file is
+    written to a temporary name and renamed, so concurrent or interrupted runs never leave a
+    half-written set behind; a cache folder that cannot be written is a one-line error naming
+    ``$ILSGAN_CACHE``.
     """
     path = cache_path(cache_root, split, num_images, seed)
-    if os.path.isfile(path):
-        try:
-            with np.load(path) as data:
-                return dict(img=data['img'], mask=data['mask'])
-        except (OSError, ValueError, KeyError):
-            pass  # an unreadable cache entry is regenerated below and replaced
+    cached = dnnlib.read_cache(path, _read_npz)
+    if cached is not None:
+        return cached
     if verbose:
         print(f'Generating {num_images} synthetic {split} images (seed {seed}) into {path} ...',
               file=sys.stderr, flush=True)
-    data = generate(split, num_images, seed)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp-', suffix='.npz')
+    with dnnlib.writing_cache(path):   # before the work: an unwritable cache is found now, not after it
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=dnnlib.TEMP_PREFIX, suffix='.npz')
     try:
-        with os.fdopen(fd, 'wb') as f:
-            np.savez(f, img=data['img'], mask=data['mask'])
-        os.replace(tmp, path)
+        with dnnlib.writing_cache(path), os.fdopen(fd, 'wb') as f:
+            data = generate(split, num_images, seed)
+            np.savez(f, img=data['img'], mask=data['mask'])   # streamed: the set is ~260 MB
+        with dnnlib.writing_cache(path):
+            os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     return dict(img=data['img'], mask=data['mask'])
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return dict(img=data['img'], mask=data['mask'])

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -22,10 +23,25 @@ import click
 import torch
 
 import dnnlib
-from torch_utils import distributed, misc
+from torch_utils import checkpoint, distributed, misc
 from training import presets
+from training.loss import MIXING_MODES
 
 AUG_MODES = ('ada', 'noaug', 'fixed')
+
+# The numeric options and their ranges: the click options use these types, and
+# build_training_config checks values that did not come through click with the same ones.
+OPTION_TYPES: dict[str, click.ParamType] = dict(
+    gpus=click.IntRange(min=1), batch=click.IntRange(min=1), kimg=dnnlib.FiniteFloat(min=0, min_open=True),
+    snap=click.IntRange(min=1), tick=dnnlib.FiniteFloat(min=0, min_open=True), seed=dnnlib.SEED,
+    workers=click.IntRange(min=0), gamma=dnnlib.FiniteFloat(min=0), p=dnnlib.FiniteFloat(0, 1),
+    target=dnnlib.FiniteFloat(0, 1), subset=click.IntRange(min=1), map_layers=click.IntRange(min=1),
+    mixing_prob=dnnlib.FiniteFloat(0, 1), pl_weight=dnnlib.FiniteFloat(min=0), freezed=click.IntRange(min=0))
+OPTION_FLAGS = dict(map_layers='map')   # parameters whose option has another name
+
+# Options that belong to one invocation and are never taken from a resumed run: where to write,
+# what to resume, the script's resolution, this machine's processes and its detector copy.
+NOT_RESUMED = ('outdir', 'resume', 'resolution', 'gpus', 'workers', 'detector')
 
 
 def _parse_metrics(metrics: str | list | None, default: list[str]) -> list[str]:
@@ -57,21 +73,37 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
                           gamma: float | None = None, aug: str | None = None, p: float | None = None,
                           target: float | None = None, augpipe: str | None = None, allow_tf32: bool = False,
                           nobench: bool = False, detector: str | None = None, auto_test: bool = False,
-                          compile: bool = False, **unused: Any) -> dnnlib.EasyDict:
+                          subset: int | None = None, map_layers: int | None = None, mixing: str | None = None,
+                          mixing_prob: float | None = None, pl_weight: float | None = None,
+                          freezed: int | None = None, nhwc: bool | None = None, upd_e: str | None = None,
+                          cond: bool = False, compile: bool = False, **unused: Any) -> dnnlib.EasyDict:
     """Command-line options → the complete, validated training config (no side effects).
 
     ``resolution`` is the script's (64 or 128); ``cfg`` defaults to its default preset. Options
-    left as None keep the preset's value. Raises :class:`dnnlib.UserError` for an unknown --cfg
-    (or one of the other script), a batch not divisible by --gpus, an unknown metric, an
-    unwritable --outdir and the other inconsistent combinations.
+    left as None keep the preset's value. Raises :class:`dnnlib.UserError` for a number out of
+    its option's range (NaN and ±inf included: a config may come from Python or a stored JSON),
+    an unknown --cfg (or one of the other script), a batch not divisible by --gpus, an unknown
+    metric, an unwritable --outdir and the other inconsistent combinations. ``upd_e`` is accepted
+    and ignored: the original's option had no effect either. The options themselves are kept in
+    ``c.options``: ``--resume`` takes them from a stored run.
     """
+    options = {name: value for name, value in locals().items() if name != 'unused'}  # before any other name
     if unused:
         raise dnnlib.UserError(f'unknown option(s): {", ".join(sorted(unused))}')
+    for name, param_type in OPTION_TYPES.items():
+        if options[name] is not None:
+            dnnlib.check_option(OPTION_FLAGS.get(name, name), options[name], param_type)
+    if cond:
+        raise dnnlib.UserError('--cond: the datasets have no class labels, so conditional training is not '
+                               'available; leave --cond off')
     cfg = cfg or presets.DEFAULT_CFG[resolution]
     spec = presets.resolve_preset(cfg, resolution, batch=batch, kimg=kimg, snap=snap, kimg_per_tick=tick,
-                                  workers=workers, gamma=gamma, aug=aug, augpipe=augpipe, target=target)
+                                  workers=workers, gamma=gamma, aug=aug, augpipe=augpipe, target=target,
+                                  mapping_layers=map_layers, mixing=mixing, style_mixing_prob=mixing_prob,
+                                  pl_weight=pl_weight, freeze_layers=freezed, channels_last=nhwc)
     if not data:
-        raise dnnlib.UserError('--data is required: cub, dog, car, synthetic or a path')
+        raise dnnlib.UserError('--data is required: cub, dog, car, synthetic or a path '
+                               '(with --resume, the resumed run\'s is used)')
     if gpus < 1:
         raise dnnlib.UserError(f'--gpus must be at least 1, got {gpus}')
     if spec.batch < 1 or spec.batch % gpus != 0:
@@ -82,6 +114,12 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
                                f'group {spec.mbstd}; choose --batch as a multiple of {spec.mbstd * gpus}')
     if spec.kimg <= 0 or spec.kimg_per_tick <= 0 or spec.snap < 1:
         raise dnnlib.UserError('--kimg and --tick must be > 0 and --snap >= 1')
+    if spec.mapping_layers < 1:
+        raise dnnlib.UserError(f'--map must be at least 1, got {spec.mapping_layers}')
+    if spec.mixing not in MIXING_MODES:
+        raise dnnlib.UserError(f'unknown --mixing={spec.mixing}; valid: {", ".join(MIXING_MODES)}')
+    if not 0 <= spec.style_mixing_prob <= 1 or spec.pl_weight < 0 or spec.freeze_layers < 0:
+        raise dnnlib.UserError('--mixing-prob must lie in [0, 1], --pl-weight and --freezed must be >= 0')
     if spec.aug not in AUG_MODES:
         raise dnnlib.UserError(f'unknown --aug={spec.aug}; valid: {", ".join(AUG_MODES)}')
     if spec.aug == 'fixed':
@@ -90,6 +128,8 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
         spec.p = float(p)
     elif p is not None:
         raise dnnlib.UserError('--p only applies to --aug=fixed')
+    if target is not None and spec.aug != 'ada':
+        raise dnnlib.UserError(f'--target only applies to --aug=ada (here --aug={spec.aug}); drop --target')
     from training.augment import AUGPIPE_SPECS
     if spec.augpipe not in AUGPIPE_SPECS:
         raise dnnlib.UserError(f'unknown --augpipe={spec.augpipe}; valid: {", ".join(AUGPIPE_SPECS)}')
@@ -105,9 +145,14 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
 
     c = dnnlib.EasyDict(spec)
     c.update(outdir=outdir, data=data, data_root=data_root, gpus=gpus, seed=seed, resume=resume, mirror=mirror,
-             fp32=fp32, allow_tf32=allow_tf32, nobench=nobench, detector=detector, auto_test=auto_test, compile=compile,
-             batch_gpu=batch_gpu, run_desc=f'{_data_name(data)}-{cfg}-batch{spec.batch}')
+             fp32=fp32, allow_tf32=allow_tf32, nobench=nobench, detector=detector, auto_test=auto_test,
+             compile=compile, batch_gpu=batch_gpu, options=options,
+             run_desc=f'{_data_name(data)}-{cfg}-batch{spec.batch}' + _option_suffixes(
+                 subset=subset, map=map_layers, pl=pl_weight, mixing=mixing, freezed=freezed))
     c.dataset_kwargs = dict(data=data, split='train', resolution=spec.resolution, data_root=data_root, xflip=mirror)
+    if subset is not None:
+        # As StyleGAN2-ADA: a subset drawn with the run's --seed (training.dataset.Dataset).
+        c.dataset_kwargs.update(max_size=subset, seed=seed)
     c.G_kwargs = dict(class_name='training.networks.LayeredGenerator', img_resolution=spec.resolution,
                       z_dim=spec.z_dim, w_dim=spec.w_dim, channel_base=spec.channel_base,
                       channel_max=spec.channel_max, mapping_layers=spec.mapping_layers,
@@ -115,7 +160,7 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
     c.D_kwargs = dict(class_name='training.networks.Discriminator', img_resolution=spec.resolution,
                       channel_base=spec.channel_base, channel_max=spec.channel_max,
                       num_fp16_res=spec.num_fp16_res, conv_clamp=spec.conv_clamp,
-                      mbstd_group_size=min(spec.mbstd, batch_gpu))
+                      mbstd_group_size=min(spec.mbstd, batch_gpu), freeze_layers=spec.freeze_layers)
     c.composition_kwargs = dict(class_name='training.networks.PerturbedComposition', xint_max=spec.xint_max)
     c.augment_kwargs = None if spec.aug == 'noaug' else dict(class_name='training.augment.AugmentPipe',
                                                             **AUGPIPE_SPECS[spec.augpipe])
@@ -126,21 +171,151 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
     c.loss_kwargs = dict(r1_gamma=spec.gamma, bin_weight=spec.bin_weight, msize_weight=spec.msize_weight,
                          min_msize=spec.min_msize, max_msize=spec.max_msize, estimator=spec.estimator, distribution=spec.distribution,
                          neg_weight=spec.neg_weight, opt_mask=spec.opt_mask, stop_grad=spec.stop_grad,
-                         estimator_weight=spec.estimator_weight)
+                         estimator_weight=spec.estimator_weight, style_mixing_prob=spec.style_mixing_prob,
+                         mixing=spec.mixing, pl_weight=spec.pl_weight, pl_decay=spec.pl_decay)
     return c
+
+
+def _option_suffixes(**given: Any) -> str:
+    """The original's run-directory suffixes of the options given: -subset100, -map2, -pl2.0,
+    -style_mixing, -freezed4."""
+    return ''.join(f'-{value}_mixing' if name == 'mixing' else f'-{name}{value}'
+                   for name, value in given.items() if value is not None)
 
 
 # ----------------------------------------------------------------------------------------------
 # Launch.
 
 def prepare_run_dir(c: dnnlib.EasyDict) -> str:
-    """Create the next ``<outdir>/<NNNNN>-<desc>`` and write ``training_options.json`` into it first."""
+    """Create the next ``<outdir>/<NNNNN>-<desc>`` and write ``training_options.json`` into it first
+    (atomically; if that fails, e.g. on a full disk, the new folder is removed again)."""
     os.makedirs(c.outdir, exist_ok=True)
     run_dir = dnnlib.next_run_dir(c.outdir, c.run_desc)
     os.makedirs(run_dir, exist_ok=False)
-    with open(os.path.join(run_dir, 'training_options.json'), 'wt') as f:
-        json.dump(c, f, indent=2)
+    try:
+        dnnlib.write_bytes_atomic(os.path.join(run_dir, 'training_options.json'),
+                                  json.dumps(c, indent=2).encode('utf-8'))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rmdir(run_dir)   # still empty: ours, made a moment ago
+        raise
     return run_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks: everything a run reads, checked before its run directory is made.
+
+def check_inputs(c: dnnlib.EasyDict) -> None:
+    """UserError for the first unusable input of ``c``: the dataset (the images of reals.png are
+    read: a damaged file among them stops the run here), its test split when the auto test follows
+    training, the ``--resume`` snapshot, the detector of the metrics."""
+    from training.dataset import open_dataset
+    from training.training_loop import reals_indices
+    dataset = open_dataset(**c.dataset_kwargs)
+    subset = c.dataset_kwargs.get('max_size')
+    if subset is not None and len(dataset.raw_indices) < subset:
+        raise dnnlib.UserError(f'--subset={subset} is larger than the dataset ({len(dataset.raw_indices)} images); '
+                               f'choose at most that many')
+    for index in sorted(set(reals_indices(len(dataset), c))):
+        dataset[index]
+    if c.get('auto_test'):
+        try:
+            open_dataset(c.data, split='test', resolution=c.resolution, data_root=c.data_root)
+        except dnnlib.UserError as err:
+            raise dnnlib.UserError(f'the auto test after training needs a test split: {err}; '
+                                   f'or pass --no-auto-test') from None
+    if c.resume:
+        check_resume(c)
+    if c.metrics:
+        from metrics.detector import check_detector
+        check_detector(c.detector)
+
+
+def check_resume(c: dnnlib.EasyDict) -> None:
+    """The ``--resume`` snapshot loads into the networks and optimisers of ``c`` (built on the CPU,
+    as the training loop will; this process's random streams are left as they were) and has not
+    reached ``c.kimg`` yet; otherwise one line saying what the snapshot was trained with."""
+    from training import training_loop as loop
+    snapshot = loop.find_resume_snapshot(c.resume)
+    streams = loop.rng_state()
+    try:
+        nets = loop.build_networks(c, torch.device('cpu'))   # initialising them draws random numbers too
+        nimg = loop.resume_from(snapshot, nets, loop.build_optimizers(nets, c), None, rank=0, world_size=1)['cur_nimg']
+    finally:
+        loop.set_rng_state(streams)
+    if nimg >= c.kimg * 1000:
+        raise dnnlib.UserError(f'--resume: {snapshot} is at kimg {nimg / 1000:g}, which already reaches '
+                               f'--kimg={c.kimg:g}; pass a larger --kimg to train on')
+
+
+def stored_options(resume: str) -> tuple[dict, str]:
+    """The options of the run that ``--resume`` names, and the file they come from: the run's
+    ``training_options.json`` (beside the snapshot), else the copy inside the snapshot."""
+    from training.training_loop import find_resume_snapshot
+    snapshot = find_resume_snapshot(resume)
+    path = os.path.join(os.path.dirname(snapshot), 'training_options.json')
+    try:
+        with open(path, encoding='utf-8') as f:
+            config = json.load(f)
+    except (OSError, ValueError):   # missing or damaged: the snapshot holds the same options
+        config = None
+    if not isinstance(config, dict):
+        config, path = checkpoint.read_snapshot(snapshot)['data'].get('training_options') or {}, snapshot
+    if isinstance(config.get('options'), dict):
+        return dict(config['options']), path
+    # A run written before its options were stored: the config's fields under their option names.
+    fields = dict(tick='kimg_per_tick')
+    names = ('data', 'data_root', 'cfg', 'batch', 'kimg', 'snap', 'tick', 'seed', 'metrics', 'mirror', 'fp32',
+             'aug', 'augpipe', 'target', 'allow_tf32', 'nobench', 'auto_test')
+    options = {name: config[fields.get(name, name)] for name in names if fields.get(name, name) in config}
+    if config.get('aug') == 'fixed':
+        options['p'] = config.get('p')
+    return options, path
+
+
+def resume_options(options: dict, given: set[str], stored: dict) -> tuple[dict, dict]:
+    """``options`` with each option the user did not give (``given``: typed on the command line)
+    taken from the resumed run's ``stored`` options; returns (merged options, those taken)."""
+    taken = {name: value for name, value in stored.items()
+             if name in options and name not in given and name not in NOT_RESUMED and value != options[name]}
+    return {**options, **taken}, taken
+
+
+def options_for_resume(options: dict, ctx: click.Context) -> dict:
+    """The command's ``options`` with those the user did not type taken from the run ``--resume``
+    names; prints one line listing what was taken and what, given again, won."""
+    params = {param.name: param for param in ctx.command.params}
+    given = {name for name in options if ctx.get_parameter_source(name) not in
+             (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}
+    stored, source = stored_options(options['resume'])
+    merged, taken = resume_options(options, given, stored)
+    again = {name: stored[name] for name in sorted(given & set(stored))
+             if name not in NOT_RESUMED and stored[name] != merged[name]}
+    print(f'Resuming with the options of {source}: '
+          + (' '.join(_option_text(params[name], value) for name, value in taken.items()) or 'none differ')
+          + ''.join(f'; {_option_text(params[name], merged[name])} given again wins over '
+                    f'{_option_text(params[name], value)}' for name, value in again.items()), flush=True)
+    return merged
+
+
+def _option_text(param: click.Parameter, value: Any) -> str:
+    """How the user would type ``value`` for ``param``: ``--seed=7``, ``--metrics=none``, ``--no-auto-test``."""
+    if isinstance(param, click.Option) and param.is_flag:
+        return param.opts[0] if value else (param.secondary_opts or [f'(no {param.opts[0]})'])[0]
+    value = (','.join(map(str, value)) or 'none') if isinstance(value, list) else value
+    return f'{param.opts[0]}={value}'
+
+
+def warn_about_processes(gpus: int) -> None:
+    """A warning line when ``--gpus`` asks for more processes than there are CUDA devices."""
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus <= 1 or gpus <= devices:
+        return
+    if devices == 0:
+        share = f'{gpus} CPU processes (gloo) will share this machine\'s {os.cpu_count()} cores'
+    else:
+        share = f'the {gpus} processes will share its {devices} CUDA device(s)'
+    print(f'warning: --gpus={gpus} on a machine with {devices} CUDA device(s): {share}', file=sys.stderr, flush=True)
 
 
 def _worker(rank: int, world_size: int, device: torch.device, run_dir: str | None, c: dnnlib.EasyDict) -> None:
@@ -166,17 +341,18 @@ def launch(c: dnnlib.EasyDict) -> str | None:
     Started by torchrun (WORLD_SIZE in the environment): this process is one rank of the group,
     ``--gpus`` is ignored. Otherwise ``c.gpus`` local processes (one runs in this interpreter).
     """
-    from training.dataset import open_dataset
     env = distributed.torchrun_env()
     if env is not None:
         rank, _local_rank, world_size = env
         if c.batch % world_size != 0:
             raise dnnlib.UserError(f'--batch={c.batch} is not divisible by the torchrun world size {world_size}')
         c = dnnlib.EasyDict(c, gpus=world_size, batch_gpu=c.batch // world_size)
+        check_inputs(c)
         holder: list = []
         distributed.run_under_torchrun(_torchrun_worker, (c, holder))
         return holder[0] if holder else None
-    open_dataset(**c.dataset_kwargs)  # a bad --data fails here, before any folder is made
+    check_inputs(c)   # before any folder is made
+    warn_about_processes(c.gpus)
     run_dir = prepare_run_dir(c)
     print(f'Run directory: {run_dir}', flush=True)
     distributed.spawn_local(_worker, c.gpus, (run_dir, c))
@@ -210,41 +386,66 @@ def make_main(resolution: int):
 
     @click.command(context_settings=dict(help_option_names=['-h', '--help']))
     @click.option('--outdir', required=True, metavar='DIR', help='Where to make the run directory.')
-    @click.option('--data', required=True, metavar='NAME|PATH',
-                  help='cub, dog, car, synthetic, or a folder/zip of images.')
+    @click.option('--data', metavar='NAME|PATH',
+                  help='cub, dog, car, synthetic, or a folder/zip of images  [required, except with --resume].')
     @click.option('--data-root', metavar='DIR', help='Root of the DRC dataset folders.')
+    @click.option('--subset', type=OPTION_TYPES['subset'], metavar='N',
+                  help='Train on N images of the dataset, chosen with --seed [default: all].')
+    @click.option('--cond', type=bool, default=False, metavar='BOOL',
+                  help='Conditional training: not available (the datasets have no labels).')
     @click.option('--cfg', default=default_cfg, show_default=True, metavar='NAME',
                   help=f'Preset: {", ".join(names)}.')
-    @click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True,
+    @click.option('--gpus', type=OPTION_TYPES['gpus'], default=1, show_default=True,
                   help='Local processes (ignored under torchrun).')
-    @click.option('--batch', type=click.IntRange(min=1), help='Global batch size [default: preset].')
-    @click.option('--kimg', type=click.FloatRange(min=0, min_open=True), help='Training length in kimg [default: preset].')
-    @click.option('--snap', type=click.IntRange(min=1), help='Snapshot interval in ticks [default: preset].')
-    @click.option('--tick', type=click.FloatRange(min=0, min_open=True), help='Tick length in kimg [default: preset].')
-    @click.option('--seed', type=int, default=0, show_default=True, help='Random seed.')
+    @click.option('--batch', type=OPTION_TYPES['batch'], help='Global batch size [default: preset].')
+    @click.option('--kimg', type=OPTION_TYPES['kimg'], help='Training length in kimg [default: preset].')
+    @click.option('--snap', type=OPTION_TYPES['snap'], help='Snapshot interval in ticks [default: preset].')
+    @click.option('--tick', type=OPTION_TYPES['tick'], help='Tick length in kimg [default: preset].')
+    @click.option('--seed', type=OPTION_TYPES['seed'], default=0, show_default=True, help='Random seed.')
     @click.option('--metrics', metavar='LIST', help='Comma-separated metrics or "none" [default: preset].')
     @click.option('--detector', metavar='PATH|URL', help='Inception detector for FID/KID [default: $ILSGAN_DETECTOR or the URL].')
-    @click.option('--resume', metavar='PATH', help='Snapshot file or run directory (latest snapshot) to continue.')
-    @click.option('--workers', type=click.IntRange(min=0), help='DataLoader workers [default: preset].')
+    @click.option('--resume', metavar='PATH',
+                  help='Snapshot file or run directory (latest snapshot) to continue; options not given again '
+                       'are the resumed run\'s.')
+    @click.option('--freezed', type=OPTION_TYPES['freezed'], metavar='N',
+                  help='Freeze-D: the first N layers of D, from the input, do not train [default: 0].')
+    @click.option('--workers', type=OPTION_TYPES['workers'], help='DataLoader workers [default: preset].')
     @click.option('--mirror', is_flag=True, help='Add x-flipped copies of the training images.')
-    @click.option('--gamma', type=click.FloatRange(min=0), help='R1 weight [default: 0.0002·R²/batch].')
+    @click.option('--gamma', type=OPTION_TYPES['gamma'], help='R1 weight [default: 0.0002·R²/batch].')
+    @click.option('--map', 'map_layers', type=OPTION_TYPES['map_layers'], metavar='N',
+                  help='Layers of both mapping networks [default: preset, 8].')
+    @click.option('--pl-weight', type=OPTION_TYPES['pl_weight'], metavar='W',
+                  help='Path-length regularisation weight [default: 0, off as in ILSGAN].')
+    @click.option('--mixing', type=click.Choice(MIXING_MODES),
+                  help='Style mixing with a second z: orig (a cutoff in the bg ws and one in the fg ws), '
+                       'style (one cutoff over bg+fg ws), layer (all bg ws), none (off) [default: orig].')
+    @click.option('--mixing-prob', type=OPTION_TYPES['mixing_prob'], metavar='P',
+                  help='Style-mixing probability (ours; the original fixes it at 0) [default: 0].')
+    @click.option('--upd-e', type=click.Choice(['G', 'D']),
+                  help='Legacy option of the original (InfoGAN encoder); has no effect.')
     @click.option('--aug', type=click.Choice(AUG_MODES), help='Augmentation mode [default: ada].')
-    @click.option('--p', type=click.FloatRange(0, 1), help='Augment probability for --aug=fixed.')
-    @click.option('--target', type=click.FloatRange(0, 1), help='ADA target [default: 0.6].')
+    @click.option('--p', type=OPTION_TYPES['p'], help='Augment probability for --aug=fixed.')
+    @click.option('--target', type=OPTION_TYPES['target'], help='ADA target [default: 0.6].')
     @click.option('--augpipe', metavar='NAME', help='Augment pipe [default: bgc].')
     @click.option('--fp32', is_flag=True, help='Disable mixed precision.')
+    @click.option('--nhwc/--nchw', default=None,
+                  help='Channels-last memory layout for G and D [default: preset: on a CPU, off on a GPU; '
+                       'on in the cpu* presets].')
     @click.option('--allow-tf32', is_flag=True, help='Allow TF32 matmuls and convolutions.')
     @click.option('--nobench', is_flag=True, help='Disable cuDNN benchmarking.')
     @click.option('--compile', is_flag=True,
-                  help='torch.compile G and D for G-main and D-main (R1 stays eager); the first iterations compile.')
+                  help='torch.compile G and D for G-main and D-main (R1 and G-reg stay eager); the first '
+                       'iterations compile.')
     @click.option('-n', '--dry-run', is_flag=True, help='Print the config and exit.')
     @(click.option('--auto-test/--no-auto-test', default=True, show_default=True,
                    help='After training: generation → segmentation → MINE.')
       if resolution == 64 else (lambda f: f))
-    @dnnlib.report_user_errors
+    @dnnlib.report_user_errors(disk_full_hint='a training run continues with --resume')
     def main(dry_run: bool, **options: Any) -> None:
         """Train a layered ILSGAN generator."""
         from metrics.detector import resolve_detector_path
+        if options['resume']:
+            options = options_for_resume(options, click.get_current_context())
         options['detector'] = resolve_detector_path(options['detector'])
         c = build_training_config(resolution=resolution, **options)
         if dry_run:

@@ -1,7 +1,8 @@
 """The ILSGAN training schedule (METHOD.md §3, ORIGINAL.md §5).
 
-:func:`training_loop` runs on every rank: per iteration G-main, (G-reg: a no-op), D-main with
-the estimators' fit, D-reg every 16 iterations, then the EMA of G and the ADA adjustment;
+:func:`training_loop` runs on every rank: per iteration G-main, (G-reg: a no-op unless
+``--pl-weight`` is set), D-main with the estimators' fit, D-reg every 16 iterations, then the EMA
+of G and the ADA adjustment;
 per tick (``kimg_per_tick`` thousand images) the statistics, and every ``snap`` ticks the image
 grids, a network snapshot and the metrics. Only rank 0 writes files. The helpers below do the
 steps; the loop itself reads as a list of commented phases.
@@ -20,6 +21,7 @@ import torch
 
 import dnnlib
 from torch_utils import checkpoint, distributed, misc, training_stats
+from training import presets
 from training.loss import ILSLoss, NonFiniteLossError, ils_sigma  # noqa: F401 (re-exported)
 from training.networks import sample_eps
 
@@ -62,11 +64,12 @@ def uses_channels_last(cfg: dnnlib.EasyDict, device: torch.device) -> bool:
 
 
 def phase_losses(nets: dnnlib.EasyDict, cfg: dnnlib.EasyDict, compiler: Any = None) -> tuple[ILSLoss, ILSLoss]:
-    """(loss of G-main and D-main, loss of D-reg) over ``nets``.
+    """(loss of G-main and D-main, loss of G-reg and D-reg) over ``nets``.
 
     With ``cfg.compile`` G and D run through ``compiler`` (default ``torch.compile``) in G-main and
-    D-main. R1 differentiates D twice, which compiled graphs do not support, so D-reg keeps the
-    eager modules. Both share the modules' parameters: snapshots and optimisers see no difference.
+    D-main. R1 and the path-length penalty differentiate twice, which compiled graphs do not
+    support, so D-reg and G-reg keep the eager modules (and G-reg's path-length mean lives in the
+    second loss). Both share the modules' parameters: snapshots and optimisers see no difference.
     """
     def make(G: Any, D: Any) -> ILSLoss:
         return ILSLoss(G, D, nets.composition, nets.augment_pipe, nets.estimators, **cfg.loss_kwargs)
@@ -76,6 +79,13 @@ def phase_losses(nets: dnnlib.EasyDict, cfg: dnnlib.EasyDict, compiler: Any = No
         return eager, eager
     compiler = compiler or torch.compile
     return make(compiler(nets.G), compiler(nets.D)), eager
+
+
+def build_optimizers(nets: dnnlib.EasyDict, cfg: dnnlib.EasyDict) -> dict[str, torch.optim.Adam]:
+    """G's and D's Adam; the learned estimators share D's optimiser."""
+    D_params = list(nets.D.parameters()) + (list(nets.estimators.parameters()) if nets.estimators is not None else [])
+    return {'G': lazy_adam(list(nets.G.parameters()), cfg, cfg.G_reg_interval),
+            'D': lazy_adam(D_params, cfg, cfg.D_reg_interval)}
 
 
 def lazy_adam(params: list[torch.nn.Parameter], cfg: dnnlib.EasyDict, reg_interval: int) -> torch.optim.Adam:
@@ -130,14 +140,21 @@ def resume_from(path: str, nets: dnnlib.EasyDict, optimizers: dict, ada: Any, ra
         if module is None:
             continue
         if name not in payload['modules']:
-            raise dnnlib.UserError(f'--resume: {path} has no {name}; was it trained with another --cfg?')
+            raise dnnlib.UserError(f'--resume: {path} has no {name}; {trained_with(data)}')
         try:
             module.load_state_dict(payload['modules'][name]['state'])
-        except RuntimeError as err:
-            raise dnnlib.UserError(f'--resume: the {name} of {path} does not fit this --cfg '
-                                   f'({str(err).splitlines()[0]})') from None
+        except RuntimeError:
+            raise dnnlib.UserError(f'--resume: the {name} of {path} does not fit this run; {trained_with(data)}') from None
+    saved_optimizers = data.get('optimizers')
+    if not isinstance(saved_optimizers, dict) or not set(optimizers) <= set(saved_optimizers):
+        raise dnnlib.UserError(f'--resume: {path} holds no optimiser state (a converted snapshot, or not written by '
+                               f'training); use a network-snapshot of a training run')
     for name, opt in optimizers.items():
-        opt.load_state_dict(data['optimizers'][name])
+        try:
+            opt.load_state_dict(saved_optimizers[name])
+        except ValueError:  # another set of trainable parameters, e.g. another --freezed
+            raise dnnlib.UserError(f'--resume: the {name} optimiser state of {path} does not fit this run; '
+                                   f'resume with the options it was trained with (--freezed)') from None
     if ada is not None and data.get('ada') is not None:
         ada.load_state_dict(data['ada'])
     if len(data.get('rng') or []) == world_size:
@@ -145,6 +162,15 @@ def resume_from(path: str, nets: dnnlib.EasyDict, optimizers: dict, ada: Any, ra
     else:  # another number of processes: a fresh but reproducible stream per rank
         seed_everything(data['cur_nimg'] + rank)
     return dict(cur_nimg=int(data['cur_nimg']), cur_tick=int(data['cur_tick']), batch_idx=int(data['batch_idx']))
+
+
+def trained_with(data: dict) -> str:
+    """What a snapshot's ``data`` says it was trained with, and the command that resumes it."""
+    options = data.get('training_options')
+    cfg = options.get('cfg') if isinstance(options, dict) and isinstance(options.get('cfg'), str) else None
+    script = next((f'train_ILS_{res}.py' for res, table in presets.PRESET_TABLES.items() if cfg in table), None)
+    has = f'it was trained with --cfg={cfg} at {data.get("resolution", "?")} px'
+    return f'{has}: resume it with {script} --cfg={cfg}' if script else f'{has}: resume it with that --cfg'
 
 
 def data_stream(dataset: Any, cfg: dnnlib.EasyDict, rank: int, world_size: int, batch_gpu: int,
@@ -251,12 +277,16 @@ def save_grids(run_dir: str, tag: str, G: torch.nn.Module, grid_z: torch.Tensor,
                          cfg.layer_rows, 5 * cfg.layer_groups)
 
 
+def reals_indices(dataset_size: int, cfg: dnnlib.EasyDict) -> list[int]:
+    """The grid_rows × grid_cols dataset indices shown in ``reals.png`` (a seeded choice; repeated
+    when the set is smaller than the grid)."""
+    order = np.random.RandomState(cfg.seed).permutation(dataset_size)
+    return [int(order[i % len(order)]) for i in range(cfg.grid_rows * cfg.grid_cols)]
+
+
 def save_reals(run_dir: str, dataset: Any, cfg: dnnlib.EasyDict) -> None:
     """``reals.png``: grid_rows × grid_cols training images (a seeded choice)."""
-    count = cfg.grid_rows * cfg.grid_cols
-    order = np.random.RandomState(cfg.seed).permutation(len(dataset))
-    picks = [order[i % len(order)] for i in range(count)]
-    images = np.stack([np.asarray(dataset[int(i)][0]) for i in picks]).transpose(0, 2, 3, 1)
+    images = np.stack([np.asarray(dataset[i][0]) for i in reals_indices(len(dataset), cfg)]).transpose(0, 2, 3, 1)
     misc.save_image_grid(images, os.path.join(run_dir, 'reals.png'), cfg.grid_rows, cfg.grid_cols)
 
 
@@ -285,12 +315,13 @@ def evaluate_metrics(cfg: dnnlib.EasyDict, G_ema: torch.nn.Module, run_dir: str,
 
 
 def write_failed(err: OSError, last_snapshot: str | None) -> dnnlib.UserError:
-    """A write that failed at a tick end, as one line saying what survived and how to go on."""
+    """A write that failed at a tick end, as one line naming the file, saying what to do and what
+    survived. Raise it ``from err``: an OSError cause makes the exit code 1 (the machine, not the input)."""
     if last_snapshot is None:
-        kept = 'no snapshot was written yet'
+        kept = 'no snapshot was written yet: start the run again'
     else:
         kept = f'the last complete snapshot is {last_snapshot}: continue with --resume={last_snapshot}'
-    return dnnlib.UserError(f'training stopped: {dnnlib.os_error_message(err, hint=False)} ({kept})')
+    return dnnlib.UserError(f'training stopped: {dnnlib.os_error_message(err)} ({kept})')
 
 
 def open_tensorboard(run_dir: str) -> Any:
@@ -304,7 +335,8 @@ def open_tensorboard(run_dir: str) -> Any:
 
 def write_stats(run_dir: str, stats: dict, writer: Any, kimg: float, metrics: dict[str, float]) -> None:
     """One ``stats.jsonl`` line per tick (+ TensorBoard scalars, global step = kimg)."""
-    with open(os.path.join(run_dir, 'stats.jsonl'), 'at') as f:
+    path = os.path.join(run_dir, 'stats.jsonl')
+    with dnnlib.naming_file(path), open(path, 'at') as f:
         f.write(json.dumps(dict(stats, timestamp=time.time())) + '\n')
     if writer is not None:
         step = int(kimg * 1000)
@@ -356,8 +388,7 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
     nets = build_networks(cfg, device)
     G, G_ema, D = nets.G, nets.G_ema, nets.D
     D_params = list(D.parameters()) + (list(nets.estimators.parameters()) if nets.estimators is not None else [])
-    optimizers = {'G': lazy_adam(list(G.parameters()), cfg, cfg.G_reg_interval),
-                  'D': lazy_adam(D_params, cfg, cfg.D_reg_interval)}  # estimators share D's optimiser
+    optimizers = build_optimizers(nets, cfg)
     loss, loss_reg = phase_losses(nets, cfg)
     ada = None
     if cfg.aug == 'ada':
@@ -401,8 +432,16 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
         G.requires_grad_(False)
         optimizer_step(optimizers['G'], list(G.parameters()))
 
-        # G-reg (every G_reg_interval): ILSGAN has no path-length term, so this phase computes and
-        # steps nothing; its only trace is the lr/β rescaling of G's Adam in lazy_adam().
+        # G-reg (every G_reg_interval): ILSGAN has no path-length term (pl_weight 0), so this phase
+        # computes and steps nothing; its only trace is the lr/β rescaling of G's Adam in lazy_adam().
+        # With --pl-weight > 0: StyleGAN2's path-length penalty on a batch shrunk by pl_batch_shrink.
+        if cfg.pl_weight > 0 and batch_idx % cfg.G_reg_interval == 0:
+            G.requires_grad_(True)
+            optimizers['G'].zero_grad(set_to_none=True)
+            z = torch.randn([max(batch_gpu // cfg.pl_batch_shrink, 1), G.z_dim], device=device)
+            losses.update(loss_reg.generator_reg(z, gain=cfg.G_reg_interval))
+            G.requires_grad_(False)
+            optimizer_step(optimizers['G'], list(G.parameters()))
 
         # D-main: fakes from the frozen G, reals; the learned estimators fit their NLL here too.
         D.requires_grad_(True)
@@ -431,10 +470,10 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
 
         # EMA of G, ADA adjustment, counters.
         update_ema(G_ema, G, cur_nimg, cfg.batch, cfg.ema_kimg, cfg.ema_ramp)
-        if ada is not None and ada.due(batch_idx):
-            ada.update(nets.augment_pipe, ada.mean_sign(lambda t: sum_over_ranks(t, device)))
         cur_nimg += cfg.batch
         batch_idx += 1
+        if ada is not None and ada.due(batch_idx):  # counted first: after iterations 4, 8, …, as the original
+            ada.update(nets.augment_pipe, ada.mean_sign(lambda t: sum_over_ranks(t, device)))
 
         # Tick end? The first tick closes after one iteration, as in StyleGAN2-ADA.
         done = cur_nimg >= cfg.kimg * 1000
@@ -462,12 +501,13 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
             progress = dict(cur_nimg=cur_nimg, cur_tick=cur_tick + 1, batch_idx=batch_idx)
             if done or cur_tick % cfg.snap == 0:
                 rng_states = distributed.all_gather_object(rng_at_tick)  # every rank's stream, for --resume
-                snapshot_path = os.path.join(run_dir, checkpoint.SNAPSHOT_PATTERN.format(cur_nimg // 1000))
+                # Named by the images seen: every snapshot keeps its own file, and none is ever replaced.
+                snapshot_path = os.path.join(run_dir, checkpoint.snapshot_name(cur_nimg))
                 if writes:
-                    save_grids(run_dir, f'{cur_nimg // 1000:06d}', G_ema, grid_z, cfg, batch_gpu)
+                    save_grids(run_dir, checkpoint.snapshot_tag(cur_nimg), G_ema, grid_z, cfg, batch_gpu)
                     modules = dict(G=G, G_ema=G_ema, D=D, augment_pipe=nets.augment_pipe, estimators=nets.estimators)
                     checkpoint.save_snapshot(snapshot_path, modules, snapshot_data(cfg, progress, sigma, optimizers,
-                                                                                  ada, rng_states))
+                                                                                  ada, rng_states), overwrite=False)
                 last_snapshot = snapshot_path
                 if cfg.metrics:
                     metric_values = evaluate_metrics(cfg, G_ema, run_dir, snapshot_path, sigma, device, rank, world_size)
@@ -478,7 +518,7 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
                 print(status_line(stats) + ''.join(f'  {k} {v:.4g}' for k, v in metric_values.items()), flush=True)
                 write_stats(run_dir, stats, writer, cur_nimg / 1000, metric_values)
         except OSError as err:
-            raise write_failed(err, last_snapshot) from None
+            raise write_failed(err, last_snapshot) from err
         set_rng_state(rng_at_tick)
         cur_tick += 1
         tick_start_nimg, tick_start_time = cur_nimg, time.time()

@@ -1,0 +1,85 @@
+"""Option types shared by every entry script, and the same checks for configs built in Python.
+
+* :class:`FiniteFloat` — a float range that also refuses ``nan`` and ``±inf`` (click's own
+  ``FloatRange`` lets NaN through: every comparison with NaN is False);
+* :data:`SEED` — the seeds NumPy accepts, 0 … 2³²−1;
+* :class:`Device` / :func:`parse_device` — ``cpu``, ``cuda`` or ``cuda:N``, checked against this
+  machine before anything runs;
+* :func:`check_option` — a value that did not come through click (a config built in Python, a
+  ``training_options.json`` read back) checked with the option's own type.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import click
+
+from .util import UserError
+
+
+class FiniteFloat(click.FloatRange):
+    """``click.FloatRange`` that refuses ``nan``, ``inf`` and ``-inf``; without bounds, any finite float."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = 'float' if self.min is None and self.max is None else 'float range'   # the --help metavar
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f'{value!r} is not a finite number.', param, ctx)
+        return number
+
+    def _describe_range(self) -> str:
+        # click prints the range in --help; an unbounded one has nothing to say.
+        return '' if self.min is None and self.max is None else super()._describe_range()
+
+
+SEED = click.IntRange(0, 2 ** 32 - 1)
+
+
+def parse_device(name: str | None) -> str:
+    """``'cpu'``, ``'cuda'`` or ``'cuda:N'`` for ``name``, checked against this machine's CUDA devices.
+
+    ``None`` means ``'cuda'`` when a CUDA device is available, else ``'cpu'``. Raises
+    :class:`UserError` for another string, and for a CUDA device this machine does not have.
+    """
+    import torch  # imported here: dnnlib itself does not need torch
+    if name is None:
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    match = re.fullmatch(r'(cpu|cuda)(?::(\d+))?', str(name).strip().lower())
+    if match is None or (match[1] == 'cpu' and match[2] is not None):
+        raise UserError(f'unknown device {name!r}; use cpu, cuda or cuda:N')
+    if match[1] == 'cpu':
+        return 'cpu'
+    if not torch.cuda.is_available():
+        raise UserError(f'device {name!r}: this machine has no CUDA device (or torch was built without CUDA); '
+                        f'use --device=cpu')
+    count = torch.cuda.device_count()
+    if match[2] is not None and int(match[2]) >= count:
+        raise UserError(f'device {name!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}')
+    return match[0]
+
+
+class Device(click.ParamType):
+    """The ``--device`` option: :func:`parse_device` at parse time, so a wrong device stops the
+    command before it creates anything."""
+    name = 'device'
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return parse_device(value)
+        except UserError as err:
+            self.fail(str(err), param, ctx)
+
+
+def check_option(name: str, value: Any, param_type: click.ParamType) -> Any:
+    """``value`` converted by ``param_type`` as click converts ``--name``; a :class:`UserError`
+    naming the option when click would refuse it."""
+    try:
+        return param_type.convert(value, None, None)
+    except click.BadParameter as err:
+        raise UserError(f'--{name.replace("_", "-")}={value!r}: {err.message}') from None

@@ -1,0 +1,85 @@
+"""bench/ablation_summary.py (the ILS ablation's JSON and table) and bench/quality_summary.py's sizes,
+on fake run folders."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import _fixtures as fx
+from bench import ablation_summary, quality_summary
+
+
+def bench(module, *args):
+    """Run a bench helper's click command in this process (a subprocess would import torch again)."""
+    return CliRunner().invoke(module.main, [str(a) for a in args])
+
+
+def fake_run(outdir, cfg, seed, iou, number=0, results=True, training_s=100.0):
+    """OUTDIR/<cfg>-seed<seed>/NNNNN-synthetic-<cfg>-batch16/ as the training and the auto test leave it."""
+    run = outdir / f'{cfg}-seed{seed}' / f'{number:05d}-synthetic-{cfg}-batch16'
+    (run / 'auto_test').mkdir(parents=True)
+    (run / 'training_options.json').write_text(json.dumps({'cfg': cfg, 'seed': seed, 'data': 'synthetic'}))
+    (run / 'stats.jsonl').write_text(json.dumps({'Timing/total_sec': {'num': 1, 'mean': training_s / 2}}) + '\n'
+                                     + json.dumps({'Timing/total_sec': {'num': 1, 'mean': training_s}}) + '\n')
+    if results:
+        layout = {'ratios': {'position': iou / 2, 'x': 0.1, 'y': 0.1, 'area': 0.3},
+                  'generated': {'empty': 0.0, 'full': 0.0, 'grey': 0.25}, 'data': {}}
+        (run / 'auto_test' / 'results.json').write_text(json.dumps(
+            {'kimg': 30, 'IoU': iou, 'DICE': iou + 0.1, 'MI_1': 0.5, 'MI_2': 0.25, 'MI': None, 'layout': layout,
+             'sizes': {'n': 2000}, 'total_time': 140.0}))
+    return run
+
+
+def test_summary_joins_runs_and_averages_over_seeds(tmp_path):
+    ious = {'cpu': [0.70, 0.72, 0.60], 'cpu_noILS': [0.50, 0.65, 0.62]}
+    for cfg, values in ious.items():
+        for seed, iou in enumerate(values):
+            fake_run(tmp_path, cfg, seed, iou)
+    fake_run(tmp_path, 'cpu', 0, 0.99, number=1, results=False)   # a newer, killed rerun of seed 0
+    out = tmp_path / 'ablation.json'
+    result = bench(ablation_summary, 'summary', str(tmp_path), f'--out={out}')
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())
+    # The killed rerun is the newest run of its folder: listed as incomplete, its folder's older run unused.
+    assert [(r['cfg'], r['seed']) for r in summary['runs']] == [('cpu', 1), ('cpu', 2)] + [('cpu_noILS', s) for s in range(3)]
+    assert summary['incomplete'] == [str(tmp_path / 'cpu-seed0' / '00001-synthetic-cpu-batch16')]
+    for cfg, values in ious.items():
+        used = values[1:] if cfg == 'cpu' else values
+        entry = summary['by_cfg'][cfg]
+        assert entry['IoU']['mean'] == pytest.approx(np.mean(used)) and entry['IoU']['std'] == pytest.approx(np.std(used))
+        assert entry['DICE']['mean'] == pytest.approx(np.mean(used) + 0.1)
+        assert entry['position_spread']['mean'] == pytest.approx(np.mean(used) / 2)
+        assert entry['MI'] is None                                   # None in every seed
+    row = summary['runs'][0]
+    assert row['training_s'] == 100.0 and row['auto_test_s'] == 140.0 and row['grey'] == 0.25 and row['MI_1'] == 0.5
+    # The markdown table: a header, a rule, one line per run, one per preset.
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith('| cfg | seed | IoU | DICE | MI_1 | MI_2 | MI | position spread | area spread')
+    assert '| cpu | 1 | 0.720 | 0.820 | 0.50 | 0.25 | — | 0.36 | 0.30 | 0% | 0% | 25% |' in lines
+    assert f'| **cpu_noILS** | mean of 3 | {np.mean(ious["cpu_noILS"]):.3f} ± {np.std(ious["cpu_noILS"]):.3f} |' in result.stdout
+    assert 'incomplete (no auto test result)' in result.stdout
+
+
+def test_summary_without_finished_runs_is_a_one_line_error(tmp_path):
+    fake_run(tmp_path, 'cpu', 0, 0.7, results=False)
+    result = bench(ablation_summary, 'summary', str(tmp_path), f'--out={tmp_path / "a.json"}')
+    assert result.exit_code == 2 and result.output.startswith('error: no run with auto_test/results.json')
+    assert result.output.count('\n') == 1 and not (tmp_path / 'a.json').exists()
+
+
+def test_quality_sizes_accept_cub_train_masks_and_refuse_maskless_cars(tmp_path):
+    fx.build_cub(str(tmp_path / 'birds'))
+    fx.add_train_masks(str(tmp_path / 'birds'), 'birds')
+    fx.build_mrcnn(str(tmp_path / 'cars'), 'cars')
+    for name, data in (('cub', 'birds'), ('car', 'cars')):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'training_options.json').write_text(json.dumps(
+            {'data': name, 'data_root': str(tmp_path / data), 'resolution': 32, 'auto_test_sizes': {'n': 5}}))
+    result = bench(quality_summary, 'sizes', str(tmp_path / 'cub'))
+    # N is capped by the 3 train images; the UNet sizes are the original's (the preset gave none).
+    assert result.exit_code == 0 and result.stdout.split() == ['3', '32', '6000', '64', '64', '1000'], result.output
+    assert bench(quality_summary, 'option', str(tmp_path / 'cub'), 'data').stdout == 'cub\n'
+    result = bench(quality_summary, 'sizes', str(tmp_path / 'car'))
+    assert result.exit_code == 2 and 'cars train split has no masks' in result.output
