@@ -125,52 +125,42 @@ class PhaseBench:
         return (torch.randn([self.batch, self.nets.G.z_dim], device=self.device),
                 sample_eps(self.batch, self.nets.composition.eps_dim, self.device))
 
+    def train(self, modules: list, optimizer: torch.optim.Optimizer, params: list, run: Callable[[], dict]) -> dict:
+        """One phase: ``modules`` trainable while ``run`` computes its losses and backward, then the step."""
+        with self.ops():
+            for module in modules:
+                module.requires_grad_(True)
+            optimizer.zero_grad(set_to_none=True)
+            losses = run()
+            for module in modules:
+                module.requires_grad_(False)
+            optimizer_step(optimizer, params)
+        return losses
+
     def g_main(self) -> dict:
         G = self.nets.G
-        with self.ops():
-            G.requires_grad_(True)
-            self.opt_G.zero_grad(set_to_none=True)
-            losses = self.loss.generator_main(*self.latents(), sigma=1.0)
-            G.requires_grad_(False)
-            optimizer_step(self.opt_G, list(G.parameters()))
-        return losses
+        return self.train([G], self.opt_G, list(G.parameters()),
+                          lambda: self.loss.generator_main(*self.latents(), sigma=1.0))
 
     def d_main(self) -> dict:
-        D, estimators = self.nets.D, self.nets.estimators
-        with self.ops():
-            D.requires_grad_(True)
-            if estimators is not None:
-                estimators.requires_grad_(True)
-            self.opt_D.zero_grad(set_to_none=True)
-            losses, _ = self.loss.discriminator_main(self.reals, *self.latents())
-            if estimators is not None:
-                estimators.requires_grad_(False)
-            optimizer_step(self.opt_D, self.D_params)
-            D.requires_grad_(False)
-        return losses
+        modules = [m for m in (self.nets.D, self.nets.estimators) if m is not None]
+        return self.train(modules, self.opt_D, self.D_params,
+                          lambda: self.loss.discriminator_main(self.reals, *self.latents())[0])
 
     def d_reg(self) -> dict:
-        D = self.nets.D
-        with self.ops():
-            D.requires_grad_(True)
-            self.opt_D.zero_grad(set_to_none=True)
-            losses, _ = self.loss_reg.discriminator_reg(self.reals, gain=self.cfg.D_reg_interval)
-            optimizer_step(self.opt_D, self.D_params)
-            D.requires_grad_(False)
-        return losses
+        return self.train([self.nets.D], self.opt_D, self.D_params,
+                          lambda: self.loss_reg.discriminator_reg(self.reals, gain=self.cfg.D_reg_interval)[0])
 
     def estimator_fit(self) -> dict:
-        estimators = self.nets.estimators
-        with self.ops():
+        def run() -> dict:
             with torch.no_grad():
                 layers = self.nets.G(self.latents()[0])
-            estimators.requires_grad_(True)
-            self.opt_D.zero_grad(set_to_none=True)
             nll = self.loss.estimator_fit_loss(layers)
             nll.backward()
-            optimizer_step(self.opt_D, list(estimators.parameters()))
-            estimators.requires_grad_(False)
-        return {'Loss/estimator/nll': nll.detach()}
+            return {'Loss/estimator/nll': nll.detach()}
+
+        estimators = self.nets.estimators
+        return self.train([estimators], self.opt_D, list(estimators.parameters()), run)
 
     def iterations(self, count: int, host_sync: bool) -> None:
         """``count`` iterations of G-main + D-main back to back; with ``host_sync`` each one ends by
