@@ -141,8 +141,9 @@ def _upfirdn2d_ref(x, f, up, down, padding, flip_filter, gain) -> torch.Tensor:
 
     # 2. Pad with zeros, then crop where the padding is negative. Symmetric padding is left to the
     #    convolution below: the same zeros, without a padded copy that its backward would keep.
-    inner = (py0, px0) if px0 == px1 >= 0 and py0 == py1 >= 0 else (0, 0)
-    if inner == (0, 0):
+    symmetric = px0 == px1 >= 0 and py0 == py1 >= 0
+    inner = (py0, px0) if symmetric else (0, 0)
+    if not symmetric:
         x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
         x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
 
