@@ -5,6 +5,10 @@
 #   bash bench/gpu_check.sh --quick         # tiny sizes: a smoke run, also on a CPU
 #   PYTHON=.venv/bin/python bash bench/gpu_check.sh --stages=env,build,kernels
 #
+# On a lent device machine: one call of `bash bench/gpu_check.sh` with a limit of ~540 s (the
+# budget is 470 s of stages plus start-up); $OUT is set there and its three files come back:
+# gpu_check.json, gpu_check.log, train-log.txt.
+#
 # Runs with the machine's own python3 from the repository root, no venv needed. Every stage has
 # its own time limit; the JSON is rewritten after each stage, so a run cut off early still
 # reports what it finished. Extra arguments go to bench/gpu_check.py (see its --help).
