@@ -303,7 +303,7 @@ def test_cond_is_a_one_line_user_error(tmp_path):
 
 def test_nhwc_sets_the_channels_last_layout_of_g_and_d(tmp_path):
     from training.training_loop import build_networks
-    assert config(tmp_path).channels_last is False and config(tmp_path, nhwc=True).channels_last is True
+    assert config(tmp_path).channels_last is None and config(tmp_path, nhwc=True).channels_last is True  # None: auto
     assert config(tmp_path, cfg='cpu').channels_last is True
     assert config(tmp_path, cfg='cpu', nhwc=False).channels_last is False
     c = tiny_run_config(tmp_path, cfg='cpu', nhwc=True)
