@@ -30,12 +30,16 @@ from metrics.generate import generate_from_network
 @click.option('--trunc', 'truncation_psi', type=dnnlib.FiniteFloat(), default=1.0, show_default=True, help='Truncation psi.')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True,
               help='Per-pixel noise of the synthesis layers.')
+@click.option('--perturb', is_flag=True,
+              help='Compose every sample with the run\'s training perturbation (fg and mask moved over the bg as '
+                   'the discriminator saw them; read from the snapshot). Off in the original; the CPU presets\' '
+                   'auto test uses it [default: off; the set goes to synthetic_data-<tag>-perturbed].')
 @click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=64, show_default=True,
               help='Samples per forward pass (does not change the samples).')
 @click.option('--outdir', default=None, metavar='DIR',
               help='Output folder [default: synthetic_data-<tag> beside the snapshot].')
 @click.option('--resume', is_flag=True, help='Complete an interrupted set instead of refusing an existing folder '
-              '(refused if it was made from another snapshot, seed, truncation or noise mode).')
+              '(refused if it was made from another snapshot, seed, truncation, noise mode or perturbation).')
 @click.option('--device', type=dnnlib.Device(), default=None, help='torch device [default: cuda if available, else cpu].')
 @dnnlib.report_user_errors(disk_full_hint='the same command with --resume completes the set')
 def main(**options):

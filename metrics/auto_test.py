@@ -91,6 +91,8 @@ def format_summary(summary: dict) -> str:
         return '—' if value is None else (f'{value:.4f}' if isinstance(value, float) else str(value))
     mi_note = '' if summary['MI_converged'] else '  (not converged)'
     rows = [('snapshot', os.path.basename(summary['snapshot'])), ('chosen by', summary['chosen_by']),
+            ('samples', 'with the training perturbation ' + json.dumps(summary['perturb'])
+             if summary.get('perturb') else "G's, unperturbed"),
             ('FID', fmt(summary['fid'])), ('sigma', fmt(summary['sigma'])),
             ('IoU', fmt(summary['IoU'])), ('DICE', fmt(summary['DICE'])),
             *layout.format_layout_rows(summary.get('layout')),
@@ -135,10 +137,13 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     print(f'Auto test of {run_dir} (sizes: {asdict(sizes)})', flush=True)
 
     # 1-2. Snapshot and synthetic set.
-    syn_dir = os.path.join(auto_dir, generate.synthetic_folder_name(choice.path))
+    # The CPU presets compose each sample with the training perturbation (auto_test_perturb; see
+    # training/presets.py); the paper presets write G's samples as they are, as the original.
+    perturb = bool(config.get('auto_test_perturb', False))
+    syn_dir = os.path.join(auto_dir, generate.synthetic_folder_name(choice.path, perturb))
     syn_dir, meta = generate.generate_from_network(choice.path, n=sizes.n, outdir=syn_dir, seed=0,
                                                    device=device, resume=True, progress=progress,
-                                                   choice=choice)
+                                                   choice=choice, perturb=perturb)
 
     # 3. Segmentation against the real test split of the training data, at the training
     # resolution (64 in every paper preset; the CPU demo preset trains at 32).
@@ -168,7 +173,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
         'MI_1': mi.get('MI_1'), 'MI_2': mi.get('MI_2'), 'MI': mi.get('MI'),
         'MI_converged': mi['converged'], 'MI_why': mi['why'], 'layout': mask_layout,
         'segmentation': seg['results'], 'segmentation_run': seg['run_dir'], 'mine_run': mi['run_dir'],
-        'synthetic_data': syn_dir, 'real_data': data, 'sizes': asdict(sizes),
+        'synthetic_data': syn_dir, 'perturb': meta.get('perturb'), 'real_data': data, 'sizes': asdict(sizes),
         'total_time': time.time() - start, 'timestamp': time.time(),
     }
     dnnlib.write_bytes_atomic(os.path.join(auto_dir, 'results.json'), json.dumps(summary, indent=2).encode())

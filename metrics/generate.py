@@ -9,6 +9,12 @@ Two steps, each a function a test can call:
 
 Every sample is a function of ``(seed, index)`` alone, so a set is the same whatever the batch
 size, and an interrupted generation can be resumed file by file.
+
+With ``perturb`` (``--perturb``; off in the original and by default) every sample is composed
+with the run's own training perturbation (:class:`training.networks.PerturbedComposition`, read
+from the snapshot): fg and mask move together over the unchanged bg, as the discriminator saw
+them, so the set holds the object at the positions (and, with an affine perturbation, the
+scales and angles) that training judged realistic, not only where G draws it.
 """
 
 from __future__ import annotations
@@ -174,11 +180,55 @@ class GenerationOptions:
     truncation_psi: float = 1.0
     noise_mode: str = 'const'
     snapshot_sha256: str | None = None  # the snapshot's content: its path may hold other weights later
+    perturb: dict | None = None         # PerturbedComposition arguments applied to every sample, or None
 
 
 # The meta.json fields that change the samples: a set is resumed only if all of them agree.
 RESUME_KEYS = ('snapshot_sha256', 'generator', 'z_dim', 'resolution', 'layers', 'n', 'seed', 'truncation_psi',
-               'noise_mode')
+               'noise_mode', 'perturb')
+
+# The arguments of PerturbedComposition a snapshot's training options may give (all magnitudes >= 0).
+PERTURB_FIELDS = ('xint_max', 'bg_contrast', 'xfrac_max', 'rotate_max', 'scale_max')
+
+
+def training_perturbation(data: dict, path: str) -> dict:
+    """The perturbation a snapshot was trained with: PerturbedComposition's arguments, read from
+    ``data['training_options']['composition_kwargs']`` as plain numbers (never a class by name).
+
+    UserError naming ``path`` when the snapshot records none or records something else.
+    """
+    options = data.get('training_options') if isinstance(data, dict) else None
+    kwargs = options.get('composition_kwargs') if isinstance(options, dict) else None
+    if not isinstance(kwargs, dict):
+        raise dnnlib.UserError(f'{path} records no training perturbation (training_options.composition_kwargs); '
+                               f'generate without --perturb')
+    if kwargs.get('class_name', 'training.networks.PerturbedComposition') != 'training.networks.PerturbedComposition':
+        raise dnnlib.UserError(f'{path}: its training perturbation is {kwargs.get("class_name")!r}, not '
+                               f'PerturbedComposition; generate without --perturb')
+    perturb = {}
+    for name, value in kwargs.items():
+        if name == 'class_name':
+            continue
+        if name not in PERTURB_FIELDS or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value < 0:
+            raise dnnlib.UserError(f'{path}: training perturbation {name}={value!r} is not one of '
+                                   f'{", ".join(PERTURB_FIELDS)} with a finite value >= 0; generate without --perturb')
+        perturb[name] = float(value)
+    try:
+        from training.networks import PerturbedComposition
+        PerturbedComposition(**perturb)
+    except ValueError as err:
+        raise dnnlib.UserError(f'{path}: its training perturbation {perturb} is invalid ({err}); '
+                               f'generate without --perturb') from None
+    return perturb
+
+
+def sample_perturbations(seed: int, indices: list[int], eps_dim: int) -> np.ndarray:
+    """Perturbation draws for samples ``indices`` [len, eps_dim] float32, uniform in [-1, 1]: sample i
+    depends on (seed, i) only, from a stream apart from its latent's."""
+    return np.stack([np.random.default_rng([seed, i, 1]).uniform(-1, 1, eps_dim) for i in indices]
+                    ).astype(np.float32).reshape(len(indices), eps_dim)
+
 
 
 def file_sha256(path: str) -> str:
@@ -267,6 +317,10 @@ def generate_dataset(G: torch.nn.Module, outdir: str, options: GenerationOptions
 
     todo = missing_indices(outdir, options.n)
     G = G.to(device).eval()
+    composition = None
+    if options.perturb is not None:
+        from training.networks import PerturbedComposition
+        composition = PerturbedComposition(**options.perturb)
     bar = dnnlib.progress_bar(None, progress, total=len(todo), unit='img', desc='generating')
     start = time.time()
     # PNG encoding runs in threads (it releases the GIL) while the next batch is generated. On a
@@ -280,6 +334,9 @@ def generate_dataset(G: torch.nn.Module, outdir: str, options: GenerationOptions
             z = torch.from_numpy(sample_latents(options.seed, indices, G.z_dim)).to(device)
             with torch.no_grad():
                 layers = G(z, truncation_psi=options.truncation_psi, noise_mode=options.noise_mode)
+                if composition is not None:
+                    eps = torch.from_numpy(sample_perturbations(options.seed, indices, composition.eps_dim))
+                    layers = composition(layers, eps.to(device))
             arrays = encode_layers(layers)
             for layer, batch in arrays.items():
                 for j, index in enumerate(indices):
@@ -357,22 +414,26 @@ def complete_samples(path: str, layers: tuple[str, ...], allow_partial: bool = F
     return names
 
 
-def default_outdir(snapshot_path: str) -> str:
-    """``<folder of the snapshot>/synthetic_data-<tag>`` (:func:`synthetic_folder_name`)."""
-    return os.path.join(os.path.dirname(os.path.abspath(snapshot_path)), synthetic_folder_name(snapshot_path))
+def default_outdir(snapshot_path: str, perturb: bool = False) -> str:
+    """``<folder of the snapshot>/synthetic_data-<tag>[-perturbed]`` (:func:`synthetic_folder_name`)."""
+    return os.path.join(os.path.dirname(os.path.abspath(snapshot_path)), synthetic_folder_name(snapshot_path, perturb))
 
 
-def synthetic_folder_name(snapshot_path: str) -> str:
-    """``synthetic_data-000200`` for ``network-snapshot-000200.pt`` (its tag: one folder per snapshot)."""
-    return 'synthetic_data-' + checkpoint.snapshot_tag(checkpoint.snapshot_nimg(snapshot_path))
+def synthetic_folder_name(snapshot_path: str, perturb: bool = False) -> str:
+    """``synthetic_data-000200`` for ``network-snapshot-000200.pt`` (its tag: one folder per snapshot),
+    ``synthetic_data-000200-perturbed`` for a set composed with the training perturbation."""
+    tag = checkpoint.snapshot_tag(checkpoint.snapshot_nimg(snapshot_path))
+    return f'synthetic_data-{tag}' + ('-perturbed' if perturb else '')
 
 
 def generate_from_network(network: str, n: int, outdir: str | None = None, topk: float | None = None,
                           pkl_idx: float | None = None, sigma: float | None = None, latest: bool = False,
                           seed: int = 0, truncation_psi: float = 1.0, noise_mode: str = 'const',
                           batch_size: int = 64, device: str | None = None, resume: bool = False,
-                          progress: bool = True, choice: SnapshotChoice | None = None) -> tuple[str, dict]:
-    """Choose a snapshot (unless ``choice`` is given), load its G_ema and write the set.
+                          progress: bool = True, choice: SnapshotChoice | None = None,
+                          perturb: bool = False) -> tuple[str, dict]:
+    """Choose a snapshot (unless ``choice`` is given), load its G_ema and write the set; with
+    ``perturb``, every sample composed with the snapshot's training perturbation.
 
     Returns ``(outdir, meta)``.
     """
@@ -384,14 +445,16 @@ def generate_from_network(network: str, n: int, outdir: str | None = None, topk:
     device = dnnlib.parse_device(device)
     if choice.path.endswith('.pkl'):  # a snapshot of the original code, converted in memory
         from torch_utils import legacy
-        G = legacy.load_original_snapshot(choice.path, device=device)['G_ema']
+        snapshot = legacy.load_original_snapshot(choice.path, device=device)
     else:
-        G = checkpoint.load_snapshot(choice.path, device=device)['G_ema']
-    outdir = outdir or default_outdir(choice.path)
+        snapshot = checkpoint.load_snapshot(choice.path, device=device)
+    G = snapshot['G_ema']
+    perturbation = training_perturbation(snapshot.get('data') or {}, choice.path) if perturb else None
+    outdir = outdir or default_outdir(choice.path, perturb)
     print(f'Snapshot: {choice.path} ({choice.reason}; fid={choice.metric_value}, sigma={choice.sigma})')
     options = GenerationOptions(snapshot=os.path.abspath(choice.path), kimg=choice.kimg, n=n, seed=seed,
                                 truncation_psi=truncation_psi, noise_mode=noise_mode,
-                                snapshot_sha256=file_sha256(choice.path))
+                                snapshot_sha256=file_sha256(choice.path), perturb=perturbation)
     meta = generate_dataset(G, outdir, options, batch_size=batch_size, device=device, resume=resume,
                             progress=progress)
     meta.update(fid=choice.metric_value, sigma=choice.sigma, reason=choice.reason)

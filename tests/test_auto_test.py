@@ -94,3 +94,23 @@ def test_auto_test_on_a_folder_that_is_not_a_run(tmp_path):
     result = subprocess.run([sys.executable, '-m', 'metrics.auto_test', str(tmp_path)], capture_output=True,
                             text=True, cwd=ROOT)
     assert result.returncode == 2 and 'training_options.json not found' in result.stderr
+
+
+def test_auto_test_of_a_cpu_preset_composes_samples_with_the_training_perturbation(run_dir, capsys):
+    from training import presets
+    assert presets.resolve_preset('cpu').auto_test_perturb is True
+    assert presets.resolve_preset('ILS_predL').auto_test_perturb is False   # the original's samples
+    snapshot = run_dir / 'network-snapshot-000004.pt'
+    G = checkpoint.load_snapshot(str(snapshot))['G_ema']
+    options = {'data': 'synthetic', 'resolution': 64, 'auto_test_sizes': TINY_SIZES, 'auto_test_perturb': True,
+               'composition_kwargs': {'class_name': 'training.networks.PerturbedComposition', 'xint_max': 0.125}}
+    snapshot.unlink()
+    checkpoint.save_snapshot(str(snapshot), {'G_ema': G}, data={'kimg': 4.0, 'sigma': 0.2,
+                                                                'training_options': options})
+    (run_dir / 'training_options.json').write_text(json.dumps(options))
+    results = auto_test.run_auto_test(str(run_dir), progress=False)
+    assert results['synthetic_data'].endswith('synthetic_data-000004-perturbed')
+    assert results['perturb'] == {'xint_max': 0.125}
+    meta = json.loads((run_dir / 'auto_test' / 'synthetic_data-000004-perturbed' / 'meta.json').read_text())
+    assert meta['perturb'] == {'xint_max': 0.125}
+    assert 'with the training perturbation {"xint_max": 0.125}' in capsys.readouterr().out

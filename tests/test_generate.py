@@ -290,3 +290,73 @@ def test_complete_samples_counts_against_meta_and_ignores_temporary_files(tmp_pa
     # Without meta.json (a user's own pairs) the folder is read as it is.
     os.remove(os.path.join(outdir, 'meta.json'))
     assert generate.complete_samples(outdir, ('img', 'mask')) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# --perturb: samples composed with the run's training perturbation.
+
+def _snapshot_with_perturbation(folder, composition_kwargs) -> str:
+    """A tiny snapshot whose data records ``composition_kwargs`` as a training run does."""
+    from training.networks import LayeredGenerator
+    torch.manual_seed(5)
+    G = LayeredGenerator(img_resolution=16, z_dim=8, w_dim=8, channel_base=64, channel_max=8, mapping_layers=1)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, checkpoint.snapshot_name(0))
+    checkpoint.save_snapshot(path, dict(G_ema=G), data=dict(training_options=dict(composition_kwargs=composition_kwargs)))
+    return path
+
+
+def _png(folder, layer, index=1):
+    return np.asarray(Image.open(os.path.join(folder, layer, f'{index:06d}.png'))).astype(np.int64)
+
+
+def test_perturbed_set_moves_fg_and_mask_over_the_same_bg(tmp_path):
+    snapshot = _snapshot_with_perturbation(
+        tmp_path / 'run', dict(class_name='training.networks.PerturbedComposition', xint_max=0.25))
+    plain, _ = generate.generate_from_network(snapshot, n=6, outdir=str(tmp_path / 'plain'), progress=False)
+    moved, meta = generate.generate_from_network(snapshot, n=6, outdir=str(tmp_path / 'moved'), perturb=True,
+                                                 batch_size=4, progress=False)
+    assert meta['perturb'] == {'xint_max': 0.25}
+    eps = generate.sample_perturbations(0, list(range(6)), 2)
+    shifts = np.round(eps * 0.25 * 16).astype(int)                # ±4 px at 16 px, as in training
+    assert (np.abs(shifts) > 0).any()
+    for i in range(6):
+        np.testing.assert_array_equal(_png(moved, 'bg', i + 1), _png(plain, 'bg', i + 1))   # bg stays
+        tx, ty = shifts[i]
+        expected = np.zeros_like(_png(plain, 'mask', i + 1))    # the mask moved by (tx, ty), zero filled
+        src = _png(plain, 'mask', i + 1)
+        h = w = 16
+        expected[max(ty, 0):h + min(ty, 0), max(tx, 0):w + min(tx, 0)] = src[max(-ty, 0):h + min(-ty, 0),
+                                                                              max(-tx, 0):w + min(-tx, 0)]
+        np.testing.assert_array_equal(_png(moved, 'mask', i + 1), expected)
+    # Where the moved mask is 0 the composite is the background.
+    img, mask, bg = _png(moved, 'img', 2), _png(moved, 'mask', 2), _png(moved, 'bg', 2)
+    assert (np.abs(img - bg)[mask[..., 0] == 0] <= 1).all()
+    # Sample i depends on (seed, i) alone: another batch size writes the same files.
+    again, _ = generate.generate_from_network(snapshot, n=6, outdir=str(tmp_path / 'again'), perturb=True,
+                                              batch_size=1, progress=False)
+    for layer in generate.LAYER_FOLDERS:
+        np.testing.assert_array_equal(_png(again, layer, 5), _png(moved, layer, 5))
+    # A perturbed set is not completed by an unperturbed generation, nor the reverse.
+    os.remove(os.path.join(moved, 'img', '000003.png'))
+    with pytest.raises(dnnlib.UserError, match='made with perturb='):
+        generate.generate_from_network(snapshot, n=6, outdir=moved, resume=True, progress=False)
+    # The default folder of a perturbed set is not the plain one's.
+    assert generate.default_outdir(snapshot, perturb=True).endswith('synthetic_data-000000-perturbed')
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (None, 'records no training perturbation'),
+    (dict(class_name='os.system', xint_max=0.1), "'os.system', not PerturbedComposition"),
+    (dict(xint_max=-0.1), 'xint_max=-0.1 is not one of'),
+    (dict(xint_max='0.1'), "xint_max='0.1' is not one of"),
+    (dict(xint_max=float('nan')), 'xint_max=nan'),
+    (dict(xint_max=0.1, evil=1.0), 'evil=1.0'),
+    (dict(xint_max=0.1, rotate_max=10.0), 'mutually exclusive'),
+])
+def test_perturb_refuses_a_snapshot_without_a_valid_perturbation(tmp_path, kwargs, message):
+    snapshot = _snapshot_with_perturbation(tmp_path / 'run', kwargs)
+    outdir = str(tmp_path / 'set')
+    with pytest.raises(dnnlib.UserError, match=message):
+        generate.generate_from_network(snapshot, n=2, outdir=outdir, perturb=True, progress=False)
+    assert not os.path.exists(outdir)

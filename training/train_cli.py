@@ -161,7 +161,9 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
                       channel_base=spec.channel_base, channel_max=spec.channel_max,
                       num_fp16_res=spec.num_fp16_res, conv_clamp=spec.conv_clamp,
                       mbstd_group_size=min(spec.mbstd, batch_gpu), freeze_layers=spec.freeze_layers)
-    c.composition_kwargs = dict(class_name='training.networks.PerturbedComposition', xint_max=spec.xint_max)
+    c.composition_kwargs = dict(class_name='training.networks.PerturbedComposition', xint_max=spec.xint_max,
+                                bg_contrast=spec.bg_contrast, xfrac_max=spec.xfrac_max, rotate_max=spec.rotate_max,
+                                scale_max=spec.scale_max)
     c.augment_kwargs = None if spec.aug == 'noaug' else dict(class_name='training.augment.AugmentPipe',
                                                             **AUGPIPE_SPECS[spec.augpipe])
     learned = spec.estimator == 'club' and str(spec.distribution).startswith('neural_')
