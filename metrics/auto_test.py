@@ -91,8 +91,8 @@ def format_summary(summary: dict) -> str:
         return '—' if value is None else (f'{value:.4f}' if isinstance(value, float) else str(value))
     mi_note = '' if summary['MI_converged'] else '  (not converged)'
     rows = [('snapshot', os.path.basename(summary['snapshot'])), ('chosen by', summary['chosen_by']),
-            ('samples', 'with the training perturbation ' + json.dumps(summary['perturb'])
-             if summary.get('perturb') else "G's, unperturbed"),
+            ('samples', "G's, unperturbed" if not summary.get('perturb') else 'with the training perturbation ('
+             + ', '.join(f'{name} {value:g}' for name, value in summary['perturb'].items() if value) + ')'),
             ('FID', fmt(summary['fid'])), ('sigma', fmt(summary['sigma'])),
             ('IoU', fmt(summary['IoU'])), ('DICE', fmt(summary['DICE'])),
             *layout.format_layout_rows(summary.get('layout')),

@@ -113,4 +113,4 @@ def test_auto_test_of_a_cpu_preset_composes_samples_with_the_training_perturbati
     assert results['perturb'] == {'xint_max': 0.125}
     meta = json.loads((run_dir / 'auto_test' / 'synthetic_data-000004-perturbed' / 'meta.json').read_text())
     assert meta['perturb'] == {'xint_max': 0.125}
-    assert 'with the training perturbation {"xint_max": 0.125}' in capsys.readouterr().out
+    assert 'with the training perturbation (xint_max 0.125)' in capsys.readouterr().out
