@@ -6,7 +6,9 @@ that into numbers. Per mask (binarised at 0.5): the centroid (x, y) and the area
 masks, their spread (standard deviations). The spread of the generated masks divided by that of
 the dataset's own masks is ~0 for one blob whatever the latent and ~1 for layouts as varied as
 the data's. The collapses seen in practice are counted too: empty masks, full masks, and grey
-(not binary) masks.
+(not binary) masks. A mask that takes the object's surround instead of the object (binary, of a
+plausible size: none of those counters sees it) covers much of the image's border where the
+data's objects cover little of it: the mean border coverage of both sets is reported side by side.
 
 The reference is the dataset's test split (every segmentation dataset has masks there). For the
 synthetic set and DRC dogs/cars it is the training distribution; for CUB the test crop is centred
@@ -34,7 +36,8 @@ def mask_geometry(masks: np.ndarray) -> dict[str, np.ndarray]:
     ``masks``: [N, H, W] float in [0, 1]. Returns arrays of shape [N]:
     ``area`` (fraction of pixels > 0.5, in [0, 1]); ``x``, ``y`` (centroid of those pixels, pixel
     centres at (j + 0.5)/W and (i + 0.5)/H, so in (0, 1) with 0.5 the image centre; NaN for a mask
-    with no pixel > 0.5); ``grey`` (fraction of pixels strictly inside :data:`GREY_RANGE`).
+    with no pixel > 0.5); ``grey`` (fraction of pixels strictly inside :data:`GREY_RANGE`);
+    ``border`` (fraction of the outermost ring of pixels that is > 0.5, in [0, 1]).
     """
     masks = np.asarray(masks, np.float64)
     if masks.ndim != 3:
@@ -48,7 +51,10 @@ def mask_geometry(masks: np.ndarray) -> dict[str, np.ndarray]:
         x = (binary.sum(axis=1) * xs).sum(axis=1) / count
         y = (binary.sum(axis=2) * ys).sum(axis=1) / count
     grey = ((masks > GREY_RANGE[0]) & (masks < GREY_RANGE[1])).mean(axis=(1, 2))
-    return dict(area=count / (h * w), x=x, y=y, grey=grey)
+    ring = np.ones((h, w), bool)
+    ring[1:-1, 1:-1] = False                 # the outermost row and column on each side
+    border = binary[:, ring].mean(axis=1)
+    return dict(area=count / (h * w), x=x, y=y, grey=grey, border=border)
 
 
 def layout_statistics(masks: np.ndarray) -> dict[str, float | int | None]:
@@ -57,7 +63,8 @@ def layout_statistics(masks: np.ndarray) -> dict[str, float | int | None]:
     ``std_x``, ``std_y``: spread of the centroids over the non-empty masks (None if fewer than
     one); ``position_spread`` = sqrt(std_x² + std_y²), in image widths; ``std_area``,
     ``mean_area``: over all masks; ``mean_x``, ``mean_y``; ``empty``, ``full``, ``grey``: the
-    fractions of masks with area < 1 %, area > 99 %, and more than half of the pixels in (0.1, 0.9).
+    fractions of masks with area < 1 %, area > 99 %, and more than half of the pixels in (0.1, 0.9);
+    ``mean_border``: the mean border coverage.
     Standard deviations are population ones (ddof 0).
     """
     g = mask_geometry(masks)
@@ -71,7 +78,7 @@ def layout_statistics(masks: np.ndarray) -> dict[str, float | int | None]:
         stats.update(mean_x=None, mean_y=None, std_x=None, std_y=None, position_spread=None)
     stats.update(mean_area=float(np.mean(g['area'])), std_area=float(np.std(g['area'])),
                  empty=float(np.mean(g['area'] < EMPTY_AREA)), full=float(np.mean(g['area'] > FULL_AREA)),
-                 grey=float(np.mean(g['grey'] > GREY_FRACTION)))
+                 grey=float(np.mean(g['grey'] > GREY_FRACTION)), mean_border=float(np.mean(g['border'])))
     return stats
 
 
@@ -130,10 +137,11 @@ def layout_of_synthetic_set(syn_dir: str, data: str, resolution: int, data_root:
 def format_layout_rows(layout: dict | None) -> list[tuple[str, str]]:
     """The auto test's table rows: spread ratios and the collapse fractions of the generated masks."""
     if layout is None:
-        return [('layout spread gen/data', '—'), ('masks empty/full/grey', '—')]
+        return [('layout spread gen/data', '—'), ('masks empty/full/grey', '—'), ('mask on the border gen/data', '—')]
 
     def fmt(value):
         return '—' if value is None else f'{value:.2f}'
-    r, g = layout['ratios'], layout['generated']
+    r, g, d = layout['ratios'], layout['generated'], layout.get('data') or {}
     return [('layout spread gen/data', f'position {fmt(r["position"])}, area {fmt(r["area"])}'),
-            ('masks empty/full/grey', ' / '.join(f'{100 * g[k]:.1f}%' for k in ('empty', 'full', 'grey')))]
+            ('masks empty/full/grey', ' / '.join(f'{100 * g[k]:.1f}%' for k in ('empty', 'full', 'grey'))),
+            ('mask on the border gen/data', f'{fmt(g.get("mean_border"))} / {fmt(d.get("mean_border"))}')]

@@ -92,8 +92,24 @@ def test_table_rows_show_ratios_and_collapse_percentages():
     result = dict(ratios=dict(position=0.123, x=0.1, y=0.2, area=1.5),
                   generated=dict(empty=0.25, full=0.0, grey=0.125))
     assert layout.format_layout_rows(result) == [('layout spread gen/data', 'position 0.12, area 1.50'),
-                                                 ('masks empty/full/grey', '25.0% / 0.0% / 12.5%')]
-    assert layout.format_layout_rows(None) == [('layout spread gen/data', '—'), ('masks empty/full/grey', '—')]
+                                                 ('masks empty/full/grey', '25.0% / 0.0% / 12.5%'),
+                                                 ('mask on the border gen/data', '— / —')]
+    result.update(data=dict(mean_border=0.0625))
+    result['generated']['mean_border'] = 0.75
+    assert layout.format_layout_rows(result)[2] == ('mask on the border gen/data', '0.75 / 0.06')
+    assert layout.format_layout_rows(None)[2] == ('mask on the border gen/data', '—')
+
+
+def test_border_coverage_tells_an_object_from_its_surround():
+    # A 4x4 object inside a 16 px image touches no border pixel; its complement covers all 60.
+    obj = rectangles([(6, 6, 4, 4)], size=16)
+    assert layout.mask_geometry(obj)['border'][0] == 0.0
+    assert layout.mask_geometry(1 - obj)['border'][0] == 1.0
+    # An object along the top edge, 8 px wide: 8 of the ring's 60 pixels.
+    top = rectangles([(0, 4, 3, 8)], size=16)
+    assert layout.mask_geometry(top)['border'][0] == pytest.approx(8 / 60)
+    stats = layout.layout_statistics(np.concatenate([obj, 1 - obj, top]))
+    assert stats['mean_border'] == pytest.approx((0 + 1 + 8 / 60) / 3)
 
 
 def test_generated_set_is_read_soft_and_the_data_binary(tmp_path):
