@@ -38,7 +38,8 @@ TINY_SIZES = dict(n=64, seg_iters=20, seg_batch=16, seg_base_width=8, seg_val_in
 # The scores of a row, in table order: (key in the row, column title, format).
 SCORES = [('IoU', 'IoU', '.3f'), ('DICE', 'DICE', '.3f'), ('MI_1', 'MI_1', '.2f'), ('MI_2', 'MI_2', '.2f'),
           ('MI', 'MI', '.2f'), ('position_spread', 'position spread', '.2f'), ('area_spread', 'area spread', '.2f'),
-          ('empty', 'empty', '.0%'), ('full', 'full', '.0%'), ('grey', 'grey', '.0%')]
+          ('empty', 'empty', '.0%'), ('full', 'full', '.0%'), ('grey', 'grey', '.0%'),
+          ('border', 'border gen', '.2f')]
 
 
 def training_time(run_dir: str) -> float | None:
@@ -61,7 +62,7 @@ def run_row(run_dir: str) -> dict:
         'IoU': auto['IoU'], 'DICE': auto['DICE'], 'MI_1': auto.get('MI_1'), 'MI_2': auto.get('MI_2'), 'MI': auto.get('MI'),
         'position_spread': layout['ratios'].get('position'), 'area_spread': layout['ratios'].get('area'),
         'empty': layout['generated'].get('empty'), 'full': layout['generated'].get('full'),
-        'grey': layout['generated'].get('grey'),
+        'grey': layout['generated'].get('grey'), 'border': layout['generated'].get('mean_border'),
         'training_s': training_time(run_dir), 'auto_test_s': auto.get('total_time'), 'sizes': auto.get('sizes'),
     }
 

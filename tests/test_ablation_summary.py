@@ -25,7 +25,7 @@ def fake_run(outdir, cfg, seed, iou, number=0, results=True, training_s=100.0):
                                      + json.dumps({'Timing/total_sec': {'num': 1, 'mean': training_s}}) + '\n')
     if results:
         layout = {'ratios': {'position': iou / 2, 'x': 0.1, 'y': 0.1, 'area': 0.3},
-                  'generated': {'empty': 0.0, 'full': 0.0, 'grey': 0.25}, 'data': {}}
+                  'generated': {'empty': 0.0, 'full': 0.0, 'grey': 0.25, 'mean_border': 0.125}, 'data': {}}
         (run / 'auto_test' / 'results.json').write_text(json.dumps(
             {'kimg': 30, 'IoU': iou, 'DICE': iou + 0.1, 'MI_1': 0.5, 'MI_2': 0.25, 'MI': None, 'layout': layout,
              'sizes': {'n': 2000}, 'total_time': 140.0}))
@@ -53,11 +53,11 @@ def test_summary_joins_runs_and_averages_over_seeds(tmp_path):
         assert entry['position_spread']['mean'] == pytest.approx(np.mean(used) / 2)
         assert entry['MI'] is None                                   # None in every seed
     row = summary['runs'][0]
-    assert row['training_s'] == 100.0 and row['auto_test_s'] == 140.0 and row['grey'] == 0.25 and row['MI_1'] == 0.5
+    assert row['training_s'] == 100.0 and row['auto_test_s'] == 140.0 and row['grey'] == 0.25 and row['MI_1'] == 0.5 and row['border'] == 0.125
     # The markdown table: a header, a rule, one line per run, one per preset.
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith('| cfg | seed | IoU | DICE | MI_1 | MI_2 | MI | position spread | area spread')
-    assert '| cpu | 1 | 0.720 | 0.820 | 0.50 | 0.25 | — | 0.36 | 0.30 | 0% | 0% | 25% |' in lines
+    assert '| cpu | 1 | 0.720 | 0.820 | 0.50 | 0.25 | — | 0.36 | 0.30 | 0% | 0% | 25% | 0.12 |' in lines
     assert f'| **cpu_noILS** | mean of 3 | {np.mean(ious["cpu_noILS"]):.3f} ± {np.std(ious["cpu_noILS"]):.3f} |' in result.stdout
     assert 'incomplete (no auto test result)' in result.stdout
 
