@@ -3,7 +3,7 @@
 # ILS_L1's direct separation instead of the CLUB bound), on the same seeds; one JSON and one table of
 # IoU, DICE, MINE MI and the layout measure side by side.
 #
-#   bash bench/ablation.sh                                        # cpu, cpu_noILS on seeds 0 1 2 (~45 min on 2 idle cores)
+#   bash bench/ablation.sh                                        # cpu, cpu_noILS on seeds 0 1 2 (~1 h on 2 idle cores)
 #   CFGS="cpu cpu_noILS cpu_L1" bash bench/ablation.sh            # predL against L1 too (~70 min)
 #   TINY=1 OUTDIR=/tmp/ablation bash bench/ablation.sh            # a smoke pass through every step (minutes)
 #

@@ -84,7 +84,7 @@ BASE: dict[str, Any] = dict(
 # A CPU run repeats exactly only at a fixed thread count, hence cpu_threads.
 _CPU_DEMO: dict[str, Any] = dict(
     resolution=32, z_dim=64, w_dim=64, mapping_layers=2, channel_base=1024, channel_max=32,
-    batch=16, kimg=30, kimg_per_tick=1, snap=5, anti_kimg=15, min_msize=0.25, max_msize=0.6, msize_weight=10.0,
+    batch=16, kimg=30, kimg_per_tick=1, snap=5, anti_kimg=15, max_msize=0.6, msize_weight=10.0,
     metrics=[], metric_num_gen=512, grid_rows=8, grid_cols=8, layer_groups=1,
     estimator_channels=[16, 32, 32, 32, 32], workers=0, cpu_threads=2, channels_last=True, conv_clamp=None,
     auto_test_sizes=dict(n=2000, seg_iters=600, seg_batch=32, seg_base_width=16,
