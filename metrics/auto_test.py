@@ -121,6 +121,12 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     start = time.time()
     config = dict(config) if config is not None else read_training_options(run_dir)
     sizes = AutoTestSizes.from_dict(config.get('auto_test_sizes'))
+    # The CPU presets compose each sample with the training perturbation (auto_test_perturb; see
+    # training/presets.py); the paper presets write G's samples as they are, as the original.
+    perturb = config.get('auto_test_perturb', False)
+    if not isinstance(perturb, bool):
+        raise dnnlib.UserError(f'auto_test_perturb={perturb!r} in the training options is not true or false; '
+                               f'fix training_options.json of the run')
     data, data_root = config.get('data'), data_root or config.get('data_root')
     if not data or not isinstance(data, str):
         raise dnnlib.UserError(f'the training options of {run_dir} name no dataset (field "data"); '
@@ -137,9 +143,6 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     print(f'Auto test of {run_dir} (sizes: {asdict(sizes)})', flush=True)
 
     # 1-2. Snapshot and synthetic set.
-    # The CPU presets compose each sample with the training perturbation (auto_test_perturb; see
-    # training/presets.py); the paper presets write G's samples as they are, as the original.
-    perturb = bool(config.get('auto_test_perturb', False))
     syn_dir = os.path.join(auto_dir, generate.synthetic_folder_name(choice.path, perturb))
     syn_dir, meta = generate.generate_from_network(choice.path, n=sizes.n, outdir=syn_dir, seed=0,
                                                    device=device, resume=True, progress=progress,

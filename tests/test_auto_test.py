@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+import dnnlib
+
 from metrics import auto_test
 from torch_utils import checkpoint, misc
 from training import networks, synthetic
@@ -107,6 +109,10 @@ def test_auto_test_of_a_cpu_preset_composes_samples_with_the_training_perturbati
     snapshot.unlink()
     checkpoint.save_snapshot(str(snapshot), {'G_ema': G}, data={'kimg': 4.0, 'sigma': 0.2,
                                                                 'training_options': options})
+    (run_dir / 'training_options.json').write_text(json.dumps(dict(options, auto_test_perturb='no')))
+    with pytest.raises(dnnlib.UserError, match="auto_test_perturb='no' in the training options"):
+        auto_test.run_auto_test(str(run_dir), progress=False)
+    assert not (run_dir / 'auto_test').exists()                             # refused before anything is made
     (run_dir / 'training_options.json').write_text(json.dumps(options))
     results = auto_test.run_auto_test(str(run_dir), progress=False)
     assert results['synthetic_data'].endswith('synthetic_data-000004-perturbed')
