@@ -31,6 +31,8 @@ from metrics import mine
 @click.option('--hidden', type=click.IntRange(min=1), default=3000, show_default=True, help='Hidden ReLU units of T.')
 @click.option('--lr', type=dnnlib.FiniteFloat(min=0, min_open=True), default=2e-4, show_default=True, help='Adam learning rate.')
 @click.option('--batch', type=click.IntRange(min=2), default=64, show_default=True, help='Batch size.')
+@click.option('--resolution', type=click.IntRange(min=4, max=1024), default=64, show_default=True,
+              help='Side the layers are resized to before MINE flattens them (the original: 64).')
 @click.option('--eval-every', type=click.IntRange(min=1), default=400, show_default=True,
               help='Evaluate on the whole set after 20 steps, then every this many (and after the last).')
 @click.option('--ma-rate', type=dnnlib.FiniteFloat(min=0, max=1, max_open=True), default=0.0, show_default=True,

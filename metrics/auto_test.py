@@ -45,6 +45,7 @@ class AutoTestSizes:
     mine_hidden: int = 3000
     mine_eval_every: int = 400
     mine_batch: int = 64
+    mine_resolution: int = 64       # side the layers are resized to for MINE (the original: 64)
 
     @classmethod
     def from_dict(cls, values: dict | None) -> 'AutoTestSizes':
@@ -160,6 +161,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
 
     # 4. Mutual information of the generated layers.
     mine_cfg = mine.MineConfig(steps=sizes.mine_steps, hidden=sizes.mine_hidden, batch=sizes.mine_batch,
+                               resolution=sizes.mine_resolution,
                                eval_every=min(sizes.mine_eval_every, sizes.mine_steps), device=device,
                                progress=progress)
     mi = mine.estimate_layer_mi(syn_dir, mine_cfg, mode='both')

@@ -98,6 +98,7 @@ class MineConfig:
     hidden: int = 3000
     lr: float = 2e-4                # Adam, default betas
     batch: int = 64
+    resolution: int = 64            # the layers are resized to R×R before flattening (the original: 64)
     eval_every: int = 400           # 20 ticks of 20 iterations, from the first tick: 20, 420, …; and after the last step
     eval_batch: int = 128
     num_final: int = 20             # the estimate = mean of the last num_final training-set evaluations
@@ -224,10 +225,7 @@ def mine_estimate(x: torch.Tensor, y: torch.Tensor, steps: int = 100_000, **opti
 # ----------------------------------------------------------------------------------------------
 # The layers of a synthetic set.
 
-LAYER_RESOLUTION = 64
-
-
-def load_layers(path: str, resolution: int = LAYER_RESOLUTION, num_workers: int = 3,
+def load_layers(path: str, resolution: int = 64, num_workers: int = 3,
                 progress: bool = True, allow_partial: bool = False) -> dict[str, torch.Tensor]:
     """fg, bg: uint8 [N, 3, R, R]; mask: uint8 [N, R, R] (channel 0 of the mask PNG, soft, 0..255).
 
@@ -299,7 +297,7 @@ def estimate_layer_mi(path: str, cfg: MineConfig, mode: str = 'both', num_worker
         raise dnnlib.UserError(f'--mode={mode!r} is not one of {", ".join(MODES)}')
     start_time = time.time()
     device = pick_device(cfg.device)
-    layers = {k: v.to(device) for k, v in load_layers(path, num_workers=num_workers, progress=cfg.progress,
+    layers = {k: v.to(device) for k, v in load_layers(path, cfg.resolution, num_workers=num_workers, progress=cfg.progress,
                                                           allow_partial=allow_partial).items()}
     outdir = outdir or os.path.join(path, 'MI-estimation-MINE')
     run_dir = dnnlib.next_run_dir(outdir, '').rstrip('-')

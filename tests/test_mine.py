@@ -179,3 +179,24 @@ def test_cli_names_a_missing_folder(tmp_path):
     result = CliRunner().invoke(eval_MI_MINE.main, [f'--path={missing}', '--steps=1'])
     assert result.exit_code != 0
     assert str(missing) in result.output
+
+
+def test_resolution_option_sets_the_size_the_critics_see(tmp_path, monkeypatch):
+    """--resolution resizes the layers before flattening: 16 px layers at --resolution=8 give the
+    critics 3·8·8 = 192 inputs per side (the default 64 would give 12 288)."""
+    from click.testing import CliRunner
+    import eval_MI_MINE
+    write_layer_set(tmp_path, n=8, resolution=16)
+    seen = []
+    real_train = mine.train_critics
+
+    def recording_train(pairs, num, dims, cfg, *args, **kwargs):
+        seen.append(dims)
+        return real_train(pairs, num, dims, cfg, *args, **kwargs)
+    monkeypatch.setattr(mine, 'train_critics', recording_train)
+    result = CliRunner().invoke(eval_MI_MINE.main, [f'--path={tmp_path}', '--steps=2', '--hidden=4', '--batch=4',
+                                                    '--resolution=8', '--workers=0', '--quiet'])
+    assert result.exit_code == 0, result.output
+    assert seen == [[(192, 192), (192, 192)], [(192, 192)]]
+    options = json.loads((tmp_path / 'MI-estimation-MINE' / '00000' / 'options.json').read_text())
+    assert options['resolution'] == 8
