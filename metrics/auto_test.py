@@ -13,7 +13,8 @@
 4. estimate the layers' mutual information with MINE (eval_MI_MINE.py's defaults: the plain DV
    gradient); an estimate from fewer than 100 000 steps, or a negative one, is marked not converged;
 5. measure whether the generated masks follow the objects (:mod:`metrics.layout`: the spread of
-   their centroids and areas against the test split's masks, and the empty/full/grey ones);
+   their centroids and areas against the test split's masks, the empty/full/grey ones and their
+   border coverage), with a warning under the table for each failure these numbers show;
 6. write ``RUN_DIR/auto_test/results.json`` and print the summary table.
 
 The sizes (n, UNet iterations and width, MINE steps and width) come from the training preset's
@@ -103,7 +104,8 @@ def format_summary(summary: dict) -> str:
     width = max(len(name) for name, _ in rows)
     line = '-' * (width + 3 + max(len(value) for _, value in rows))
     body = '\n'.join(f'{name:<{width}} | {value}' for name, value in rows)
-    return f'{line}\n{body}\n{line}'
+    warnings = ''.join(f'\nWARNING: {text}' for text in summary.get('warnings') or [])
+    return f'{line}\n{body}\n{line}{warnings}'
 
 
 def run_auto_test(run_dir: str, config: dict | None = None, device: str | None = None,
@@ -177,6 +179,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
         'IoU': seg['results']['IoU'], 'DICE': seg['results']['DICE'],
         'MI_1': mi.get('MI_1'), 'MI_2': mi.get('MI_2'), 'MI': mi.get('MI'),
         'MI_converged': mi['converged'], 'MI_why': mi['why'], 'layout': mask_layout,
+        'warnings': layout.layout_warnings(mask_layout),
         'segmentation': seg['results'], 'segmentation_run': seg['run_dir'], 'mine_run': mi['run_dir'],
         'synthetic_data': syn_dir, 'perturb': meta.get('perturb'), 'real_data': data, 'sizes': asdict(sizes),
         'total_time': time.time() - start, 'timestamp': time.time(),

@@ -28,6 +28,13 @@ EMPTY_AREA = 0.01           # a mask covering less than 1 % of the image is empt
 FULL_AREA = 0.99            # ... more than 99 %, full
 GREY_RANGE = (0.1, 0.9)     # a pixel strictly inside this range is neither object nor background
 GREY_FRACTION = 0.5         # a mask with more than half of its pixels grey is grey
+# Warnings (:func:`layout_warnings`): the thresholds sit far from what working runs give, so that a
+# warning means a failure, not noise. Measured on the demo: seed 0's surround mask covers 0.29 of the
+# border where the data's masks cover 0.00 and the working seeds' 0.00-0.001; working seeds' area
+# spread is 0.11-0.14 of the data's, a collapsed run is 50-100 % empty or grey.
+COLLAPSE_SHARE = 0.5        # a collapse is reported when more than half of the masks show it
+BORDER_EXCESS = 0.1         # generated border coverage above the data's by more than this
+LOW_SPREAD = 0.3            # a spread ratio below this: one layout for every latent
 
 
 def mask_geometry(masks: np.ndarray) -> dict[str, np.ndarray]:
@@ -132,6 +139,36 @@ def layout_of_synthetic_set(syn_dir: str, data: str, resolution: int, data_root:
     """:func:`compare_layouts` of a generated set against the test split of ``data``, both at ``resolution``."""
     return compare_layouts(load_generated_masks(syn_dir, resolution, progress=progress),
                            load_data_masks(data, resolution, data_root, progress=progress))
+
+
+def layout_warnings(layout: dict | None) -> list[str]:
+    """One sentence per failure that :func:`compare_layouts`'s result shows; [] when none does.
+
+    Collapses (empty, full or grey masks in more than half of the set), a mask that takes the
+    objects' surround (border coverage above the data's by more than :data:`BORDER_EXCESS`), and
+    layouts that do not vary with the latent (position or area spread below :data:`LOW_SPREAD` of
+    the data's). The numbers in each sentence are the measured ones.
+    """
+    if not layout:
+        return []
+    gen, data, ratios = layout['generated'], layout.get('data') or {}, layout['ratios']
+    warnings = []
+    collapses = (('empty', 'empty (area < 1 %): the foreground layer has vanished'),
+                 ('full', 'full (area > 99 %): the mask covers the whole image'),
+                 ('grey', 'grey (most pixels between 0.1 and 0.9): the layers have not separated'))
+    for key, what in collapses:
+        if (gen.get(key) or 0) > COLLAPSE_SHARE:
+            warnings.append(f'{100 * gen[key]:.0f} % of the masks are {what}')
+    gen_border, data_border = gen.get('mean_border'), data.get('mean_border')
+    if gen_border is not None and data_border is not None and gen_border > data_border + BORDER_EXCESS:
+        warnings.append(f'the masks cover {gen_border:.2f} of the image border where the data\'s cover '
+                        f'{data_border:.2f}: the mask may have taken the surround of the objects (ground, '
+                        f'frame) rather than the objects')
+    for key, what in (('position', 'position'), ('area', 'size')):
+        if ratios.get(key) is not None and ratios[key] < LOW_SPREAD:
+            warnings.append(f'the masks\' {what} varies {ratios[key]:.2f} as much as the data\'s: about one '
+                            f'{what} for every latent')
+    return warnings
 
 
 def format_layout_rows(layout: dict | None) -> list[tuple[str, str]]:

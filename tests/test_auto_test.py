@@ -10,7 +10,7 @@ import torch
 
 import dnnlib
 
-from metrics import auto_test
+from metrics import auto_test, layout
 from torch_utils import checkpoint, misc
 from training import networks, synthetic
 
@@ -85,6 +85,9 @@ def test_auto_test_chain_writes_results_and_prints_table(run_dir, capsys):
     table = capsys.readouterr().out
     assert 'IoU' in table and 'MI (b; f)' in table and 'network-snapshot-000004.pt' in table
     assert 'layout spread gen/data' in table and 'masks empty/full/grey' in table
+    # Each failure the layout numbers show is a warning under the table and in results.json.
+    assert results['warnings'] == layout.layout_warnings(results['layout'])
+    assert [line[len('WARNING: '):] for line in table.splitlines() if line.startswith('WARNING: ')] == results['warnings']
     assert results['MI_converged'] is False and results['MI_why'].startswith("6 steps, fewer than the paper's")
     mi_row = next(line for line in table.splitlines() if line.startswith('MI (b; f)'))
     assert mi_row.endswith('(not converged)')

@@ -122,3 +122,40 @@ def test_generated_set_is_read_soft_and_the_data_binary(tmp_path):
     masks = layout.load_generated_masks(str(tmp_path), 16)
     assert masks.shape == (1, 16, 16) and masks[0, 0, 0] == pytest.approx(200 / 255) and masks[0, 0, 15] == pytest.approx(100 / 255)
     assert layout.mask_geometry(masks)['x'][0] == pytest.approx(0.25)
+
+
+def test_warnings_name_each_failure_and_stay_silent_on_data_like_masks():
+    rng = np.random.default_rng(3)
+    data = rectangles(random_boxes(rng, 300))
+    assert layout.layout_warnings(layout.compare_layouts(rectangles(random_boxes(rng, 300)), data)) == []
+    assert layout.layout_warnings(None) == []
+
+    # One centred blob for every latent: position and size spread 0.
+    blob = layout.layout_warnings(layout.compare_layouts(rectangles([(8, 8, 16, 16)] * 20), data))
+    assert len(blob) == 2 and 'position varies 0.00' in blob[0] and 'size varies 0.00' in blob[1]
+
+    # The surround of varied objects: binary, plausible size, but on the border.
+    result = layout.compare_layouts(1 - rectangles(random_boxes(rng, 100)), data)
+    gen_border, data_border = result['generated']['mean_border'], result['data']['mean_border']
+    assert gen_border > 0.8 and data_border < 0.2
+    assert (f'the masks cover {gen_border:.2f} of the image border where the data\'s cover {data_border:.2f}'
+            in ' '.join(layout.layout_warnings(result)))
+
+    # Collapses: more than half of the masks empty / full / grey, each named with its share.
+    grey = np.zeros((10, 32, 32), np.float32)
+    grey[:, :20] = 0.7                          # 62 % of the pixels grey, area 0.62: neither empty nor full
+    grey[:4] = rectangles(random_boxes(rng, 4))
+    texts = layout.layout_warnings(layout.compare_layouts(grey, data))
+    assert texts[0] == '60 % of the masks are grey (most pixels between 0.1 and 0.9): the layers have not separated'
+    assert layout.layout_warnings(layout.compare_layouts(np.zeros((6, 32, 32), np.float32), data))[0].startswith(
+        '100 % of the masks are empty')
+    assert layout.layout_warnings(layout.compare_layouts(np.ones((6, 32, 32), np.float32), data))[0].startswith(
+        '100 % of the masks are full')
+
+
+def test_warnings_thresholds_are_strict_and_spread_below_a_third_is_reported():
+    # Exactly half empty is not "more than half"; a border excess of exactly 0.1 is not above it.
+    stats = dict(empty=0.5, full=0.0, grey=0.0, mean_border=0.2)
+    result = dict(generated=stats, data=dict(mean_border=0.1), ratios=dict(position=0.3, area=0.29))
+    assert layout.layout_warnings(result) == ["the masks' size varies 0.29 as much as the data's: about one size "
+                                              "for every latent"]
