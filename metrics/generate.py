@@ -323,10 +323,17 @@ def generate_dataset(G: torch.nn.Module, outdir: str, options: GenerationOptions
         composition = PerturbedComposition(**options.perturb)
     bar = dnnlib.progress_bar(None, progress, total=len(todo), unit='img', desc='generating')
     start = time.time()
-    # PNG encoding runs in threads (it releases the GIL) while the next batch is generated. On a
-    # failure (a full disk, Ctrl-C) the writes not yet started are cancelled and the running ones
-    # finish or remove their temporary file before the error goes on.
+    # PNG encoding runs in threads (it releases the GIL) while the next batch is generated: batch k
+    # is generated while batch k - 1 is written, and k is submitted once k - 1 is on disk, so at most
+    # two batches are held. On a failure (a full disk, Ctrl-C) the writes not yet started are
+    # cancelled and the running ones finish or remove their temporary file before the error goes on.
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=4)
+
+    def finish(writes: list[concurrent.futures.Future]) -> None:
+        for future in writes:
+            future.result()
+        bar.update(len(writes) // len(LAYER_FOLDERS))
+
     try:
         pending: list[concurrent.futures.Future] = []
         for begin in range(0, len(todo), batch_size):
@@ -338,13 +345,10 @@ def generate_dataset(G: torch.nn.Module, outdir: str, options: GenerationOptions
                     eps = torch.from_numpy(sample_perturbations(options.seed, indices, composition.eps_dim))
                     layers = composition(layers, eps.to(device))
             arrays = encode_layers(layers)
-            for layer, batch in arrays.items():
-                for j, index in enumerate(indices):
-                    pending.append(pool.submit(_save_png, os.path.join(outdir, layer, sample_file(index)), batch[j]))
-            for future in pending:
-                future.result()
-            pending.clear()
-            bar.update(len(indices))
+            finish(pending)
+            pending = [pool.submit(_save_png, os.path.join(outdir, layer, sample_file(index)), batch[j])
+                       for layer, batch in arrays.items() for j, index in enumerate(indices)]
+        finish(pending)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
