@@ -214,6 +214,29 @@ def test_xflip_doubles_with_mirrored_copies(tmp_path):
         flipped[len(flipped)]
 
 
+def test_sample_cache_reads_each_file_once_within_its_budget_and_hands_out_copies(tmp_path, monkeypatch):
+    fx.build_pairs(str(tmp_path / 'samples'), count=3, size=16)
+    plain = ds.open_dataset(str(tmp_path / 'samples'), 'test', 16)
+    cached = ds.open_dataset(str(tmp_path / 'samples'), 'test', 16, xflip=True)
+    sample_bytes = 3 * 16 * 16 + 16 * 16                  # image [3, 16, 16] + mask [16, 16], uint8
+    cached.cache_samples(2 * sample_bytes)               # room for two of the three samples
+    reads = []
+    real_read = cached._read_bytes
+    monkeypatch.setattr(cached, '_read_bytes', lambda path: reads.append(path) or real_read(path))
+    for _ in range(2):
+        for i in range(len(cached)):                     # the mirrored half reads the same raw samples
+            image, mask = cached[i]
+            want_image, want_mask = plain[i % 3]
+            if i >= 3:
+                want_image, want_mask = want_image[:, :, ::-1], want_mask[:, ::-1]
+            np.testing.assert_array_equal(image, want_image)
+            np.testing.assert_array_equal(mask, want_mask)
+    # Samples 0 and 1 are read once (image + mask); sample 2 does not fit and is read all 4 times.
+    assert len(reads) == 2 * 2 + 4 * 2
+    cached[0][0][:] = 7                                  # writing into a sample leaves the cache intact
+    np.testing.assert_array_equal(cached[0][0], plain[0][0])
+
+
 def test_max_size_is_a_seeded_deterministic_subset(tmp_path):
     for i in range(10):
         fx.write_image(str(tmp_path / 'imgs' / f'{i:02d}.png'), fx.solid(8, 8, (i * 20, 0, 0)))

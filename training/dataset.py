@@ -139,6 +139,28 @@ class Dataset:
             # permutation drawn with the seed, kept in file order, so a run repeats the original's pick.
             chosen = np.random.RandomState(seed).permutation(num_raw)[:max_size]
             self.raw_indices = np.sort(chosen)
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] | None = None
+        self._cache_room = 0
+
+    def cache_samples(self, max_bytes: int) -> None:
+        """Keep decoded samples in memory, the first ones read until ``max_bytes`` are held: a
+        training run reads every image many times, and decoding a PNG and resizing it costs more
+        than a 32 px iteration's share of the work. Per process (each DataLoader worker fills its own)."""
+        self._cache, self._cache_room = {}, int(max_bytes)
+
+    def _sample(self, raw_index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`_load`, through the cache when there is one (copies: a caller may write into them)."""
+        if self._cache is None:
+            return self._load(raw_index)
+        if raw_index not in self._cache:
+            image, mask = self._load(raw_index)
+            size = image.nbytes + (mask.nbytes if mask is not None else 0)
+            if size > self._cache_room:
+                return image, mask
+            self._cache[raw_index] = (image, mask)
+            self._cache_room -= size
+        image, mask = self._cache[raw_index]
+        return image.copy(), (mask.copy() if mask is not None else None)
 
     @property
     def image_shape(self) -> list[int]:
@@ -155,7 +177,7 @@ class Dataset:
         """(image uint8 [3, R, R], mask uint8 [R, R] in {0, 1}) or (image, label float32 [0])."""
         if not 0 <= index < len(self):
             raise IndexError(f'index {index} out of range for a dataset of {len(self)} samples')
-        image, mask = self._load(int(self.raw_indices[index % len(self.raw_indices)]))
+        image, mask = self._sample(int(self.raw_indices[index % len(self.raw_indices)]))
         if index >= len(self.raw_indices):
             image, mask = image[:, :, ::-1], (mask[:, ::-1] if mask is not None else None)
         image = np.ascontiguousarray(image)
@@ -174,6 +196,9 @@ class ArrayDataset(Dataset):
     def __init__(self, name: str, images: np.ndarray, masks: np.ndarray | None, **kwargs):
         super().__init__(name, images.shape[-1], len(images), has_masks=masks is not None, **kwargs)
         self.images, self.masks = images, masks
+
+    def cache_samples(self, max_bytes: int) -> None:
+        """Nothing to do: the samples are in memory already."""
 
     def _load(self, raw_index: int) -> tuple[np.ndarray, np.ndarray | None]:
         # Copies, so that a caller writing into a sample cannot change the dataset.

@@ -25,6 +25,10 @@ from training import presets
 from training.loss import ILSLoss, NonFiniteLossError, ils_sigma  # noqa: F401 (re-exported)
 from training.networks import sample_eps
 
+# Decoded training images kept in memory per process (training.dataset.Dataset.cache_samples): all of
+# a 64 px dataset of 10 000 images (123 MB), the first ~10 000 of a 128 px one.
+TRAINING_CACHE_BYTES = 512 * 2 ** 20
+
 # ----------------------------------------------------------------------------------------------
 # Set-up helpers.
 
@@ -385,6 +389,7 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
     # Data and networks.
     from training.dataset import open_dataset
     dataset = open_dataset(**cfg.dataset_kwargs)
+    dataset.cache_samples(TRAINING_CACHE_BYTES)
     nets = build_networks(cfg, device)
     G, G_ema, D = nets.G, nets.G_ema, nets.D
     D_params = list(D.parameters()) + (list(nets.estimators.parameters()) if nets.estimators is not None else [])
