@@ -237,6 +237,16 @@ def test_sample_cache_reads_each_file_once_within_its_budget_and_hands_out_copie
     np.testing.assert_array_equal(cached[0][0], plain[0][0])
 
 
+@pytest.mark.parametrize('name, kind', [('cub', 'birds'), ('dog', 'dogs'), ('car', 'cars')])
+@pytest.mark.parametrize('r', [8, 64])
+def test_samples_are_writable_arrays(trees, name, kind, r):
+    """torch warns on every batch of read-only arrays (np.asarray of a PIL image is one)."""
+    base, _ = trees
+    for split in ('train', 'test'):
+        image, mask = ds.open_dataset(name, split, r, data_root=str(base / kind))[0]
+        assert image.flags.writeable and mask.flags.writeable, (name, split)
+
+
 def test_max_size_is_a_seeded_deterministic_subset(tmp_path):
     for i in range(10):
         fx.write_image(str(tmp_path / 'imgs' / f'{i:02d}.png'), fx.solid(8, 8, (i * 20, 0, 0)))

@@ -60,7 +60,7 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
         if pyspng is not None and data[:8] == PNG_SIGNATURE:
             return pyspng.load(data, format='RGB')
         with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert('RGB'))
+            return np.array(image.convert('RGB'))
     except Exception as err:  # every decoder failure (truncated, not an image, ...) means the same
         raise _unreadable(err, name) from None
 
@@ -105,10 +105,11 @@ def cub_box_crop(width: int, height: int, box: tuple[int, int, int, int]) -> tup
 
 
 def resize(image: np.ndarray, resolution: int, resample: Image.Resampling) -> np.ndarray:
-    """[H, W(, 3)] uint8 → [R, R(, 3)], stretched; PIL's bilinear filter antialiases when shrinking."""
+    """[H, W(, 3)] uint8 → [R, R(, 3)], stretched; PIL's bilinear filter antialiases when shrinking.
+    The result is writable (np.asarray of a PIL image is not, and torch warns on such arrays)."""
     if image.shape[0] == resolution and image.shape[1] == resolution:
         return image
-    return np.asarray(Image.fromarray(image).resize((resolution, resolution), resample))
+    return np.array(Image.fromarray(image).resize((resolution, resolution), resample))
 
 
 def binarize(grey: np.ndarray) -> np.ndarray:
