@@ -6,17 +6,20 @@
 #   bash bench/ablation.sh                                        # cpu, cpu_noILS on seeds 0 1 2 (~1 h on 2 idle cores)
 #   CFGS="cpu cpu_noILS cpu_L1" bash bench/ablation.sh            # predL against L1 too (~70 min)
 #   TINY=1 OUTDIR=/tmp/ablation bash bench/ablation.sh            # a smoke pass through every step (minutes)
+#   python bench/heldout_data.py --out=/tmp/ho && \
+#   DATA=car DATA_ROOT=/tmp/ho CFGS=cpu OUTDIR=/tmp/abl-ho bash bench/ablation.sh   # the same on held-out data
 #
 # Steps, for each preset of CFGS and each seed of SEEDS (a pair whose auto test already finished
 # in OUTDIR is skipped, so a killed ablation continues where it stopped):
-#   1. python train_ILS_64.py --outdir=$OUTDIR/<cfg>-seed<seed> --data=synthetic --cfg=<cfg> --seed=<seed>
-#      [--kimg=$KIMG] --no-auto-test
+#   1. python train_ILS_64.py --outdir=$OUTDIR/<cfg>-seed<seed> --data=$DATA [--data-root=$DATA_ROOT]
+#      --cfg=<cfg> --seed=<seed> [--kimg=$KIMG] --no-auto-test
 #   2. the auto test of that run (generation -> UNet IoU/DICE -> MINE -> layout), sizes from the preset;
 #      with TINY=1, tiny sizes (bench/ablation_summary.py, TINY_SIZES) and KIMG 0.05 unless given
 # Then $OUTDIR/ablation.json and a markdown table (bench/ablation_summary.py summary).
 #
 # Environment, read here only: CFGS ("cpu cpu_noILS"), SEEDS ("0 1 2"), KIMG (the preset's), TINY
-# (empty), OUTDIR (./outputs/ablation), PYTHON (python).
+# (empty), OUTDIR (./outputs/ablation), PYTHON (python), DATA (synthetic), DATA_ROOT (empty: the
+# dataset's default root).
 set -euo pipefail
 
 CFGS=${CFGS:-cpu cpu_noILS}
@@ -25,9 +28,14 @@ TINY=${TINY:-}
 KIMG=${KIMG:-${TINY:+0.05}}
 OUTDIR=${OUTDIR:-./outputs/ablation}
 PYTHON=${PYTHON:-python}
+DATA=${DATA:-synthetic}
+DATA_ROOT=${DATA_ROOT:-}
 
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
+# Paths given relative to the caller's folder stay valid after the cd below.
+if [ -n "$DATA_ROOT" ]; then DATA_ROOT=$(cd "$DATA_ROOT" && pwd); fi
+if [ -e "$DATA" ]; then DATA=$(cd "$(dirname "$DATA")" && pwd)/$(basename "$DATA"); fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 for cfg in $CFGS; do
@@ -38,8 +46,8 @@ for cfg in $CFGS; do
             continue
         fi
         echo "ablation: $cfg seed $seed"
-        "$PYTHON" train_ILS_64.py --outdir="$pair" --data=synthetic --cfg="$cfg" --seed="$seed" ${KIMG:+"--kimg=$KIMG"} \
-            --no-auto-test
+        "$PYTHON" train_ILS_64.py --outdir="$pair" --data="$DATA" ${DATA_ROOT:+"--data-root=$DATA_ROOT"} --cfg="$cfg" \
+            --seed="$seed" ${KIMG:+"--kimg=$KIMG"} --no-auto-test
         # The newest run of this pair: run directories are numbered upwards.
         run_dir=$(ls -d "$pair"/[0-9][0-9][0-9][0-9][0-9]-* | sort | tail -n 1)
         "$PYTHON" bench/ablation_summary.py auto-test "$run_dir" ${TINY:+--tiny}
