@@ -16,7 +16,7 @@ import torch
 import dnnlib
 from torch_utils import checkpoint, training_stats
 from training import loss as loss_module
-from training import train_cli
+from training import presets, train_cli
 from training.training_loop import (FiniteCheck, build_networks, find_resume_snapshot, lazy_adam, phase_losses,
                                     update_ema, uses_channels_last)
 
@@ -123,7 +123,7 @@ def test_run_writes_options_snapshots_stats_and_grids(finished_run):
         assert name in stats[1], name
     assert stats[0]['Loss/G/adv']['num'] == 8 and stats[1]['Loss/G/adv']['num'] == 16
     assert 'Loss/r1' in stats[0]  # D-reg runs at iteration 0 (then every 16)
-    assert stats[0]['Progress/sigma']['mean'] == 0.2
+    assert stats[0]['Progress/sigma']['mean'] == presets.resolve_preset('cpu').initial_sigma == 5.0
     # Ticks of a fraction of a kimg: one file per snapshot event (snap=1: every tick), named by the
     # images seen, each holding the weights of its own moment.
     assert [os.path.basename(p) for p in snapshots(run_dir)] == [
@@ -147,7 +147,7 @@ def test_snapshot_is_safe_and_holds_training_state(finished_run):
     loaded = checkpoint.load_snapshot(snapshots(run_dir)[-1])
     data = loaded['data']
     assert data['cur_nimg'] == 48 and data['kimg'] == pytest.approx(0.048)
-    assert data['sigma'] == 0.2 and data['resolution'] == 32
+    assert data['sigma'] == presets.resolve_preset('cpu').initial_sigma and data['resolution'] == 32
     assert set(data['optimizers']) == {'G', 'D'} and data['ada'] is not None
     # ADA adjusts after iterations 4, 8, …: after 6 the signs of D-main at iterations 5 and 6 are pending.
     assert data['ada']['sign_count'] == 2 * 8
@@ -308,7 +308,7 @@ def test_metric_lines_name_distinct_snapshots_and_generation_uses_the_one_whose_
     assert names == [os.path.basename(p) for p in snapshots(run_dir)]
     for line, nimg in zip(lines, (8, 24, 40)):
         assert checkpoint.read_snapshot(os.path.join(run_dir, line['snapshot_pkl']))['data']['cur_nimg'] == nimg
-        assert line['sigma'] == 0.2 and np.isfinite(line['results']['fid10k_full']) and line['num_gen'] == 64
+        assert line['sigma'] == presets.resolve_preset('cpu').initial_sigma and np.isfinite(line['results']['fid10k_full']) and line['num_gen'] == 64
     fid = {line['snapshot_pkl']: line['results']['fid10k_full'] for line in lines}
 
     # --pkl_idx names a snapshot by its (fractional) kimg; --topk bounds the kimg of the FID choice.
