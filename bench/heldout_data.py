@@ -58,9 +58,9 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dnnlib  # noqa: E402
+from training.dataset import mrcnn_sample_paths, mrcnn_split_file  # noqa: E402  (the reader's layout)
 
 SPLIT_STREAMS = {'train': 0, 'test': 1}         # separate random streams keep the splits disjoint
-SPLIT_FILES = {'train': 'data_mrcnn_train_select.npy', 'test': 'data_mrcnn_test_select.npy'}
 AREA_RANGE = (0.08, 0.65)       # promised visible object area, as a fraction of the image
 TARGET_AREA = (0.10, 0.60)      # drawn; a margin for the area estimate's error; large ones shrink to fit
 CUT_SHARE = 0.2                 # objects placed across the image border
@@ -628,20 +628,11 @@ def token(split: str, index: int) -> str:
     return f'{split}{index:06d}'
 
 
-def sample_paths(root: str, split: str, name: str) -> tuple[str, str]:
-    """(image, mask) paths of a token, as training/dataset.py reads the DRC cars layout."""
-    if split == 'train':
-        folder = os.path.join(root, 'data_mrcnn', 'train', 'orig')
-        return os.path.join(folder, f'{name}_orig.png'), os.path.join(folder, f'{name}_maskorig.png')
-    folder = os.path.join(root, 'data_mrcnn', 'test', 'resized')
-    return os.path.join(folder, f'{name}_resized.png'), os.path.join(folder, f'{name}_maskresized.png')
-
-
 def write_samples(root: str, split: str, start: int, stop: int, resolution: int, seed: int) -> int:
     """Render samples ``start .. stop-1`` of a split and write their PNGs under ``root``; returns the count."""
     for i in range(start, stop):
         img, mask = sample(seed, split, i, resolution)
-        image_path, mask_path = sample_paths(root, split, token(split, i))
+        image_path, mask_path = mrcnn_sample_paths(root, 'cars', split, token(split, i))
         Image.fromarray(img.transpose(1, 2, 0)).save(image_path, compress_level=1)
         Image.fromarray(mask * np.uint8(255)).save(mask_path, compress_level=1)
     return stop - start
@@ -661,8 +652,8 @@ def write_set(out: str, num_train: int, num_test: int, resolution: int = 128, se
     root = os.path.join(out, 'cars')
     if os.path.exists(root) and (not os.path.isdir(root) or os.listdir(root)):
         raise dnnlib.UserError(f'{root} already exists and is not empty; choose another --out (it is never overwritten)')
-    for folder in ('train/orig', 'test/resized'):
-        os.makedirs(os.path.join(root, 'data_mrcnn', folder), exist_ok=True)
+    for split in ('train', 'test'):
+        os.makedirs(os.path.dirname(mrcnn_sample_paths(root, 'cars', split, '')[0]), exist_ok=True)
     options = dict(generator='bench/heldout_data.py', train=num_train, test=num_test, resolution=resolution, seed=seed)
     dnnlib.write_bytes_atomic(os.path.join(root, 'heldout_options.json'), json.dumps(options, indent=2).encode('utf-8'))
 
@@ -684,7 +675,7 @@ def write_set(out: str, num_train: int, num_test: int, resolution: int = 128, se
     for split, count in (('train', num_train), ('test', num_test)):   # last: they mark a complete set
         buffer = io.BytesIO()
         np.save(buffer, np.array([token(split, i) for i in range(count)], dtype=str), allow_pickle=False)
-        dnnlib.write_bytes_atomic(os.path.join(root, SPLIT_FILES[split]), buffer.getvalue())
+        dnnlib.write_bytes_atomic(mrcnn_split_file(root, 'cars', split), buffer.getvalue())
     log(f'wrote {root}: {num_train} train + {num_test} test images at {resolution} px, seed {seed}, '
         f'in {time.time() - begin:.1f} s')
     return root

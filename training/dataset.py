@@ -43,7 +43,10 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 DRC_KINDS = {'cub': 'birds', 'bird': 'birds', 'birds': 'birds', 'dog': 'dogs', 'dogs': 'dogs',
              'car': 'cars', 'cars': 'cars'}
 DRC_SHORT_NAMES = {'birds': 'cub', 'dogs': 'dog', 'cars': 'car'}
-DRC_MARKERS = {'birds': 'images.txt', 'dogs': 'data_tr_sel.npy', 'cars': 'data_mrcnn_train_select.npy'}
+# The DRC dogs/cars split files (train, test); the train one also marks the dataset's folder.
+MRCNN_SPLIT_FILES = {'dogs': ('data_tr_sel.npy', 'data_te_sel.npy'),
+                     'cars': ('data_mrcnn_train_select.npy', 'data_mrcnn_test_select.npy')}
+DRC_MARKERS = {'birds': 'images.txt', **{kind: files[0] for kind, files in MRCNN_SPLIT_FILES.items()}}
 DEFAULT_DRC_ROOT = os.path.join('datasets', 'DRC_processed')
 SPLITS = ('train', 'test')
 # What opening a zip archive or reading one of its members can raise: a bad CRC, a truncated or
@@ -364,24 +367,35 @@ def load_tokens(path: str) -> list[str]:
     return [t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in tokens]
 
 
-def _mrcnn_records(root: str, kind: str, split: str, train_masks: bool = False) -> list[Record]:
-    """Train: ``<token>_orig.png`` (with ``<token>_maskorig.png`` beside it when ``train_masks``: DRC's
-    layout as we know it has no such files, another copy may); test: ``_resized.png`` + ``_maskresized.png``."""
-    split_files = {'dogs': ('data_tr_sel.npy', 'data_te_sel.npy'),
-                   'cars': ('data_mrcnn_train_select.npy', 'data_mrcnn_test_select.npy')}[kind]
-    split_path = os.path.join(root, split_files[0 if split == 'train' else 1])
-    tokens = load_tokens(split_path)
+# The DRC dogs/cars layout: where a token's files lie (MRCNN_SPLIT_FILES lists the splits' tokens).
+def mrcnn_split_file(root: str, kind: str, split: str) -> str:
+    """The token list of a split: ``root``/data_tr_sel.npy, ``root``/data_mrcnn_test_select.npy, ..."""
+    return os.path.join(root, MRCNN_SPLIT_FILES[kind][0 if split == 'train' else 1])
+
+
+def mrcnn_sample_paths(root: str, kind: str, split: str, token: str) -> tuple[str, str]:
+    """(image, mask) paths of a token. Train: ``<token>_orig.png`` and ``<token>_maskorig.png`` beside it
+    (DRC's layout as we know it has no train masks, another copy may); test: ``<token>_resized.png`` and
+    ``<token>_maskresized.png``."""
     if split == 'train':
         folder = os.path.join(root, 'train_orig', 'orig') if kind == 'dogs' else os.path.join(root, 'data_mrcnn', 'train', 'orig')
-        masks = [os.path.join(folder, f'{t}_maskorig.png') if train_masks else None for t in tokens]
-        if train_masks and tokens and not os.path.isfile(masks[0]):
-            raise dnnlib.UserError(f'the {kind} train split has no masks: {masks[0]} does not exist (train masks '
+        return os.path.join(folder, f'{token}_orig.png'), os.path.join(folder, f'{token}_maskorig.png')
+    folder = os.path.join(root, 'data_mrcnn', 'test', 'resized')
+    return os.path.join(folder, f'{token}_resized.png'), os.path.join(folder, f'{token}_maskresized.png')
+
+
+def _mrcnn_records(root: str, kind: str, split: str, train_masks: bool = False) -> list[Record]:
+    """The records of a split (:func:`mrcnn_sample_paths`); train masks only when ``train_masks``."""
+    split_path = mrcnn_split_file(root, kind, split)
+    tokens = load_tokens(split_path)
+    paths = [mrcnn_sample_paths(root, kind, split, t) for t in tokens]
+    if split == 'train':
+        if train_masks and paths and not os.path.isfile(paths[0][1]):
+            raise dnnlib.UserError(f'the {kind} train split has no masks: {paths[0][1]} does not exist (train masks '
                                    f'are read as <token>_maskorig.png beside <token>_orig.png); export --split=test')
-        records = [Record(os.path.join(folder, f'{t}_orig.png'), mask) for t, mask in zip(tokens, masks)]
+        records = [Record(image, mask if train_masks else None) for image, mask in paths]
     else:
-        folder = os.path.join(root, 'data_mrcnn', 'test', 'resized')
-        records = [Record(os.path.join(folder, f'{t}_resized.png'), os.path.join(folder, f'{t}_maskresized.png'))
-                   for t in tokens]
+        records = [Record(image, mask) for image, mask in paths]
     _check_listed(records, split_path)
     return records
 
