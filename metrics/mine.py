@@ -40,6 +40,7 @@ from torch_utils import checkpoint
 from metrics.segmentation import append_jsonl, batch_indices, evaluation_due, pick_device
 
 PairFn = Callable[[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]
+LAYER_RESOLUTION = 64           # the side MINE reads the layers at by default, as the original
 
 
 @checkpoint.rebuildable
@@ -98,7 +99,7 @@ class MineConfig:
     hidden: int = 3000
     lr: float = 2e-4                # Adam, default betas
     batch: int = 64
-    resolution: int = 64            # the layers are resized to R×R before flattening (the original: 64)
+    resolution: int = LAYER_RESOLUTION  # the layers are resized to R×R before flattening
     eval_every: int = 400           # 20 ticks of 20 iterations, from the first tick: 20, 420, …; and after the last step
     eval_batch: int = 128
     num_final: int = 20             # the estimate = mean of the last num_final training-set evaluations
@@ -225,7 +226,7 @@ def mine_estimate(x: torch.Tensor, y: torch.Tensor, steps: int = 100_000, **opti
 # ----------------------------------------------------------------------------------------------
 # The layers of a synthetic set.
 
-def load_layers(path: str, resolution: int = 64, num_workers: int = 3,
+def load_layers(path: str, resolution: int = LAYER_RESOLUTION, num_workers: int = 3,
                 progress: bool = True, allow_partial: bool = False) -> dict[str, torch.Tensor]:
     """fg, bg: uint8 [N, 3, R, R]; mask: uint8 [N, R, R] (channel 0 of the mask PNG, soft, 0..255).
 
