@@ -14,7 +14,8 @@
    gradient); an estimate from fewer than 100 000 steps, or a negative one, is marked not converged;
 5. measure whether the generated masks follow the objects (:mod:`metrics.layout`: the spread of
    their centroids and areas against the test split's masks, the empty/full/grey ones and their
-   border coverage), with a warning under the table for each failure these numbers show;
+   border coverage; for a set made with the training perturbation, also the spread of G's own
+   masks before the shift), with a warning under the table for each failure these numbers show;
 6. write ``RUN_DIR/auto_test/results.json`` and print the summary table.
 
 The sizes (n, UNet iterations and width, MINE steps and width) come from the training preset's
@@ -97,7 +98,7 @@ def format_summary(summary: dict) -> str:
              + ', '.join(f'{name} {value:g}' for name, value in summary['perturb'].items() if value) + ')'),
             ('FID', fmt(summary['fid'])), ('sigma', fmt(summary['sigma'])),
             ('IoU', fmt(summary['IoU'])), ('DICE', fmt(summary['DICE'])),
-            *layout.format_layout_rows(summary.get('layout')),
+            *layout.format_layout_rows(summary.get('layout'), summary.get('layout_generator')),
             ('MI_1 (b_i; f_v)', fmt(summary['MI_1']) + mi_note), ('MI_2 (f_i; b_v)', fmt(summary['MI_2']) + mi_note),
             ('MI (b; f)', fmt(summary['MI']) + mi_note),
             ('MINE', 'converged' if summary['MI_converged'] else f'NOT CONVERGED: {summary["MI_why"]}')]
@@ -168,9 +169,15 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
                                progress=progress)
     mi = mine.estimate_layer_mi(syn_dir, mine_cfg, mode='both')
 
-    # 5. Do the masks follow the objects?
-    mask_layout = layout.layout_of_synthetic_set(syn_dir, data, int(config.get('resolution', 64)), data_root,
-                                                 progress=progress)
+    # 5. Do the masks follow the objects? With the training perturbation the set's positions are
+    # the shift's; G's own masks (the set's latents, unshifted) say what G itself has learnt.
+    data_masks = layout.load_data_masks(data, resolution, data_root, progress=progress)
+    mask_layout = layout.compare_layouts(layout.load_generated_masks(syn_dir, resolution, progress=progress),
+                                         data_masks)
+    generator_layout = None
+    if perturb:
+        generator_layout = layout.compare_layouts(
+            generate.generator_masks(choice.path, sizes.n, device=device), data_masks)
 
     # 6. One JSON and one table.
     summary = {
@@ -179,7 +186,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
         'IoU': seg['results']['IoU'], 'DICE': seg['results']['DICE'],
         'MI_1': mi.get('MI_1'), 'MI_2': mi.get('MI_2'), 'MI': mi.get('MI'),
         'MI_converged': mi['converged'], 'MI_why': mi['why'], 'layout': mask_layout,
-        'warnings': layout.layout_warnings(mask_layout),
+        'layout_generator': generator_layout, 'warnings': layout.layout_warnings(mask_layout, generator_layout),
         'segmentation': seg['results'], 'segmentation_run': seg['run_dir'], 'mine_run': mi['run_dir'],
         'synthetic_data': syn_dir, 'perturb': meta.get('perturb'), 'real_data': data, 'sizes': asdict(sizes),
         'total_time': time.time() - start, 'timestamp': time.time(),

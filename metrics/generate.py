@@ -430,6 +430,34 @@ def synthetic_folder_name(snapshot_path: str, perturb: bool = False) -> str:
     return f'synthetic_data-{tag}' + ('-perturbed' if perturb else '')
 
 
+def load_any_snapshot(path: str, device: str) -> dict:
+    """A snapshot of this project (``.pt``) or of the original code (``.pkl``, converted in memory)."""
+    if path.endswith('.pkl'):
+        from torch_utils import legacy
+        return legacy.load_original_snapshot(path, device=device)
+    return checkpoint.load_snapshot(path, device=device)
+
+
+def generator_masks(snapshot_path: str, n: int, seed: int = 0, truncation_psi: float = 1.0,
+                    noise_mode: str = 'const', batch_size: int = 64, device: str | None = None) -> np.ndarray:
+    """G_ema's own masks for samples 0 … n−1 of ``seed``, before any perturbation: float32
+    [n, R, R] in [0, 1].
+
+    The latents are a generated set's (:func:`sample_latents`), so for a set made with
+    ``--perturb`` these are its masks as G drew them, before the training shift moved them: the
+    layout G itself has learnt.
+    """
+    device = dnnlib.parse_device(device)
+    G = load_any_snapshot(snapshot_path, device)['G_ema'].to(device).eval()
+    masks = []
+    for begin in range(0, n, batch_size):
+        z = torch.from_numpy(sample_latents(seed, list(range(begin, min(n, begin + batch_size))), G.z_dim))
+        with torch.no_grad():
+            layers = G(z.to(device), truncation_psi=truncation_psi, noise_mode=noise_mode)
+        masks.append(layers['mask'][:, 0].float().cpu().numpy())
+    return np.concatenate(masks)
+
+
 def generate_from_network(network: str, n: int, outdir: str | None = None, topk: float | None = None,
                           pkl_idx: float | None = None, sigma: float | None = None, latest: bool = False,
                           seed: int = 0, truncation_psi: float = 1.0, noise_mode: str = 'const',
@@ -447,11 +475,7 @@ def generate_from_network(network: str, n: int, outdir: str | None = None, topk:
         raise dnnlib.UserError(f'--noise-mode must be const, random or none, got {noise_mode!r}')
     choice = choice or choose_snapshot(network, topk=topk, pkl_idx=pkl_idx, sigma=sigma, latest=latest)
     device = dnnlib.parse_device(device)
-    if choice.path.endswith('.pkl'):  # a snapshot of the original code, converted in memory
-        from torch_utils import legacy
-        snapshot = legacy.load_original_snapshot(choice.path, device=device)
-    else:
-        snapshot = checkpoint.load_snapshot(choice.path, device=device)
+    snapshot = load_any_snapshot(choice.path, device)
     G = snapshot['G_ema']
     perturbation = training_perturbation(snapshot.get('data') or {}, choice.path) if perturb else None
     outdir = outdir or default_outdir(choice.path, perturb)

@@ -134,24 +134,22 @@ def load_data_masks(data: str, resolution: int, data_root: str | None = None, nu
     return masks.numpy().astype(np.float32)
 
 
-def layout_of_synthetic_set(syn_dir: str, data: str, resolution: int, data_root: str | None = None,
-                            progress: bool = False) -> dict:
-    """:func:`compare_layouts` of a generated set against the test split of ``data``, both at ``resolution``."""
-    return compare_layouts(load_generated_masks(syn_dir, resolution, progress=progress),
-                           load_data_masks(data, resolution, data_root, progress=progress))
-
-
-def layout_warnings(layout: dict | None) -> list[str]:
+def layout_warnings(layout: dict | None, generator_layout: dict | None = None) -> list[str]:
     """One sentence per failure that :func:`compare_layouts`'s result shows; [] when none does.
 
     Collapses (empty, full or grey masks in more than half of the set), a mask that takes the
     objects' surround (border coverage above the data's by more than :data:`BORDER_EXCESS`), and
     layouts that do not vary with the latent (position or area spread below :data:`LOW_SPREAD` of
     the data's). The numbers in each sentence are the measured ones.
+
+    ``generator_layout``: the same comparison for G's own masks when the set's were moved by the
+    training perturbation; the spread warnings then read it, since the shift, not G, spreads the
+    set's positions.
     """
     if not layout:
         return []
-    gen, data, ratios = layout['generated'], layout.get('data') or {}, layout['ratios']
+    gen, data = layout['generated'], layout.get('data') or {}
+    ratios = (generator_layout or layout)['ratios']
     warnings = []
     collapses = (('empty', 'empty (area < 1 %): the foreground layer has vanished'),
                  ('full', 'full (area > 99 %): the mask covers the whole image'),
@@ -171,14 +169,20 @@ def layout_warnings(layout: dict | None) -> list[str]:
     return warnings
 
 
-def format_layout_rows(layout: dict | None) -> list[tuple[str, str]]:
-    """The auto test's table rows: spread ratios and the collapse fractions of the generated masks."""
+def format_layout_rows(layout: dict | None, generator_layout: dict | None = None) -> list[tuple[str, str]]:
+    """The auto test's table rows: spread ratios and the collapse fractions of the generated masks;
+    with ``generator_layout`` (a perturbed set), one more row: the spread ratios of G's own masks."""
     if layout is None:
         return [('layout spread gen/data', '—'), ('masks empty/full/grey', '—'), ('mask on the border gen/data', '—')]
 
     def fmt(value):
         return '—' if value is None else f'{value:.2f}'
-    r, g, d = layout['ratios'], layout['generated'], layout.get('data') or {}
-    return [('layout spread gen/data', f'position {fmt(r["position"])}, area {fmt(r["area"])}'),
-            ('masks empty/full/grey', ' / '.join(f'{100 * g[k]:.1f}%' for k in ('empty', 'full', 'grey'))),
-            ('mask on the border gen/data', f'{fmt(g.get("mean_border"))} / {fmt(d.get("mean_border"))}')]
+
+    def spread(ratios: dict) -> str:
+        return f'position {fmt(ratios["position"])}, area {fmt(ratios["area"])}'
+    g, d = layout['generated'], layout.get('data') or {}
+    rows = [('layout spread gen/data', spread(layout['ratios']))]
+    if generator_layout is not None:
+        rows.append(("G's own layout spread gen/data", spread(generator_layout['ratios'])))
+    return rows + [('masks empty/full/grey', ' / '.join(f'{100 * g[k]:.1f}%' for k in ('empty', 'full', 'grey'))),
+                   ('mask on the border gen/data', f'{fmt(g.get("mean_border"))} / {fmt(d.get("mean_border"))}')]

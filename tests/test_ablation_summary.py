@@ -16,7 +16,7 @@ def bench(module, *args):
     return CliRunner().invoke(module.main, [str(a) for a in args])
 
 
-def fake_run(outdir, cfg, seed, iou, number=0, results=True, training_s=100.0):
+def fake_run(outdir, cfg, seed, iou, number=0, results=True, training_s=100.0, generator_layout=None):
     """OUTDIR/<cfg>-seed<seed>/NNNNN-synthetic-<cfg>-batch16/ as the training and the auto test leave it."""
     run = outdir / f'{cfg}-seed{seed}' / f'{number:05d}-synthetic-{cfg}-batch16'
     (run / 'auto_test').mkdir(parents=True)
@@ -28,6 +28,7 @@ def fake_run(outdir, cfg, seed, iou, number=0, results=True, training_s=100.0):
                   'generated': {'empty': 0.0, 'full': 0.0, 'grey': 0.25, 'mean_border': 0.125}, 'data': {}}
         (run / 'auto_test' / 'results.json').write_text(json.dumps(
             {'kimg': 30, 'IoU': iou, 'DICE': iou + 0.1, 'MI_1': 0.5, 'MI_2': 0.25, 'MI': None, 'layout': layout,
+             'layout_generator': generator_layout,
              'sizes': {'n': 2000}, 'total_time': 140.0}))
     return run
 
@@ -83,3 +84,12 @@ def test_quality_sizes_accept_cub_train_masks_and_refuse_maskless_cars(tmp_path)
     assert bench(quality_summary, 'option', str(tmp_path / 'cub'), 'data').stdout == 'cub\n'
     result = bench(quality_summary, 'sizes', str(tmp_path / 'car'))
     assert result.exit_code == 2 and 'cars train split has no masks' in result.output
+
+
+def test_a_perturbed_sets_row_gives_the_spreads_of_gs_own_masks(tmp_path):
+    # The auto test shifted the set (cpu presets): the spreads of the row are G's own, the border the set's.
+    own = {'ratios': {'position': 0.05, 'x': 0.04, 'y': 0.03, 'area': 0.2}, 'generated': {}, 'data': {}}
+    run = fake_run(tmp_path, 'cpu', 0, 0.8, generator_layout=own)
+    row = ablation_summary.run_row(str(run))
+    assert (row['position_spread'], row['area_spread'], row['border']) == (0.05, 0.2, 0.125)
+    assert ablation_summary.run_row(str(fake_run(tmp_path, 'cpu', 1, 0.8)))['position_spread'] == 0.4

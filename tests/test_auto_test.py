@@ -87,6 +87,7 @@ def test_auto_test_chain_writes_results_and_prints_table(run_dir, capsys):
     assert 'layout spread gen/data' in table and 'masks empty/full/grey' in table
     # Each failure the layout numbers show is a warning under the table and in results.json.
     assert results['warnings'] == layout.layout_warnings(results['layout'])
+    assert results['layout_generator'] is None and "G's own layout" not in table   # unperturbed: the set is G's
     assert [line[len('WARNING: '):] for line in table.splitlines() if line.startswith('WARNING: ')] == results['warnings']
     assert results['MI_converged'] is False and results['MI_why'].startswith("6 steps, fewer than the paper's")
     mi_row = next(line for line in table.splitlines() if line.startswith('MI (b; f)'))
@@ -122,4 +123,11 @@ def test_auto_test_of_a_cpu_preset_composes_samples_with_the_training_perturbati
     assert results['perturb'] == {'xint_max': 0.125}
     meta = json.loads((run_dir / 'auto_test' / 'synthetic_data-000004-perturbed' / 'meta.json').read_text())
     assert meta['perturb'] == {'xint_max': 0.125}
-    assert 'with the training perturbation (xint_max 0.125)' in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert 'with the training perturbation (xint_max 0.125)' in table
+    # The layout of G's own masks (the set's latents before the shift) beside the set's.
+    own = results['layout_generator']
+    assert own['generated']['count'] == TINY_SIZES['n'] and own['data'] == results['layout']['data']
+    assert results['warnings'] == layout.layout_warnings(results['layout'], own)
+    row = next(line for line in table.splitlines() if line.startswith("G's own layout spread gen/data"))
+    assert row.split('|', 1)[1].strip() == layout.format_layout_rows(results['layout'], own)[1][1]

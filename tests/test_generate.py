@@ -360,3 +360,21 @@ def test_perturb_refuses_a_snapshot_without_a_valid_perturbation(tmp_path, kwarg
     with pytest.raises(dnnlib.UserError, match=message):
         generate.generate_from_network(snapshot, n=2, outdir=outdir, perturb=True, progress=False)
     assert not os.path.exists(outdir)
+
+
+def test_generator_masks_are_the_masks_of_an_unperturbed_set(tmp_path):
+    """G's own masks, recomputed from a snapshot, are the set's mask PNGs (round(255·m)) for the same seed."""
+    from training import networks
+    torch.manual_seed(1)
+    G = networks.LayeredGenerator(img_resolution=16, z_dim=8, w_dim=8, mapping_layers=1, channel_base=64,
+                                  channel_max=4)
+    path = str(tmp_path / 'network-snapshot-000001.pt')
+    checkpoint.save_snapshot(path, {'G_ema': G}, data={'kimg': 1.0})
+    outdir, _ = generate.generate_from_network(path, n=5, outdir=str(tmp_path / 'set'), seed=3, batch_size=2,
+                                               progress=False)
+    masks = generate.generator_masks(path, 5, seed=3, batch_size=3)
+    written = np.stack([np.asarray(Image.open(os.path.join(outdir, 'mask', f'{i:06d}.png')))[..., 0]
+                        for i in range(1, 6)])
+    assert masks.shape == (5, 16, 16) and masks.dtype == np.float32
+    assert np.abs(masks * 255 - written).max() <= 0.5 + 1e-3
+    assert masks.std() > 0                                      # not a constant: the check can fail

@@ -159,3 +159,21 @@ def test_warnings_thresholds_are_strict_and_spread_below_a_third_is_reported():
     result = dict(generated=stats, data=dict(mean_border=0.1), ratios=dict(position=0.3, area=0.29))
     assert layout.layout_warnings(result) == ["the masks' size varies 0.29 as much as the data's: about one size "
                                               "for every latent"]
+
+
+def test_a_shifted_set_is_judged_by_the_spread_of_gs_own_masks():
+    # The training shift moves one blob to varied places: the set's position spread looks data-like,
+    # G's own masks (the same latents, unshifted) show one place and one size for every latent.
+    rng = np.random.default_rng(5)
+    data = rectangles(random_boxes(rng, 200))
+    shifted = rectangles([(8 + dy, 8 + dx, 12, 12) for dy, dx in rng.integers(-8, 9, size=(50, 2))])
+    own = rectangles([(10, 10, 12, 12)] * 50)
+    set_layout, own_layout = layout.compare_layouts(shifted, data), layout.compare_layouts(own, data)
+    assert set_layout['ratios']['position'] > 0.5 and own_layout['ratios']['position'] == 0.0
+    assert [w.split(' varies')[0] for w in layout.layout_warnings(set_layout)] == ["the masks' size"]
+    assert [w.split(' varies')[0] for w in layout.layout_warnings(set_layout, own_layout)] == [
+        "the masks' position", "the masks' size"]
+    rows = layout.format_layout_rows(set_layout, own_layout)
+    assert [name for name, _ in rows] == ['layout spread gen/data', "G's own layout spread gen/data",
+                                          'masks empty/full/grey', 'mask on the border gen/data']
+    assert rows[1][1] == 'position 0.00, area 0.00'
