@@ -5,6 +5,7 @@
     python bench/bench_training.py --cfg=ILS_predL --batch=8 --ab=layout --iters=3   # NCHW vs NHWC side by side
     python bench/bench_training.py --cfg=ILS_predL --batch=8 --ab=main --loop --json # main's CPU set-up vs now,
                                                                   # phases and the real training loop
+    python bench/bench_training.py --cfg=ILS_predL --batch=8 --flops --threads=2  # GFLOP/s against the machine's
 
 It times the loss phases exactly as the training loop runs them (fresh z and shifts per phase,
 ADA at p = 0.2 so the augmentation is exercised, R1 counted as 1/16 of an iteration) on random
@@ -251,6 +252,88 @@ def ab_phases(variant_a: PhaseBench, variant_b: PhaseBench, rounds: int, warmup:
     return result
 
 
+def count_flops(call: Callable[[], object]) -> int:
+    """FLOPs of one call as torch's FlopCounterMode counts them: convolutions and matrix products,
+    forward and backward, a multiply-add as 2 (elementwise work is not counted)."""
+    # torch's FlopCounterMode also tracks modules by backward hooks, which autograd.grad (R1)
+    # refuses; its table of FLOPs per aten op serves alone.
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Counter(TorchDispatchMode):
+        total = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            count = flop_registry.get(func._overloadpacket)
+            if count is not None:
+                Counter.total += count(*args, **kwargs, out_val=out)
+            return out
+
+    with Counter():
+        call()
+    return Counter.total
+
+
+def machine_rates(device: torch.device, channels: int, resolution: int, batch: int, rounds: int = 3) -> dict:
+    """GFLOP/s this machine reaches on the two kinds of work a training iteration is made of:
+    a square fp32 matrix product (the GEMM peak) and one 3×3 convolution of ``channels`` channels
+    at ``resolution``² in the training layout, forward and backward (the rate of the widest layer
+    as oneDNN or cuDNN runs it). Medians of ``rounds`` after one warm-up."""
+    size = 2048
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    gemm = median(interleaved({'gemm': lambda: a @ b}, rounds, device)['gemm'])
+    memory_format = torch.channels_last if device.type == 'cpu' else torch.contiguous_format
+    x = torch.randn(batch, channels, resolution, resolution, device=device).contiguous(memory_format=memory_format)
+    x.requires_grad_(True)
+    weight = torch.randn(channels, channels, 3, 3, device=device, requires_grad=True)
+
+    def conv() -> None:
+        torch.nn.functional.conv2d(x, weight, padding=1).sum().backward()
+
+    conv_flops = count_flops(conv)
+    conv_seconds = median(interleaved({'conv': conv}, rounds, device)['conv'])
+    return dict(gemm_gflops=round(2 * size ** 3 / gemm / 1e9, 1),
+                conv=f'3x3 {channels}->{channels} at {resolution}^2, batch {batch}, forward + backward',
+                conv_gflops=round(conv_flops / conv_seconds / 1e9, 1))
+
+
+def flop_rates(bench: PhaseBench, iters: int) -> dict:
+    """GFLOP per call and achieved GFLOP/s of each phase, per iteration, against this machine's
+    GEMM and widest-convolution rates: ``headroom`` is how much faster an iteration could be
+    with the same operations run at the widest convolution's own rate (an upper bound on what
+    any layout or kernel choice can give without other arithmetic)."""
+    device = bench.device
+    flops = {name: count_flops(phase) for name, phase in bench.phases.items()}
+    seconds = {name: median(interleaved({name: phase}, iters, device)[name]) for name, phase in bench.phases.items()}
+    interval = bench.cfg.D_reg_interval
+    weights = {name: 1 / interval if name == 'D_reg' else (0.0 if name == 'estimators' else 1.0) for name in flops}
+    iter_flops = sum(weights[n] * flops[n] for n in flops)
+    iter_seconds = sum(weights[n] * seconds[n] for n in flops)
+    widest = max(bench.cfg.channel_max, 1)
+    machine = machine_rates(device, widest, bench.cfg.resolution, bench.batch)
+    achieved = iter_flops / iter_seconds / 1e9
+    return dict(describe(bench), phases={n: dict(gflop=round(flops[n] / 1e9, 2), sec=round(seconds[n], 4),
+                                                 gflops=round(flops[n] / seconds[n] / 1e9, 1)) for n in flops},
+                gflop_per_iter=round(iter_flops / 1e9, 2), sec_per_iter=round(iter_seconds, 4),
+                achieved_gflops=round(achieved, 1), **machine,
+                headroom=round(machine['conv_gflops'] / achieved, 2),
+                headroom_gemm=round(machine['gemm_gflops'] / achieved, 2))
+
+
+def print_flops(row: dict) -> None:
+    print(f'{row["cfg"]} R={row["resolution"]} batch {row["batch"]} {row["device"]} '
+          f'({row["threads"]} threads, {row["layout"]}, {row["impl"]}): FLOPs counted by torch')
+    for name, phase in row['phases'].items():
+        print(f'  {name:10s} {phase["gflop"]:9.2f} GFLOP  {phase["sec"]:8.3f} s  {phase["gflops"]:7.1f} GFLOP/s')
+    print(f'  iteration  {row["gflop_per_iter"]:9.2f} GFLOP  {row["sec_per_iter"]:8.3f} s  '
+          f'{row["achieved_gflops"]:7.1f} GFLOP/s')
+    print(f'  machine: GEMM 2048² {row["gemm_gflops"]} GFLOP/s; {row["conv"]} {row["conv_gflops"]} GFLOP/s')
+    print(f'  headroom at the same arithmetic: x{row["headroom"]} at the widest convolution\'s rate, '
+          f'x{row["headroom_gemm"]} at the GEMM peak', flush=True)
+
+
 STATUS_LINE = re.compile(r'^tick (\d+)\s+kimg ([\d.]+)\s+time .*?sec/kimg ([\d.]+).*?mem ([\d.]+)GB', re.M)
 
 
@@ -326,15 +409,26 @@ def print_ab(result: dict, label: str) -> None:
 @click.option('--ab', type=click.Choice(list(AB_VARIANTS)), default=None,
               help='Time two variants of --cfg side by side in this process (needs --cfg and --batch).')
 @click.option('--loop', is_flag=True, help='With --ab: also the real training loop of each variant (A B B A).')
+@click.option('--flops', is_flag=True,
+              help='Count each phase\'s FLOPs and report GFLOP/s against this machine\'s GEMM and widest-convolution '
+                   'rates (needs --cfg and --batch).')
 @click.option('--threads', type=click.IntRange(min=1), default=None, help='torch CPU threads [default: torch\'s].')
 @click.option('--json', 'as_json', is_flag=True, help='Print the figures as one JSON list at the end.')
-def main(cfg, resolution, batch, iters, device, fp32, layout, impl, ab, loop, threads, as_json):
+def main(cfg, resolution, batch, iters, device, fp32, layout, impl, ab, loop, flops, threads, as_json):
     """Print training images/s and sec/kimg per preset and batch."""
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True  # as the training loop (unless --nobench)
+    if flops:
+        if cfg is None or batch is None:
+            raise click.UsageError('--flops needs --cfg and --batch')
+        row = flop_rates(PhaseBench(cfg, int(resolution), batch, device, fp32=fp32, layout=layout, impl=impl), iters)
+        print_flops(row)
+        if as_json:
+            print(json.dumps(row, indent=2))
+        return
     if ab is not None:
         if cfg is None or batch is None:
             raise click.UsageError('--ab needs --cfg and --batch')

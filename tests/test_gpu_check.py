@@ -120,3 +120,31 @@ def test_kernel_checks_run_every_recorded_and_suite_case_on_the_cpu():
         assert result['passed'], call
         compared = [o for o in result['outputs'].values() if isinstance(o, dict)]
         assert {'forward', 'grad0', 'double0'} <= set(result['outputs']) and all(o['max_abs'] == 0 for o in compared)
+
+
+def test_flop_count_matches_the_hand_count_through_backward_and_double_backward():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    weight = torch.randn(4, 3, 3, 3, requires_grad=True)
+    forward = 2 * (2 * 4 * 8 * 8) * (3 * 3 * 3)  # 2 FLOPs per multiply-add, 27 taps per output element
+    assert bench_training.count_flops(lambda: torch.nn.functional.conv2d(x, weight, padding=1)) == forward
+    # backward: the input's and the weight's gradient, each as many multiply-adds as the forward
+    assert bench_training.count_flops(
+        lambda: torch.nn.functional.conv2d(x, weight, padding=1).sum().backward()) == 3 * forward
+    a, b = torch.randn(4, 5, requires_grad=True), torch.randn(5, 6)
+
+    def r1_like():  # autograd.grad with create_graph, as R1 runs it (torch's FlopCounterMode refuses it)
+        (grad,) = torch.autograd.grad((a @ b).sum(), a, create_graph=True)
+        return grad
+
+    assert bench_training.count_flops(r1_like) == 2 * (2 * 4 * 5 * 6)
+
+
+def test_flop_rates_add_up_per_iteration():
+    bench = bench_training.PhaseBench('cpu', 64, 4, torch.device('cpu'))
+    row = bench_training.flop_rates(bench, iters=1)
+    phases = row['phases']
+    assert set(phases) == {'G_main', 'D_main', 'D_reg'} and min(p['gflop'] for p in phases.values()) > 0
+    per_iter = phases['G_main']['gflop'] + phases['D_main']['gflop'] + phases['D_reg']['gflop'] / 16
+    assert row['gflop_per_iter'] == pytest.approx(per_iter, abs=0.02)
+    assert row['headroom'] == pytest.approx(row['conv_gflops'] / row['achieved_gflops'], rel=0.02)
+    assert row['conv'].startswith('3x3 32->32 at 32^2, batch 4')
