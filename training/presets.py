@@ -74,6 +74,9 @@ BASE: dict[str, Any] = dict(
 #   weight 10 instead (bound 0.15) sent seed 1's mask towards empty (mean ~0.05 by 4 kimg). The
 #   lower bound on the batch's mean area instead of each mask's (small objects allowed) made the
 #   mask take the sky on held-out data (bench/heldout_data.py, seed 0: IoU 0.044 against 0.496).
+# - The minibatch-stddev group stays the paper's 4: over the whole batch of 16 (a stronger signal of
+#   too little variety) it gave IoU 0.838 / 0.816 / 0.799 on seeds 0-2, mean 0.818 against 0.819,
+#   and G's own spreads did not widen (bench/results/ablation-cpu-mbstd16-2026-12-01.json).
 # - The ILS term strong and early: σ = 5 for the first 6 kimg, then the paper's 1 (the paper: 0.2 for
 #   the first 400 of 8000 kimg), with the mask detached from the term (opt_mask False). With the
 #   paper's weak start, seed 0's first layers split the scene into a layer of ground in front and
