@@ -6,6 +6,7 @@
     python bench/bench_training.py --cfg=ILS_predL --batch=8 --ab=main --loop --json # main's CPU set-up vs now,
                                                                   # phases and the real training loop
     python bench/bench_training.py --cfg=ILS_predL --batch=8 --flops --threads=2  # GFLOP/s against the machine's
+    python bench/bench_training.py --cfg=ILS_predL --batch=8 --ab=main --flops --threads=2  # ... of main and now
 
 It times the loss phases exactly as the training loop runs them (fresh z and shifts per phase,
 ADA at p = 0.2 so the augmentation is exercised, R1 counted as 1/16 of an iteration) on random
@@ -276,14 +277,15 @@ def count_flops(call: Callable[[], object]) -> int:
     return Counter.total
 
 
-def machine_rates(device: torch.device, channels: int, resolution: int, batch: int, rounds: int = 3) -> dict:
+def machine_rates(device: torch.device, channels: int, resolution: int, batch: int, rounds: int = 10) -> dict:
     """GFLOP/s this machine reaches on the two kinds of work a training iteration is made of:
     a square fp32 matrix product (the GEMM peak) and one 3×3 convolution of ``channels`` channels
     at ``resolution``² in the training layout, forward and backward (the rate of the widest layer
-    as oneDNN or cuDNN runs it). Medians of ``rounds`` after one warm-up."""
+    as oneDNN or cuDNN runs it). Each the fastest of ``rounds`` after one warm-up: a peak, and a
+    shared machine only ever slows a round down."""
     size = 2048
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    gemm = median(interleaved({'gemm': lambda: a @ b}, rounds, device)['gemm'])
+    gemm = min(interleaved({'gemm': lambda: a @ b}, rounds, device)['gemm'])
     memory_format = torch.channels_last if device.type == 'cpu' else torch.contiguous_format
     x = torch.randn(batch, channels, resolution, resolution, device=device).contiguous(memory_format=memory_format)
     x.requires_grad_(True)
@@ -293,10 +295,24 @@ def machine_rates(device: torch.device, channels: int, resolution: int, batch: i
         torch.nn.functional.conv2d(x, weight, padding=1).sum().backward()
 
     conv_flops = count_flops(conv)
-    conv_seconds = median(interleaved({'conv': conv}, rounds, device)['conv'])
+    conv_seconds = min(interleaved({'conv': conv}, rounds, device)['conv'])
     return dict(gemm_gflops=round(2 * size ** 3 / gemm / 1e9, 1),
                 conv=f'3x3 {channels}->{channels} at {resolution}^2, batch {batch}, forward + backward',
                 conv_gflops=round(conv_flops / conv_seconds / 1e9, 1))
+
+
+def phase_weights(bench: PhaseBench) -> dict[str, float]:
+    """How often each phase runs per iteration (R1 every D_reg_interval-th; 'estimators' is inside D-main)."""
+    return {name: 1 / bench.cfg.D_reg_interval if name == 'D_reg' else (0.0 if name == 'estimators' else 1.0)
+            for name in bench.phases}
+
+
+def phase_flops(bench: PhaseBench) -> dict[str, int]:
+    return {name: count_flops(phase) for name, phase in bench.phases.items()}
+
+
+def bench_machine_rates(bench: PhaseBench) -> dict:
+    return machine_rates(bench.device, max(bench.cfg.channel_max, 1), bench.cfg.resolution, bench.batch)
 
 
 def flop_rates(bench: PhaseBench, iters: int) -> dict:
@@ -305,14 +321,12 @@ def flop_rates(bench: PhaseBench, iters: int) -> dict:
     with the same operations run at the widest convolution's own rate (an upper bound on what
     any layout or kernel choice can give without other arithmetic)."""
     device = bench.device
-    flops = {name: count_flops(phase) for name, phase in bench.phases.items()}
+    flops = phase_flops(bench)
     seconds = {name: median(interleaved({name: phase}, iters, device)[name]) for name, phase in bench.phases.items()}
-    interval = bench.cfg.D_reg_interval
-    weights = {name: 1 / interval if name == 'D_reg' else (0.0 if name == 'estimators' else 1.0) for name in flops}
+    weights = phase_weights(bench)
     iter_flops = sum(weights[n] * flops[n] for n in flops)
     iter_seconds = sum(weights[n] * seconds[n] for n in flops)
-    widest = max(bench.cfg.channel_max, 1)
-    machine = machine_rates(device, widest, bench.cfg.resolution, bench.batch)
+    machine = bench_machine_rates(bench)
     achieved = iter_flops / iter_seconds / 1e9
     return dict(describe(bench), phases={n: dict(gflop=round(flops[n] / 1e9, 2), sec=round(seconds[n], 4),
                                                  gflops=round(flops[n] / seconds[n] / 1e9, 1)) for n in flops},
@@ -320,6 +334,19 @@ def flop_rates(bench: PhaseBench, iters: int) -> dict:
                 achieved_gflops=round(achieved, 1), **machine,
                 headroom=round(machine['conv_gflops'] / achieved, 2),
                 headroom_gemm=round(machine['gemm_gflops'] / achieved, 2))
+
+
+def ab_flop_rates(variant_a: PhaseBench, variant_b: PhaseBench, result: dict) -> dict:
+    """FLOPs per iteration of both variants (equal when B changes no arithmetic) and the GFLOP/s of
+    each from ``result``'s interleaved timings, against the machine's rates measured right after;
+    ``gflops_for_2x_A``: the rate an iteration would need to run at twice A's speed."""
+    flops = {key: phase_flops(bench) for key, bench in (('A', variant_a), ('B', variant_b))}
+    weights = phase_weights(variant_a)
+    per_iter = {key: sum(weights[n] * f[n] for n in f) for key, f in flops.items()}
+    achieved = {key: per_iter[key] / result[f'sec_per_iter_{key}'] / 1e9 for key in per_iter}
+    return dict(gflop_per_iter_A=round(per_iter['A'] / 1e9, 2), gflop_per_iter_B=round(per_iter['B'] / 1e9, 2),
+                gflops_A=round(achieved['A'], 1), gflops_B=round(achieved['B'], 1),
+                gflops_for_2x_A=round(2 * achieved['A'], 1), **bench_machine_rates(variant_b))
 
 
 def print_flops(row: dict) -> None:
@@ -388,6 +415,11 @@ def print_ab(result: dict, label: str) -> None:
     print(f'  iteration  A {result["sec_per_iter_A"]:9.4f} s  B {result["sec_per_iter_B"]:9.4f} s  '
           f'B/A {result["ratio_B_over_A"]:.3f}  (phase bench: {1000 / a["batch"] * result["sec_per_iter_A"]:.1f} vs '
           f'{1000 / a["batch"] * result["sec_per_iter_B"]:.1f} sec/kimg)', flush=True)
+    flops = result.get('flops')
+    if flops:
+        print(f'  GFLOP per iteration A {flops["gflop_per_iter_A"]}  B {flops["gflop_per_iter_B"]}; GFLOP/s A '
+              f'{flops["gflops_A"]}  B {flops["gflops_B"]}; twice A needs {flops["gflops_for_2x_A"]}; machine: GEMM '
+              f'{flops["gemm_gflops"]}, {flops["conv"]} {flops["conv_gflops"]} GFLOP/s', flush=True)
     loop = result.get('loop')
     if loop:
         print(f'  real loop  sec/kimg A {loop["sec_per_kimg_A"]}  B {loop["sec_per_kimg_B"]}  '
@@ -411,7 +443,7 @@ def print_ab(result: dict, label: str) -> None:
 @click.option('--loop', is_flag=True, help='With --ab: also the real training loop of each variant (A B B A).')
 @click.option('--flops', is_flag=True,
               help='Count each phase\'s FLOPs and report GFLOP/s against this machine\'s GEMM and widest-convolution '
-                   'rates (needs --cfg and --batch).')
+                   'rates (needs --cfg and --batch; with --ab: both variants\' rates from the interleaved timings).')
 @click.option('--threads', type=click.IntRange(min=1), default=None, help='torch CPU threads [default: torch\'s].')
 @click.option('--json', 'as_json', is_flag=True, help='Print the figures as one JSON list at the end.')
 def main(cfg, resolution, batch, iters, device, fp32, layout, impl, ab, loop, flops, threads, as_json):
@@ -421,7 +453,7 @@ def main(cfg, resolution, batch, iters, device, fp32, layout, impl, ab, loop, fl
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True  # as the training loop (unless --nobench)
-    if flops:
+    if flops and ab is None:
         if cfg is None or batch is None:
             raise click.UsageError('--flops needs --cfg and --batch')
         row = flop_rates(PhaseBench(cfg, int(resolution), batch, device, fp32=fp32, layout=layout, impl=impl), iters)
@@ -434,8 +466,10 @@ def main(cfg, resolution, batch, iters, device, fp32, layout, impl, ab, loop, fl
             raise click.UsageError('--ab needs --cfg and --batch')
         kwargs = dict(fp32=fp32, layout=layout, impl=impl)
         a, b = ({**kwargs, **variant} for variant in AB_VARIANTS[ab])
-        result = ab_phases(PhaseBench(cfg, int(resolution), batch, device, **a),
-                           PhaseBench(cfg, int(resolution), batch, device, **b), iters)
+        variant_a, variant_b = (PhaseBench(cfg, int(resolution), batch, device, **v) for v in (a, b))
+        result = ab_phases(variant_a, variant_b, iters)
+        if flops:
+            result['flops'] = ab_flop_rates(variant_a, variant_b, result)
         if loop:
             result['loop'] = ab_loops(cfg, int(resolution), batch, a, b)
         print_ab(result, ab)

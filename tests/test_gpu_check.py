@@ -148,3 +148,15 @@ def test_flop_rates_add_up_per_iteration():
     assert row['gflop_per_iter'] == pytest.approx(per_iter, abs=0.02)
     assert row['headroom'] == pytest.approx(row['conv_gflops'] / row['achieved_gflops'], rel=0.02)
     assert row['conv'].startswith('3x3 32->32 at 32^2, batch 4')
+
+
+def test_ab_flop_rates_count_the_same_work_for_main_and_now():
+    """main's set-up (NCHW, reference ops) and this branch's change no arithmetic: the same FLOPs."""
+    device = torch.device('cpu')
+    a, b = (bench_training.PhaseBench('cpu', 64, 4, device, **v) for v in bench_training.AB_VARIANTS['main'])
+    result = bench_training.ab_phases(a, b, rounds=1, warmup=0)
+    flops = bench_training.ab_flop_rates(a, b, result)
+    assert flops['gflop_per_iter_A'] == flops['gflop_per_iter_B'] > 0
+    assert flops['gflops_A'] == pytest.approx(flops['gflop_per_iter_A'] / result['sec_per_iter_A'], rel=0.02)
+    assert flops['gflops_for_2x_A'] == pytest.approx(2 * flops['gflops_A'], abs=0.11)
+    assert flops['gemm_gflops'] > 0 and flops['conv_gflops'] > 0
