@@ -77,6 +77,9 @@ BASE: dict[str, Any] = dict(
 # - The minibatch-stddev group stays the paper's 4: over the whole batch of 16 (a stronger signal of
 #   too little variety) it gave IoU 0.838 / 0.816 / 0.799 on seeds 0-2, mean 0.818 against 0.819,
 #   and G's own spreads did not widen (bench/results/ablation-cpu-mbstd16-2026-12-01.json).
+# - Batch 16, not 32: batch 32 trains 30 kimg 1.2-1.3x faster (7m34s, 8m15s), but seed 1 drew
+#   smooth blobs with a dark rim for objects, IoU 0.665 against 0.829 (seed 0: 0.817 against 0.826;
+#   bench/results/demo-cpu-batch32-2026-12-01.json).
 # - The ILS term strong and early: σ = 5 for the first 6 kimg, then the paper's 1 (the paper: 0.2 for
 #   the first 400 of 8000 kimg), with the mask detached from the term (opt_mask False). With the
 #   paper's weak start, seed 0's first layers split the scene into a layer of ground in front and
