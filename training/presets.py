@@ -80,6 +80,10 @@ BASE: dict[str, Any] = dict(
 # - Batch 16, not 32: batch 32 trains 30 kimg 1.2-1.3x faster (7m34s, 8m15s), but seed 1 drew
 #   smooth blobs with a dark rim for objects, IoU 0.665 against 0.829 (seed 0: 0.817 against 0.826;
 #   bench/results/demo-cpu-batch32-2026-12-01.json).
+# - Mapping networks of 2 layers, not the paper's 8: with 8, G's own layout spreads about doubled
+#   (seed 1: position 0.37, area 0.53 of the data's, against 0.20 / 0.24), but seed 0's mask took
+#   the surround (IoU 0.040) and seed 1's varied, irregular masks scored 0.772 against 0.829
+#   (bench/results/ablation-cpu-mapping8-2026-12-01.json).
 # - The ILS term strong and early: σ = 5 for the first 6 kimg, then the paper's 1 (the paper: 0.2 for
 #   the first 400 of 8000 kimg), with the mask detached from the term (opt_mask False). With the
 #   paper's weak start, seed 0's first layers split the scene into a layer of ground in front and
