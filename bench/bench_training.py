@@ -262,19 +262,22 @@ def count_flops(call: Callable[[], object]) -> int:
     from torch.utils.flop_counter import flop_registry
 
     class Counter(TorchDispatchMode):
-        total = 0
+        def __init__(self) -> None:
+            super().__init__()
+            self.total = 0
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
             count = flop_registry.get(func._overloadpacket)
             if count is not None:
-                Counter.total += count(*args, **kwargs, out_val=out)
+                self.total += count(*args, **kwargs, out_val=out)
             return out
 
-    with Counter():
+    counter = Counter()
+    with counter:
         call()
-    return Counter.total
+    return counter.total
 
 
 def machine_rates(device: torch.device, channels: int, resolution: int, batch: int, rounds: int = 10) -> dict:
@@ -317,9 +320,10 @@ def bench_machine_rates(bench: PhaseBench) -> dict:
 
 def flop_rates(bench: PhaseBench, iters: int) -> dict:
     """GFLOP per call and achieved GFLOP/s of each phase, per iteration, against this machine's
-    GEMM and widest-convolution rates: ``headroom`` is how much faster an iteration could be
-    with the same operations run at the widest convolution's own rate (an upper bound on what
-    any layout or kernel choice can give without other arithmetic)."""
+    GEMM and widest-convolution rates. ``headroom`` is how much faster the iteration would be if
+    all of it ran at the widest convolution's own rate: a yardstick for what layout or kernel
+    choices could give at the same arithmetic, not a bound (a phase whose convolutions suit the
+    machine better can beat it)."""
     device = bench.device
     flops = phase_flops(bench)
     seconds = {name: median(interleaved({name: phase}, iters, device)[name]) for name, phase in bench.phases.items()}
