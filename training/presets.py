@@ -82,8 +82,9 @@ BASE: dict[str, Any] = dict(
 #   bench/results/demo-cpu-batch32-2026-12-01.json).
 # - Mapping networks of 2 layers, not the paper's 8: with 8, G's own layout spreads about doubled
 #   (seed 1: position 0.37, area 0.53 of the data's, against 0.20 / 0.24), but seed 0's mask took
-#   the surround (IoU 0.040) and seed 1's varied, irregular masks scored 0.772 against 0.829
-#   (bench/results/ablation-cpu-mapping8-2026-12-01.json).
+#   the surround (IoU 0.040) and seed 1's varied, irregular masks scored 0.772 against 0.829; with
+#   4, IoU 0.740 / 0.789 on seeds 0 / 1 (bench/results/ablation-cpu-mapping{8,4}-2026-12-01.json).
+#   More varied layouts at 30 kimg did not mean masks closer to the objects.
 # - The ILS term strong and early: σ = 5 for the first 6 kimg, then the paper's 1 (the paper: 0.2 for
 #   the first 400 of 8000 kimg), with the mask detached from the term (opt_mask False). With the
 #   paper's weak start, seed 0's first layers split the scene into a layer of ground in front and
