@@ -207,7 +207,8 @@ def paired_ratio(a: list[float], b: list[float]) -> float:
 
 
 def per_iteration(seconds: dict[str, float], reg_interval: int) -> float:
-    """G-main + D-main + D-reg / interval (+ nothing for 'estimators': D-main already fits them)."""
+    """G-main + D-main + D-reg / interval (+ nothing for 'estimators': D-main already fits them), of
+    seconds per call or of any other per-call figure (FLOPs)."""
     return seconds['G_main'] + seconds['D_main'] + seconds['D_reg'] / reg_interval
 
 
@@ -222,14 +223,19 @@ def describe(bench: PhaseBench) -> dict:
                 fp32=bool(bench.cfg.fp32), layout=bench.layout, impl=bench.impl, threads=torch.get_num_threads())
 
 
+def phase_seconds(bench: PhaseBench, iters: int, warmup: int = 1) -> dict[str, float]:
+    """Seconds per call of each phase of ``bench``: the median of ``iters`` calls after ``warmup``."""
+    return {name: median(interleaved({name: phase}, iters, bench.device, warmup)[name])
+            for name, phase in bench.phases.items()}
+
+
 def time_phases(cfg_name: str, script_resolution: int, batch: int, iters: int, device: torch.device,
                 fp32: bool, layout: str = 'preset', impl: str = 'cuda', warmup: int = 1) -> dict:
     """Seconds per call of each phase (median of ``iters`` after ``warmup``) and derived rates."""
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
     bench = PhaseBench(cfg_name, script_resolution, batch, device, fp32=fp32, layout=layout, impl=impl)
-    seconds = {name: median(interleaved({name: phase}, iters, device, warmup)[name])
-               for name, phase in bench.phases.items()}
+    seconds = phase_seconds(bench, iters, warmup)
     return dict(describe(bench), **{f'sec_{k}': round(v, 4) for k, v in seconds.items()}, **rates(bench, seconds),
                 peak_mem_gb=round(misc.peak_memory_gb(device), 3))
 
@@ -304,12 +310,6 @@ def machine_rates(device: torch.device, channels: int, resolution: int, batch: i
                 conv_gflops=round(conv_flops / conv_seconds / 1e9, 1))
 
 
-def phase_weights(bench: PhaseBench) -> dict[str, float]:
-    """How often each phase runs per iteration (R1 every D_reg_interval-th; 'estimators' is inside D-main)."""
-    return {name: 1 / bench.cfg.D_reg_interval if name == 'D_reg' else (0.0 if name == 'estimators' else 1.0)
-            for name in bench.phases}
-
-
 def phase_flops(bench: PhaseBench) -> dict[str, int]:
     return {name: count_flops(phase) for name, phase in bench.phases.items()}
 
@@ -324,12 +324,10 @@ def flop_rates(bench: PhaseBench, iters: int) -> dict:
     all of it ran at the widest convolution's own rate: a yardstick for what layout or kernel
     choices could give at the same arithmetic, not a bound (a phase whose convolutions suit the
     machine better can beat it)."""
-    device = bench.device
     flops = phase_flops(bench)
-    seconds = {name: median(interleaved({name: phase}, iters, device)[name]) for name, phase in bench.phases.items()}
-    weights = phase_weights(bench)
-    iter_flops = sum(weights[n] * flops[n] for n in flops)
-    iter_seconds = sum(weights[n] * seconds[n] for n in flops)
+    seconds = phase_seconds(bench, iters)
+    interval = bench.cfg.D_reg_interval
+    iter_flops, iter_seconds = per_iteration(flops, interval), per_iteration(seconds, interval)
     machine = bench_machine_rates(bench)
     achieved = iter_flops / iter_seconds / 1e9
     return dict(describe(bench), phases={n: dict(gflop=round(flops[n] / 1e9, 2), sec=round(seconds[n], 4),
@@ -344,9 +342,8 @@ def ab_flop_rates(variant_a: PhaseBench, variant_b: PhaseBench, result: dict) ->
     """FLOPs per iteration of both variants (equal when B changes no arithmetic) and the GFLOP/s of
     each from ``result``'s interleaved timings, against the machine's rates measured right after;
     ``gflops_for_2x_A``: the rate an iteration would need to run at twice A's speed."""
-    flops = {key: phase_flops(bench) for key, bench in (('A', variant_a), ('B', variant_b))}
-    weights = phase_weights(variant_a)
-    per_iter = {key: sum(weights[n] * f[n] for n in f) for key, f in flops.items()}
+    per_iter = {key: per_iteration(phase_flops(bench), bench.cfg.D_reg_interval)
+                for key, bench in (('A', variant_a), ('B', variant_b))}
     achieved = {key: per_iter[key] / result[f'sec_per_iter_{key}'] / 1e9 for key in per_iter}
     return dict(gflop_per_iter_A=round(per_iter['A'] / 1e9, 2), gflop_per_iter_B=round(per_iter['B'] / 1e9, 2),
                 gflops_A=round(achieved['A'], 1), gflops_B=round(achieved['B'], 1),
