@@ -36,7 +36,8 @@ TINY_SIZES = dict(n=64, seg_iters=20, seg_batch=16, seg_base_width=8, seg_val_in
                   mine_steps=20, mine_hidden=32, mine_eval_every=10, mine_batch=16)
 
 # The scores of a row, in table order: (key in the row, column title, format).
-SCORES = [('IoU', 'IoU', '.3f'), ('DICE', 'DICE', '.3f'), ('MI_1', 'MI_1', '.2f'), ('MI_2', 'MI_2', '.2f'),
+SCORES = [('IoU', 'IoU', '.3f'), ('IoU_small', 'IoU small third', '.3f'),
+          ('area_ratio_small', 'pred/true area small third', '.2f'), ('DICE', 'DICE', '.3f'), ('MI_1', 'MI_1', '.2f'), ('MI_2', 'MI_2', '.2f'),
           ('MI', 'MI', '.2f'), ('position_spread', 'position spread', '.2f'), ('area_spread', 'area spread', '.2f'),
           ('empty', 'empty', '.0%'), ('full', 'full', '.0%'), ('grey', 'grey', '.0%'),
           ('border', 'border gen', '.2f')]
@@ -59,9 +60,12 @@ def run_row(run_dir: str) -> dict:
     layout = auto.get('layout') or {'ratios': {}, 'generated': {}}
     # The spreads G has learnt: of its own masks when the auto test shifted the set's (cpu presets).
     spreads = (auto.get('layout_generator') or layout)['ratios']
+    # The third of the test images with the smallest objects (metrics.segmentation.scores_by_object_size).
+    small = (auto.get('IoU_by_size') or [{}])[0]
     return {
         'cfg': options.get('cfg'), 'seed': options.get('seed'), 'kimg': auto.get('kimg'), 'run_dir': os.path.abspath(run_dir),
-        'IoU': auto['IoU'], 'DICE': auto['DICE'], 'MI_1': auto.get('MI_1'), 'MI_2': auto.get('MI_2'), 'MI': auto.get('MI'),
+        'IoU': auto['IoU'], 'IoU_small': small.get('IoU'), 'area_ratio_small': small.get('area_ratio'),
+        'DICE': auto['DICE'], 'MI_1': auto.get('MI_1'), 'MI_2': auto.get('MI_2'), 'MI': auto.get('MI'),
         'position_spread': spreads.get('position'), 'area_spread': spreads.get('area'),
         'empty': layout['generated'].get('empty'), 'full': layout['generated'].get('full'),
         'grey': layout['generated'].get('grey'), 'border': layout['generated'].get('mean_border'),

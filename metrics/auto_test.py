@@ -90,6 +90,7 @@ def choose_auto_snapshot(run_dir: str) -> generate.SnapshotChoice:
 
 def format_summary(summary: dict) -> str:
     """The printed table: one row per quantity."""
+    from metrics.segmentation import format_by_size
     def fmt(value):
         return '—' if value is None else (f'{value:.4f}' if isinstance(value, float) else str(value))
     mi_note = '' if summary['MI_converged'] else '  (not converged)'
@@ -98,6 +99,8 @@ def format_summary(summary: dict) -> str:
              + ', '.join(f'{name} {value:g}' for name, value in summary['perturb'].items() if value) + ')'),
             ('FID', fmt(summary['fid'])), ('sigma', fmt(summary['sigma'])),
             ('IoU', fmt(summary['IoU'])), ('DICE', fmt(summary['DICE'])),
+            *([('IoU by object size', format_by_size(summary['IoU_by_size']))]
+              if summary.get('IoU_by_size') else []),
             *layout.format_layout_rows(summary.get('layout'), summary.get('layout_generator')),
             ('MI_1 (b_i; f_v)', fmt(summary['MI_1']) + mi_note), ('MI_2 (f_i; b_v)', fmt(summary['MI_2']) + mi_note),
             ('MI (b; f)', fmt(summary['MI']) + mi_note),
@@ -183,7 +186,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     summary = {
         'snapshot': choice.path, 'kimg': choice.kimg, 'chosen_by': choice.reason,
         'fid': choice.metric_value, 'sigma': choice.sigma,
-        'IoU': seg['results']['IoU'], 'DICE': seg['results']['DICE'],
+        'IoU': seg['results']['IoU'], 'DICE': seg['results']['DICE'], 'IoU_by_size': seg.get('by_size'),
         'MI_1': mi.get('MI_1'), 'MI_2': mi.get('MI_2'), 'MI': mi.get('MI'),
         'MI_converged': mi['converged'], 'MI_why': mi['why'], 'layout': mask_layout,
         'layout_generator': generator_layout, 'warnings': layout.layout_warnings(mask_layout, generator_layout),

@@ -16,7 +16,7 @@ def bench(module, *args):
     return CliRunner().invoke(module.main, [str(a) for a in args])
 
 
-def fake_run(outdir, cfg, seed, iou, number=0, results=True, training_s=100.0, generator_layout=None):
+def fake_run(outdir, cfg, seed, iou, number=0, results=True, training_s=100.0, generator_layout=None, by_size=None):
     """OUTDIR/<cfg>-seed<seed>/NNNNN-synthetic-<cfg>-batch16/ as the training and the auto test leave it."""
     run = outdir / f'{cfg}-seed{seed}' / f'{number:05d}-synthetic-{cfg}-batch16'
     (run / 'auto_test').mkdir(parents=True)
@@ -28,7 +28,7 @@ def fake_run(outdir, cfg, seed, iou, number=0, results=True, training_s=100.0, g
                   'generated': {'empty': 0.0, 'full': 0.0, 'grey': 0.25, 'mean_border': 0.125}, 'data': {}}
         (run / 'auto_test' / 'results.json').write_text(json.dumps(
             {'kimg': 30, 'IoU': iou, 'DICE': iou + 0.1, 'MI_1': 0.5, 'MI_2': 0.25, 'MI': None, 'layout': layout,
-             'layout_generator': generator_layout,
+             'layout_generator': generator_layout, 'IoU_by_size': by_size,
              'sizes': {'n': 2000}, 'total_time': 140.0}))
     return run
 
@@ -37,7 +37,9 @@ def test_summary_joins_runs_and_averages_over_seeds(tmp_path):
     ious = {'cpu': [0.70, 0.72, 0.60], 'cpu_noILS': [0.50, 0.65, 0.62]}
     for cfg, values in ious.items():
         for seed, iou in enumerate(values):
-            fake_run(tmp_path, cfg, seed, iou)
+            # The by-size groups of older results are missing (None): their cells read '—'.
+            by_size = [{'IoU': iou - 0.2, 'area_ratio': 1.5}, {'IoU': iou, 'area_ratio': 1.0}] if seed == 2 else None
+            fake_run(tmp_path, cfg, seed, iou, by_size=by_size)
     fake_run(tmp_path, 'cpu', 0, 0.99, number=1, results=False)   # a newer, killed rerun of seed 0
     out = tmp_path / 'ablation.json'
     result = bench(ablation_summary, 'summary', str(tmp_path), f'--out={out}')
@@ -53,12 +55,16 @@ def test_summary_joins_runs_and_averages_over_seeds(tmp_path):
         assert entry['DICE']['mean'] == pytest.approx(np.mean(used) + 0.1)
         assert entry['position_spread']['mean'] == pytest.approx(np.mean(used) / 2)
         assert entry['MI'] is None                                   # None in every seed
+        assert entry['IoU_small']['mean'] == pytest.approx(values[2] - 0.2)   # seed 2 only: the first group
+        assert entry['area_ratio_small']['mean'] == 1.5
     row = summary['runs'][0]
     assert row['training_s'] == 100.0 and row['auto_test_s'] == 140.0 and row['grey'] == 0.25 and row['MI_1'] == 0.5 and row['border'] == 0.125
     # The markdown table: a header, a rule, one line per run, one per preset.
     lines = result.stdout.strip().splitlines()
-    assert lines[0].startswith('| cfg | seed | IoU | DICE | MI_1 | MI_2 | MI | position spread | area spread')
-    assert '| cpu | 1 | 0.720 | 0.820 | 0.50 | 0.25 | — | 0.36 | 0.30 | 0% | 0% | 25% | 0.12 |' in lines
+    assert lines[0].startswith('| cfg | seed | IoU | IoU small third | pred/true area small third | DICE | MI_1 | MI_2 | MI '
+                               '| position spread | area spread')
+    assert '| cpu | 1 | 0.720 | — | — | 0.820 | 0.50 | 0.25 | — | 0.36 | 0.30 | 0% | 0% | 25% | 0.12 |' in lines
+    assert '| cpu | 2 | 0.600 | 0.400 | 1.50 | 0.700 |' in result.stdout
     assert f'| **cpu_noILS** | mean of 3 | {np.mean(ious["cpu_noILS"]):.3f} ± {np.std(ious["cpu_noILS"]):.3f} |' in result.stdout
     assert 'incomplete (no auto test result)' in result.stdout
 

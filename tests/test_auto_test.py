@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,6 +86,12 @@ def test_auto_test_chain_writes_results_and_prints_table(run_dir, capsys):
     table = capsys.readouterr().out
     assert 'IoU' in table and 'MI (b; f)' in table and 'network-snapshot-000004.pt' in table
     assert 'layout spread gen/data' in table and 'masks empty/full/grey' in table
+    # IoU by object size: three equal thirds of the test split, smallest objects first.
+    thirds = results['IoU_by_size']
+    assert [g['n'] for g in thirds] == [len(t) for t in np.array_split(np.arange(synthetic.DEFAULT_NUM_IMAGES['test']), 3)]
+    assert thirds[0]['area_max'] <= thirds[1]['area_min'] and thirds[1]['area_max'] <= thirds[2]['area_min']
+    size_row = next(line for line in table.splitlines() if line.startswith('IoU by object size'))
+    assert f'{thirds[0]["IoU"]:.3f} / ' in size_row and 'predicted/true' in size_row
     # Each failure the layout numbers show is a warning under the table and in results.json.
     assert results['warnings'] == layout.layout_warnings(results['layout'])
     assert results['layout_generator'] is None and "G's own layout" not in table   # unperturbed: the set is G's

@@ -49,6 +49,29 @@ def test_paper_average_and_dataset_level_scores_differ_as_computed_by_hand():
     assert seg.confusion_matrix(pred, gt).tolist() == [[26, 2], [1, 3]]   # C[pred, gt]
 
 
+def test_scores_by_object_size_group_images_by_true_area_as_computed_by_hand():
+    # Four 4x4 images, listed out of size order. True areas 2, 8, 1, 4 px; predictions:
+    # image 0 (2 px): 4 px covering it (IoU 2/4); image 1 (8 px): exact; image 2 (1 px): 3 px over
+    # it (IoU 1/3); image 3 (4 px): 2 of its pixels (IoU 2/4).
+    gt = torch.stack([masks_from_cells(4, [(0, 0), (0, 1)]), masks_from_cells(4, [(r, c) for r in (0, 1) for c in range(4)]),
+                      masks_from_cells(4, [(3, 3)]), masks_from_cells(4, [(2, 0), (2, 1), (3, 0), (3, 1)])])
+    pred = torch.stack([masks_from_cells(4, [(0, 0), (0, 1), (1, 0), (1, 1)]), gt[1],
+                        masks_from_cells(4, [(3, 3), (3, 2), (2, 3)]), masks_from_cells(4, [(2, 0), (2, 1)])])
+    small, large = seg.scores_by_object_size(pred, gt, groups=2)
+    # Small: images 2 and 0 (1 and 2 px); large: images 3 and 1 (4 and 8 px).
+    assert small == pytest.approx({'n': 2, 'area_min': 1 / 16, 'area_max': 2 / 16, 'IoU': (1 / 3 + 2 / 4) / 2,
+                                   'area_ratio': (3 + 4) / (1 + 2)})
+    assert large == pytest.approx({'n': 2, 'area_min': 4 / 16, 'area_max': 8 / 16, 'IoU': (2 / 4 + 1) / 2,
+                                   'area_ratio': (2 + 8) / (4 + 8)})
+    # Three groups of four images: 2 + 1 + 1, smallest first; the line a person reads.
+    thirds = seg.scores_by_object_size(pred, gt)
+    assert [g['n'] for g in thirds] == [2, 1, 1] and thirds[2]['area_max'] == 0.5
+    assert seg.format_by_size([small, large]) == ('0.417 / 0.750 (true areas 0.06-0.12 / 0.25-0.50; '
+                                                  'predicted/true 2.33 / 0.83)')
+    with pytest.raises(ValueError, match='differ in shape'):
+        seg.scores_by_object_size(pred, gt[:, :2])
+
+
 def test_empty_masks_follow_the_documented_rule():
     empty, full = torch.zeros(1, 3, 3, dtype=torch.int64), torch.ones(1, 3, 3, dtype=torch.int64)
     assert seg.per_image_iou(empty, empty).item() == 1.0            # both empty → 1
