@@ -37,7 +37,8 @@ TINY_SIZES = dict(n=64, seg_iters=20, seg_batch=16, seg_base_width=8, seg_val_in
 
 # The scores of a row, in table order: (key in the row, column title, format).
 SCORES = [('IoU', 'IoU', '.3f'), ('IoU_small', 'IoU small third', '.3f'),
-          ('area_ratio_small', 'pred/true area small third', '.2f'), ('DICE', 'DICE', '.3f'), ('MI_1', 'MI_1', '.2f'), ('MI_2', 'MI_2', '.2f'),
+          ('area_ratio_small', 'pred/true area small third', '.2f'), ('DICE', 'DICE', '.3f'),
+          ('MI_1', 'MI_1', '.2f'), ('MI_2', 'MI_2', '.2f'),
           ('MI', 'MI', '.2f'), ('position_spread', 'position spread', '.2f'), ('area_spread', 'area spread', '.2f'),
           ('empty', 'empty', '.0%'), ('full', 'full', '.0%'), ('grey', 'grey', '.0%'),
           ('border', 'border gen', '.2f')]

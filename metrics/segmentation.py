@@ -91,7 +91,8 @@ def scores_by_object_size(pred: torch.Tensor, gt: torch.Tensor, groups: int = 3)
     ``pred``, ``gt``: [N, H, W] in {0, 1}. Each group gives its ``n`` images, the range of their
     true areas (``area_min``, ``area_max``: fractions of the image), their mean per-image ``IoU``
     and ``area_ratio`` = predicted over true foreground pixels, summed over the group (1 = sizes
-    right on average; 1.5 = predictions half again as large as the objects). A segmenter trained on
+    right on average; 1.5 = predictions half again as large as the objects; None when the group's
+    true masks are all empty). A segmenter trained on
     masks that never go below some size over-segments the objects under it: the small group then
     reads a low IoU and a ratio above 1 while the large group does not.
     """
@@ -109,7 +110,7 @@ def scores_by_object_size(pred: torch.Tensor, gt: torch.Tensor, groups: int = 3)
         true_sum = float(true_area[index].sum())
         rows.append({'n': len(index), 'area_min': float(true_area[index].min()) / pixels,
                      'area_max': float(true_area[index].max()) / pixels, 'IoU': float(iou[index].mean()),
-                     'area_ratio': float(pred_area[index].sum()) / true_sum if true_sum > 0 else math.nan})
+                     'area_ratio': float(pred_area[index].sum()) / true_sum if true_sum > 0 else None})
     return rows
 
 
@@ -650,7 +651,7 @@ def format_by_size(groups: list[dict]) -> str:
     ``0.645 / 0.830 / 0.890 (true areas 0.15-0.27 / 0.27-0.38 / 0.38-0.62; predicted/true 1.45 / 1.08 / 0.99)``."""
     ious = ' / '.join(f'{g["IoU"]:.3f}' for g in groups)
     areas = ' / '.join(f'{g["area_min"]:.2f}-{g["area_max"]:.2f}' for g in groups)
-    ratios = ' / '.join(f'{g["area_ratio"]:.2f}' for g in groups)
+    ratios = ' / '.join('—' if g['area_ratio'] is None else f'{g["area_ratio"]:.2f}' for g in groups)
     return f'{ious} (true areas {areas}; predicted/true {ratios})'
 
 

@@ -70,6 +70,10 @@ def test_scores_by_object_size_group_images_by_true_area_as_computed_by_hand():
                                                   'predicted/true 2.33 / 0.83)')
     with pytest.raises(ValueError, match='differ in shape'):
         seg.scores_by_object_size(pred, gt[:, :2])
+    # A group whose true masks are all empty has no ratio (None, valid JSON), shown as a dash.
+    empty = seg.scores_by_object_size(pred[:2], torch.zeros_like(gt[:2]), groups=1)
+    assert empty[0]['area_ratio'] is None and empty[0]['IoU'] == 0.0
+    assert seg.format_by_size(empty).endswith('predicted/true —)')
 
 
 def test_empty_masks_follow_the_documented_rule():
