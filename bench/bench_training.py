@@ -245,14 +245,16 @@ def ab_phases(variant_a: PhaseBench, variant_b: PhaseBench, rounds: int, warmup:
     and per iteration (> 1: B is slower)."""
     device = variant_a.device
     result: dict = dict(A=describe(variant_a), B=describe(variant_b), rounds=rounds, phases={})
-    per_round = {'A': [0.0] * rounds, 'B': [0.0] * rounds}
+    times: dict[str, dict[str, list[float]]] = {}
     for name in variant_a.phases:
-        times = interleaved({'A': variant_a.phases[name], 'B': variant_b.phases[name]}, rounds, device, warmup)
-        weight = 1 / variant_a.cfg.D_reg_interval if name == 'D_reg' else (0.0 if name == 'estimators' else 1.0)
-        for key in per_round:
-            per_round[key] = [t + weight * s for t, s in zip(per_round[key], times[key])]
-        result['phases'][name] = dict(sec_A=round(median(times['A']), 4), sec_B=round(median(times['B']), 4),
-                                      ratio_B_over_A=round(paired_ratio(times['A'], times['B']), 3))
+        times[name] = phase = interleaved({'A': variant_a.phases[name], 'B': variant_b.phases[name]}, rounds, device,
+                                          warmup)
+        result['phases'][name] = dict(sec_A=round(median(phase['A']), 4), sec_B=round(median(phase['B']), 4),
+                                      ratio_B_over_A=round(paired_ratio(phase['A'], phase['B']), 3))
+    # One iteration per round, each variant's phases of that round weighted as in a training iteration.
+    per_round = {key: [per_iteration({name: phase[key][r] for name, phase in times.items()},
+                                     variant_a.cfg.D_reg_interval) for r in range(rounds)]
+                 for key in ('A', 'B')}
     result['sec_per_iter_A'] = round(median(per_round['A']), 4)
     result['sec_per_iter_B'] = round(median(per_round['B']), 4)
     result['ratio_B_over_A'] = round(paired_ratio(per_round['A'], per_round['B']), 3)

@@ -156,6 +156,11 @@ def test_ab_flop_rates_count_the_same_work_for_main_and_now():
     device = torch.device('cpu')
     a, b = (bench_training.PhaseBench('cpu', 64, 4, device, p=0.0, **v) for v in bench_training.AB_VARIANTS['main'])
     result = bench_training.ab_phases(a, b, rounds=1, warmup=0)
+    # One round: the iteration is that round's phases, D-reg once per D_reg_interval (16 here).
+    for key in ('A', 'B'):
+        sec = {name: phase[f'sec_{key}'] for name, phase in result['phases'].items()}
+        assert result[f'sec_per_iter_{key}'] == pytest.approx(sec['G_main'] + sec['D_main'] + sec['D_reg'] / 16,
+                                                              abs=2e-4)
     flops = bench_training.ab_flop_rates(a, b, result)
     assert flops['gflop_per_iter_A'] == flops['gflop_per_iter_B'] > 0
     assert flops['gflops_A'] == pytest.approx(flops['gflop_per_iter_A'] / result['sec_per_iter_A'], rel=0.02)
