@@ -92,9 +92,9 @@ def scores_by_object_size(pred: torch.Tensor, gt: torch.Tensor, groups: int = 3)
     true areas (``area_min``, ``area_max``: fractions of the image), their mean per-image ``IoU``
     and ``area_ratio`` = predicted over true foreground pixels, summed over the group (1 = sizes
     right on average; 1.5 = predictions half again as large as the objects; None when the group's
-    true masks are all empty). A segmenter trained on
-    masks that never go below some size over-segments the objects under it: the small group then
-    reads a low IoU and a ratio above 1 while the large group does not.
+    true masks are all empty). A segmenter trained on masks that never go below some size
+    over-segments the objects under it: the small group then reads a low IoU and a ratio above 1
+    while the large group does not.
     """
     if pred.shape != gt.shape:
         raise ValueError(f'prediction {tuple(pred.shape)} and ground truth {tuple(gt.shape)} differ in shape')
