@@ -10,24 +10,25 @@ or below --topk kimg is used. The set is written to synthetic_data-<tag>/ beside
 import click
 
 import dnnlib
-from metrics.generate import generate_from_network
+from metrics import generate
 
 
 @click.command()
 @click.option('--network', required=True, metavar='PATH',
               help='Run directory (snapshot chosen by FID), a network-snapshot-*.pt file, or a '
                    'network-snapshot-KKKKKK.pkl of the original code (converted in memory).')
-@click.option('--n', 'n', type=click.IntRange(min=1), default=10000, show_default=True,
+@click.option('--n', 'n', type=click.IntRange(1, generate.MAX_SAMPLES), default=10000, show_default=True,
               help='Number of samples to write.')
-@click.option('--topk', type=dnnlib.FiniteFloat(min=0), default=None, metavar='KIMG',
+@click.option('--topk', type=dnnlib.FiniteFloat(0, 1e9), default=None, metavar='KIMG',
               help='Only consider snapshots at or below this kimg (a kimg bound, not a sample count).')
-@click.option('--pkl_idx', 'pkl_idx', type=dnnlib.FiniteFloat(min=0), default=None, metavar='KIMG',
+@click.option('--pkl_idx', 'pkl_idx', type=dnnlib.FiniteFloat(0, 1e9), default=None, metavar='KIMG',
               help='Use the snapshot of exactly this kimg instead of the lowest FID (200 names '
                    'network-snapshot-000200.pt, 0.272 names network-snapshot-000000_272.pt).')
 @click.option('--sigma', type=dnnlib.FiniteFloat(), default=None, help='Only consider snapshots trained with this ILS sigma.')
 @click.option('--latest', is_flag=True, help='Without a metric file, use the newest snapshot.')
 @click.option('--seed', type=dnnlib.SEED, default=0, show_default=True, help='Sample i is drawn from (seed, i).')
-@click.option('--trunc', 'truncation_psi', type=dnnlib.FiniteFloat(), default=1.0, show_default=True, help='Truncation psi.')
+@click.option('--trunc', 'truncation_psi', type=dnnlib.FiniteFloat(-10, 10), default=1.0, show_default=True,
+              help='Truncation psi: w = w_avg + psi (w - w_avg); 1 = none, < 1 nearer the mean.')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True,
               help='Per-pixel noise of the synthesis layers.')
 @click.option('--perturb', is_flag=True,
@@ -44,7 +45,7 @@ from metrics.generate import generate_from_network
 @dnnlib.report_user_errors(disk_full_hint='the same command with --resume completes the set')
 def main(**options):
     """Write img/, mask/, fg/, bg/, fg_masked/ PNGs, latents.npy and meta.json."""
-    generate_from_network(**options)
+    generate.generate_from_network(**options)
 
 
 if __name__ == '__main__':

@@ -6,7 +6,8 @@
 * :class:`Device` / :func:`parse_device` — ``cpu``, ``cuda`` or ``cuda:N``, checked against this
   machine before anything runs;
 * :func:`check_option` — a value that did not come through click (a config built in Python, a
-  ``training_options.json`` read back) checked with the option's own type.
+  ``training_options.json`` read back) checked with the option's own type;
+* :func:`check_stored_option` — the same for a value read back from JSON, with its JSON type checked.
 """
 
 from __future__ import annotations
@@ -83,3 +84,28 @@ def check_option(name: str, value: Any, param_type: click.ParamType) -> Any:
         return param_type.convert(value, None, None)
     except click.BadParameter as err:
         raise UserError(f'--{name.replace("_", "-")}={value!r}: {err.message}') from None
+
+
+def check_stored_option(flag: str, value: Any, param_type: click.ParamType) -> Any:
+    """``value`` read back from a JSON file for the option ``flag`` (``--seed``), checked strictly:
+    the JSON type must be the option's (an int for an integer option, a number for a float, a
+    string for a text or choice, true/false for a flag), then its range as :func:`check_option`.
+
+    Click would turn ``"16"`` into 16 and ``7.5`` into 7; a hand-edited file should not pass that
+    way. Returns the converted value; raises :class:`UserError` naming the option otherwise.
+    """
+    if value is None:
+        return None
+    if isinstance(param_type, click.types.BoolParamType):
+        expected, ok = 'true or false', isinstance(value, bool)
+    elif isinstance(param_type, click.types.IntParamType):
+        expected, ok = 'an integer', isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(param_type, click.types.FloatParamType):
+        expected, ok = 'a number', isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(param_type, (click.types.StringParamType, click.Choice)):
+        expected, ok = 'a string', isinstance(value, str)
+    else:
+        expected, ok = '', True
+    if not ok:
+        raise UserError(f'{flag}={value!r}: not {expected}')
+    return check_option(flag.lstrip('-'), value, param_type)

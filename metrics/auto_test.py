@@ -59,9 +59,10 @@ class AutoTestSizes:
         known = {f.name for f in fields(cls)}
         sizes = {k: v for k, v in (values or {}).items() if k in known}
         for name, value in sizes.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise dnnlib.UserError(f'auto_test_sizes.{name}={value!r} in the training options is not a positive '
-                                       f'integer; fix training_options.json of the run')
+            largest = 65536 if name.endswith('batch') else 10_000_000   # the CLIs' own limits
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= largest:
+                raise dnnlib.UserError(f'auto_test_sizes.{name}={value!r} in the training options is not an '
+                                       f'integer in 1..{largest}; fix training_options.json of the run')
         return cls(**sizes)
 
 
@@ -73,7 +74,7 @@ def read_training_options(run_dir: str) -> dict:
     try:
         with open(path, encoding='utf-8') as f:
             options = json.load(f)
-    except ValueError as err:   # JSONDecodeError and UnicodeDecodeError: empty, cut short, overwritten
+    except (ValueError, RecursionError) as err:   # empty, cut short, overwritten, not UTF-8; nested too deep
         raise dnnlib.UserError(f'{path} is damaged ({type(err).__name__}: {err}); every snapshot of the run holds '
                                f'a copy of its options under data["training_options"]: restore the file') from None
     if not isinstance(options, dict):
@@ -135,6 +136,9 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
         raise dnnlib.UserError(f'auto_test_perturb={perturb!r} in the training options is not true or false; '
                                f'fix training_options.json of the run')
     data, data_root = config.get('data'), data_root or config.get('data_root')
+    if data_root is not None and not isinstance(data_root, str):
+        raise dnnlib.UserError(f'data_root={data_root!r} in the training options of {run_dir} is not a folder path; '
+                               f'fix training_options.json of the run, or pass --data-root')
     if not data or not isinstance(data, str):
         raise dnnlib.UserError(f'the training options of {run_dir} name no dataset (field "data"); '
                                f'fix training_options.json of the run')

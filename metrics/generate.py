@@ -36,6 +36,7 @@ import dnnlib
 from torch_utils import checkpoint, misc
 
 LAYER_FOLDERS = ('img', 'mask', 'fg', 'bg', 'fg_masked')
+MAX_SAMPLES = 10_000_000   # 5 PNGs each: far beyond any protocol (the paper's: 50 000), far below a hang
 
 
 # ----------------------------------------------------------------------------------------------
@@ -44,19 +45,32 @@ LAYER_FOLDERS = ('img', 'mask', 'fg', 'bg', 'fg_masked')
 def read_metric_lines(path: str) -> list[dict]:
     """Parse a ``metric-*.jsonl`` file; a malformed line is a user-facing error naming the line."""
     lines = []
-    with open(path, encoding='utf-8') as f:
-        for number, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                entry = json.loads(text)
-                entry['results'][entry['metric']]
-                entry['snapshot_pkl']
-            except (ValueError, KeyError, TypeError):
-                raise dnnlib.UserError(f'{path}, line {number}: not a metric line of this project; '
-                                       f'fix or remove the line') from None
-            lines.append(entry)
+    try:
+        with open(path, encoding='utf-8') as f:
+            texts = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise dnnlib.UserError(f'cannot read {path} ({type(err).__name__}); the file is damaged: remove it and '
+                               f'measure the snapshots again, or pass --latest / --pkl_idx') from None
+    for number, text in enumerate(texts, start=1):
+        if not text.strip():
+            continue
+        try:
+            entry = json.loads(text)
+            value = entry['results'][entry['metric']]
+            valid = (isinstance(entry['snapshot_pkl'], str) and _is_number(value)
+                     and (entry.get('sigma') is None or _is_number(entry['sigma'])))
+        except (ValueError, KeyError, TypeError, RecursionError):
+            valid = False
+        if not valid:
+            raise dnnlib.UserError(f'{path}, line {number}: not a metric line of this project; '
+                                   f'fix or remove the line')
+        lines.append(entry)
     return lines
+
+
+def _is_number(value) -> bool:
+    """A JSON number (not a boolean); NaN and ±inf count: a diverged FID is still a measurement."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -122,7 +136,9 @@ def choose_snapshot(network: str, topk: float | None = None, pkl_idx: float | No
     for nimg, entry in entries.items():
         if topk is not None and nimg > round(topk * 1000):
             continue
-        if sigma is not None and not math.isclose(float(entry.get('sigma', math.nan)), sigma, rel_tol=1e-6):
+        stored_sigma = entry.get('sigma')
+        if sigma is not None and not math.isclose(math.nan if stored_sigma is None else stored_sigma, sigma,
+                                                  rel_tol=1e-6):
             continue
         candidates.append((float(entry['results'][metric]), nimg, entry))
     if not candidates:
@@ -259,7 +275,7 @@ def check_resumable(outdir: str, previous: dict, meta: dict) -> None:
                                    f'version made it), so its snapshot cannot be checked; choose another --outdir')
         if key == 'snapshot_sha256':
             raise dnnlib.UserError(f'cannot resume {outdir}: it was made from another snapshot '
-                                   f'({previous.get("snapshot")}, snapshot_sha256 {old[:12]}…), not from '
+                                   f'({previous.get("snapshot")}, snapshot_sha256 {str(old)[:12]}…), not from '
                                    f'{meta["snapshot"]} ({new[:12]}…); pass that snapshot, or choose another '
                                    f'--outdir')
         raise dnnlib.UserError(f'cannot resume {outdir}: it was made with {key}={old!r}, not {new!r}')
@@ -368,7 +384,7 @@ def read_meta(path: str) -> dict | None:
     try:
         with open(meta_path, encoding='utf-8') as f:
             meta = json.load(f)
-    except ValueError:
+    except (ValueError, RecursionError):   # UnicodeDecodeError is a ValueError; RecursionError: '[[[[…'
         raise dnnlib.UserError(f'{meta_path} is not valid JSON; restore it, or remove it to read the folder '
                                f'as it is') from None
     if not isinstance(meta, dict):
@@ -402,6 +418,9 @@ def complete_samples(path: str, layers: tuple[str, ...], allow_partial: bool = F
     meta = read_meta(path)
     if meta is None or type(meta.get('n')) is not int or not isinstance(meta.get('layers'), list):
         return None
+    if not 1 <= meta['n'] <= MAX_SAMPLES:
+        raise dnnlib.UserError(f'{os.path.join(path, "meta.json")} gives n={meta["n"]}, not a sample count in '
+                               f'1..{MAX_SAMPLES}; restore it, or remove it to read the folder as it is')
     n = meta['n']
     missing = set(missing_indices(path, n, layers))
     names = [sample_file(i) for i in range(n) if i not in missing]

@@ -303,8 +303,8 @@ def estimate_layer_mi(path: str, cfg: MineConfig, mode: str = 'both', num_worker
     outdir = outdir or os.path.join(path, 'MI-estimation-MINE')
     run_dir = dnnlib.next_run_dir(outdir, '').rstrip('-')
     os.makedirs(run_dir, exist_ok=False)
-    with open(os.path.join(run_dir, 'options.json'), 'w', encoding='utf-8') as f:
-        json.dump({'path': path, 'mode': mode, 'num_samples': len(layers['fg']), **asdict(cfg)}, f, indent=2)
+    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'options.json'), json.dumps(
+        {'path': path, 'mode': mode, 'num_samples': len(layers['fg']), **asdict(cfg)}, indent=2).encode())
 
     results, curves, details = {}, {}, {}
     for run in MODES[mode]:
@@ -315,8 +315,7 @@ def estimate_layer_mi(path: str, cfg: MineConfig, mode: str = 'both', num_worker
         results.update(out['final'])
         curves[run] = curve = out['curve']
         details[run] = {'final_lr': out['lr'], 'skipped_batches': out['skipped']}
-    with open(os.path.join(run_dir, 'curve.json'), 'w', encoding='utf-8') as f:
-        json.dump(curves, f, indent=2)
+    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'curve.json'), json.dumps(curves, indent=2).encode())
     plot_curves(os.path.join(run_dir, 'curve.png'), curves)
     summary = {**results, **convergence(results, cfg.steps), 'details': details, 'num_samples': len(layers['fg']), 'run_dir': run_dir,
                'estimate': f'mean of the last {min(cfg.num_final, len(curve))} training-set evaluations (nats)',

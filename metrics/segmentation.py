@@ -433,8 +433,9 @@ def batch_indices(num: int, batch: int, generator: torch.Generator):
     """Endless batches of indices: a fresh permutation per epoch, batches may span two epochs."""
     buffer = torch.empty(0, dtype=torch.int64)
     while True:
-        while len(buffer) < batch:
-            buffer = torch.cat([buffer, torch.randperm(num, generator=generator)])
+        if len(buffer) < batch:   # as many epochs as the batch needs, in one concatenation
+            epochs = -(-(batch - len(buffer)) // num)
+            buffer = torch.cat([buffer, *(torch.randperm(num, generator=generator) for _ in range(epochs))])
         yield buffer[:batch]
         buffer = buffer[batch:]
 
@@ -531,8 +532,8 @@ def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -
     sets = {'test': load_test_set(cfg)} if cfg.test_only else load_sets(cfg)
     run_dir = run_dir or dnnlib.next_run_dir(cfg.outdir or cfg.syn_data, cfg.run_desc())
     os.makedirs(run_dir, exist_ok=False)
-    with open(os.path.join(run_dir, 'options.json'), 'w', encoding='utf-8') as f:
-        json.dump({**asdict(cfg), 'protocol_details': cfg.protocol_record(), 'run_dir': run_dir}, f, indent=2)
+    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'options.json'), json.dumps(
+        {**asdict(cfg), 'protocol_details': cfg.protocol_record(), 'run_dir': run_dir}, indent=2).encode())
 
     if cfg.test_only:
         model = resumed['unet'].to(device)

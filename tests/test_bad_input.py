@@ -94,6 +94,12 @@ def test_every_number_option_of_every_command_is_a_checked_range():
     ('eval_MI_MINE.py', '--lr=nan'), ('eval_MI_MINE.py', '--ma-rate=nan'), ('eval_MI_MINE.py', '--seed=-1'),
     ('eval_segmentation.py', '--seed=-1'), ('eval_segmentation_eval128.py', '--seed=-1'),
     ('python -m training.dataset', '--resolution=-1'),
+    # Finite but absurd: inf once cast to float32, round(inf), an endless batch loop, a million processes.
+    ('generate_segmentation_samples.py', '--trunc=1e39'), ('generate_segmentation_samples.py', '--pkl_idx=1e306'),
+    ('generate_segmentation_samples.py', '--topk=1e306'), ('generate_segmentation_samples.py', '--n=1000000000000'),
+    ('eval_segmentation.py', '--batch=1000000000'), ('eval_MI_MINE.py', '--batch=1000000000'),
+    ('eval_segmentation.py', '--scale=1000000'), ('train_ILS_64.py', '--workers=1000000'),
+    ('train_ILS_64.py', '--map=1000000'),
 ])
 def test_nan_inf_and_out_of_range_numbers_are_refused_with_exit_2_and_create_nothing(tmp_path, images, command, bad):
     out = tmp_path / 'out'
@@ -145,7 +151,7 @@ def damage_member(path, member: str) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
-@pytest.mark.parametrize('compression', [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+@pytest.mark.parametrize('compression', [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA])
 def test_damaged_zip_member_is_one_line_naming_member_and_zip_in_training_and_inspection(tmp_path, images,
                                                                                         compression):
     archive = tmp_path / 'images.zip'
@@ -263,8 +269,11 @@ def test_damaged_training_options_in_the_auto_test_is_one_line_naming_the_file(r
 
 @pytest.mark.parametrize('options,message', [
     ({'data': 'synthetic', 'resolution': '64'}, "give resolution='64', not an integer"),
-    ({'data': 'synthetic', 'auto_test_sizes': {'n': 'ten'}}, "auto_test_sizes.n='ten' in the training options is not a "
-                                                              "positive integer"),
+    ({'data': 'synthetic', 'auto_test_sizes': {'n': 'ten'}}, "auto_test_sizes.n='ten' in the training options is not an "
+                                                              "integer in 1..10000000"),
+    ({'data': 'synthetic', 'auto_test_sizes': {'seg_batch': 10 ** 9}}, 'auto_test_sizes.seg_batch=1000000000 in the '
+                                                                       'training options is not an integer in 1..65536'),
+    ({'data': 'synthetic', 'data_root': 5}, 'data_root=5 in the training options of'),
     ({'data': 'synthetic', 'auto_test_sizes': [1]}, 'auto_test_sizes=[1] in the training options is not a JSON object'),
     ({'resolution': 64}, 'name no dataset (field "data")')])
 def test_training_options_with_wrong_fields_are_one_line_in_the_auto_test(run_dir, options, message):
@@ -481,3 +490,113 @@ def test_auto_test_of_a_run_without_snapshots_makes_no_auto_test_folder(run_dir)
     result = invoke('python -m metrics.auto_test', str(run_dir))
     assert result.exit_code == 2 and 'no network-snapshot-*.pt in' in error_line(result)
     assert listing(run_dir) == ['training_options.json']
+
+
+# ----------------------------------------------------------------------------------------------
+# Hand-edited and damaged files of a run: wrong JSON types, nesting, bytes, snapshot contents.
+
+@pytest.mark.parametrize('name,value,expected', [('batch', '16', 'an integer'), ('seed', 7.5, 'an integer'),
+                                                 ('kimg', '1e3', 'a number'), ('cfg', ['x'], 'a string'),
+                                                 ('mirror', 'yes', 'true or false'), ('data', 5, 'a string'),
+                                                 ('batch', -8, 'not in the range')])
+def test_resume_refuses_a_stored_option_of_the_wrong_json_type_in_one_line(tmp_path, images, name, value, expected):
+    run = tmp_path / 'run'
+    run.mkdir()
+    c = train_cli.build_training_config(outdir=str(tmp_path), data=str(images), cfg='cpu', kimg=10, batch=8,
+                                        metrics='none')
+    c['options'][name] = value
+    (run / 'network-snapshot-000001.pt').write_bytes(b'not read by a dry run')
+    (run / 'training_options.json').write_text(json.dumps(c))
+    result = invoke('train_ILS_64.py', f'--outdir={tmp_path / "out"}', f'--resume={run}', '-n')
+    assert result.exit_code == 2
+    flag = '--map' if name == 'map_layers' else f'--{name}'
+    line = error_line(result)
+    assert line.startswith(f'error: --resume: {run / "training_options.json"} stores {flag}={value!r}: '), line
+    assert expected in line and line.endswith(f'; fix the file, or give {flag} on the command line'), line
+    assert not (tmp_path / 'out').exists()
+
+
+def test_deeply_nested_json_is_one_line_in_the_auto_test_and_evaluation(run_dir):
+    (run_dir / 'training_options.json').write_text('[' * 100_000)
+    result = invoke('python -m metrics.auto_test', str(run_dir))
+    assert result.exit_code == 2 and 'is damaged (RecursionError' in error_line(result)
+    syn = run_dir / 'syn'
+    write_pairs(syn, 2, 32)
+    (syn / 'meta.json').write_text('[' * 100_000)
+    result = invoke('eval_segmentation.py', f'--syn-data={syn}', '--real-data=synthetic', '--scale=32')
+    assert result.exit_code == 2 and error_line(result).startswith(f'error: {syn / "meta.json"} is not valid JSON')
+
+
+def test_meta_json_with_an_absurd_sample_count_is_refused_before_counting(tmp_path):
+    syn = tmp_path / 'syn'
+    write_pairs(syn, 2, 32)
+    (syn / 'meta.json').write_text(json.dumps({'n': 10 ** 12, 'layers': ['img', 'mask']}))
+    result = invoke('eval_segmentation.py', f'--syn-data={syn}', '--real-data=synthetic', '--scale=32')
+    assert result.exit_code == 2
+    assert error_line(result).startswith(f'error: {syn / "meta.json"} gives n=1000000000000, not a sample count')
+
+
+@pytest.mark.parametrize('line,reason', [
+    ({'metric': 'fid10k_full', 'results': {'fid10k_full': 3.0}, 'snapshot_pkl': None}, 'line 1: not a metric line'),
+    ({'metric': 'fid10k_full', 'results': {'fid10k_full': 'x'}, 'snapshot_pkl': 'a.pt'}, 'line 1: not a metric line'),
+    ({'metric': 'fid10k_full', 'results': {'fid10k_full': 3.0}, 'snapshot_pkl': 'a.pt', 'sigma': 'one'},
+     'line 1: not a metric line'),
+    (b'\xff\xfe\n', '(UnicodeDecodeError); the file is damaged')])
+def test_metric_line_with_wrong_field_types_or_bytes_is_one_line_in_generation(run_dir, line, reason):
+    metric_file = run_dir / 'metric-fid10k_full.jsonl'
+    metric_file.write_bytes(line if isinstance(line, bytes) else json.dumps(line).encode() + b'\n')
+    result = invoke('generate_segmentation_samples.py', f'--network={run_dir}', '--n=2', '--sigma=1')
+    assert result.exit_code == 2 and reason in error_line(result) and str(metric_file) in error_line(result)
+    assert not list(run_dir.glob('synthetic_data-*'))
+
+
+def test_snapshot_whose_sigma_is_null_is_skipped_by_a_sigma_filter_not_a_crash(run_dir):
+    entry = {'metric': 'fid10k_full', 'results': {'fid10k_full': 3.0}, 'sigma': None,
+             'snapshot_pkl': 'network-snapshot-000004.pt'}
+    (run_dir / 'metric-fid10k_full.jsonl').write_text(json.dumps(entry) + '\n')
+    result = invoke('generate_segmentation_samples.py', f'--network={run_dir}', '--n=2', '--sigma=1')
+    assert result.exit_code == 2 and 'matches --topk None / --sigma 1.0; relax the filters' in error_line(result)
+
+
+def rewrite_snapshot(path, edit) -> None:
+    """Read a snapshot's plain payload, let ``edit`` change it, write it back (still weights_only-clean)."""
+    payload = checkpoint.read_snapshot(str(path))
+    edit(payload)
+    torch.save(payload, str(path))
+
+
+def test_snapshot_with_a_network_that_cannot_be_built_is_one_line_in_generation(run_dir):
+    rewrite_snapshot(run_dir / 'network-snapshot-000004.pt',
+                     lambda payload: payload['modules']['G_ema']['kwargs'].update(channel_base=-64))
+    result = invoke('generate_segmentation_samples.py', f'--network={run_dir}', '--latest', '--n=2')
+    assert result.exit_code == 2
+    assert 'cannot build' in error_line(result) and 'network-snapshot-000004.pt' in error_line(result)
+    assert not list(run_dir.glob('synthetic_data-*'))
+
+
+@pytest.mark.parametrize('damage,message', [
+    (lambda data: data.pop('cur_nimg'), 'holds no valid training progress (cur_nimg=None)'),
+    (lambda data: data.update(batch_idx=-3), 'holds no valid training progress (batch_idx=-3)'),
+    (lambda data: data.update(rng=[{}]), 'the ADA or random-number state of'),
+    (lambda data: data['optimizers'].update(G={}), 'the G optimiser state of')])
+def test_resume_from_a_snapshot_with_damaged_progress_or_states_is_one_line(tmp_path, short_run, damage, message):
+    run = tmp_path / 'run'
+    run.mkdir()
+    snapshot = run / os.path.basename(snapshots(short_run)[-1])
+    snapshot.write_bytes(open(snapshots(short_run)[-1], 'rb').read())
+    rewrite_snapshot(snapshot, lambda payload: damage(payload['data']))
+    out = tmp_path / 'out'
+    with pytest.raises(dnnlib.UserError) as info:
+        train_cli.launch(tiny_config(out, resume=str(run), kimg=0.1))
+    assert str(info.value).startswith('--resume: ') and message in str(info.value) and str(snapshot) in str(info.value)
+    assert not out.exists()
+
+
+def test_batch_indices_draw_the_same_permutations_when_a_batch_spans_several_epochs():
+    from metrics.segmentation import batch_indices
+    batches = batch_indices(3, 7, torch.Generator().manual_seed(1))
+    first, second = next(batches), next(batches)
+    generator = torch.Generator().manual_seed(1)
+    epochs = torch.cat([torch.randperm(3, generator=generator) for _ in range(5)])
+    assert torch.equal(first, epochs[:7]) and torch.equal(second, epochs[7:14])
+    assert all(sorted(epochs[3 * k:3 * k + 3].tolist()) == [0, 1, 2] for k in range(5))

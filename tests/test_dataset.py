@@ -489,3 +489,67 @@ def test_cli_exports_mrcnn_train_masks_pixel_aligned_with_their_images(tmp_path,
         # Lossless PNG: the thresholded red channel of the exported image is the exported mask.
         np.testing.assert_array_equal((img[:, :, 0] > 127).astype(np.uint8) * 255, mask)
         assert 0 < (mask > 0).mean() < 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# Damaged metadata, split tokens and folders: one UserError naming the file, never a traceback.
+
+@pytest.mark.parametrize('box,reason', [('a b c d', 'not four numbers'), ('nan 1 2 3', 'not four numbers'),
+                                        ('1 1 0 5', 'w, h > 0'), ('1 1 inf 5', 'not four numbers')])
+def test_damaged_cub_box_is_one_line_naming_the_file_and_the_image(tmp_path, box, reason):
+    fx.build_cub(str(tmp_path / 'birds'))
+    boxes = tmp_path / 'birds' / 'bounding_boxes.txt'
+    lines = boxes.read_text().splitlines()
+    lines = [f'3 {box}' if line.startswith('3 ') else line for line in lines]
+    boxes.write_text('\n'.join(lines) + '\n')
+    with pytest.raises(dnnlib.UserError) as info:
+        ds.open_dataset('cub', 'test', data_root=str(tmp_path / 'birds'))
+    assert str(info.value).startswith(f'{boxes}: the box of image id 3 is {box!r}') and reason in str(info.value)
+
+
+def test_cub_box_of_fractional_pixels_reads_as_the_original_int_conversion():
+    assert ds._parse_box(['0.0', '5.0', '33.9', '21.2'], 'boxes.txt', 3) == (0, 5, 33, 21)
+
+
+@pytest.mark.parametrize('content', [b'1 001.A/wide.jpg\n2 \xff\xfe.jpg\n', b'\xb2 001.A/wide.jpg\n'])
+def test_cub_table_that_is_not_utf8_text_or_has_a_non_decimal_id_is_one_line(tmp_path, content):
+    fx.build_cub(str(tmp_path / 'birds'))
+    (tmp_path / 'birds' / 'images.txt').write_bytes(content)
+    with pytest.raises(dnnlib.UserError, match=r'images\.txt.*(UnicodeDecodeError|the file is damaged)'):
+        ds.open_dataset('cub', 'train', data_root=str(tmp_path / 'birds'))
+    (tmp_path / 'birds' / 'images.txt').write_text('\u00b2 001.A/wide.jpg\n')   # '²'.isdigit() is True
+    with pytest.raises(dnnlib.UserError, match=r'images\.txt, line 1: expected'):
+        ds.open_dataset('cub', 'train', data_root=str(tmp_path / 'birds'))
+
+
+def test_split_file_of_bytes_that_are_not_utf8_is_one_line(tmp_path):
+    path = str(tmp_path / 'split.npy')
+    np.save(path, np.array([b't_red', b'\xff\xfe'], dtype='S'))
+    with pytest.raises(dnnlib.UserError, match='holds a file token that is not UTF-8 text'):
+        ds.load_tokens(path)
+
+
+def test_unreadable_subfolder_of_an_image_folder_is_refused_not_skipped(tmp_path, monkeypatch):
+    for folder in ('a', 'b'):
+        fx.write_image(str(tmp_path / 'images' / folder / '0.png'), fx.solid(8, 8, fx.RED))
+    refused = str(tmp_path / 'images' / 'b')
+    scandir = os.scandir
+
+    def scandir_refusing_b(path='.'):   # as chmod 000 does for a user who is not root
+        if os.fspath(path) == refused:
+            raise PermissionError(13, 'Permission denied', refused)
+        return scandir(path)
+
+    monkeypatch.setattr(os, 'scandir', scandir_refusing_b)
+    with pytest.raises(dnnlib.UserError, match=f'^cannot list {refused} .Permission denied.; make it readable'):
+        ds.open_dataset(str(tmp_path / 'images'), resolution=8)
+    assert ds._list_images(str(tmp_path / 'nowhere')) == []   # a missing folder: no images, reported by the caller
+
+
+def test_zip_with_a_member_name_that_is_not_utf8_is_one_line(tmp_path):
+    archive = tmp_path / 'images.zip'
+    with zipfile.ZipFile(archive, 'w') as z:
+        z.writestr('\u00e9.png', b'x')   # non-ASCII: written with the UTF-8 flag
+    archive.write_bytes(archive.read_bytes().replace('\u00e9'.encode(), b'\xff\xfe'))
+    with pytest.raises(dnnlib.UserError, match=f'cannot open {archive} as a folder or a zip archive of images'):
+        ds.open_dataset(str(archive), resolution=8)

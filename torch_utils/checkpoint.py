@@ -145,7 +145,7 @@ def check_payload(payload: Any, path: str) -> None:
         _check_plain(payload['data'], 'data', allow_tensors=True)
         if not isinstance(payload['data'], dict):
             raise TypeError('data is not a dict')
-    except TypeError as err:
+    except (TypeError, RecursionError) as err:   # RecursionError: nested deeper than any snapshot we write
         raise _snapshot_error(f'snapshot {path}', str(err)) from None
     for name, record in payload['modules'].items():
         check_record(record, f'snapshot {path}, module {name!r}')
@@ -161,8 +161,10 @@ def build_module(record: dict, device: torch.device | str = 'cpu', where: str = 
     cls = registered_class(record['class'])
     try:
         module = cls(**record['kwargs'])
-    except (TypeError, ValueError) as err:
-        raise _snapshot_error(where, f'cannot build {record["class"]} from its arguments ({err})') from None
+    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, OverflowError,
+            RuntimeError, MemoryError) as err:   # e.g. a negative or enormous width: torch's RuntimeError
+        reason = str(err).strip().splitlines()[-1].strip() if str(err).strip() else type(err).__name__
+        raise _snapshot_error(where, f'cannot build {record["class"]} from its arguments ({reason})') from None
     try:
         module.load_state_dict(record['state'], strict=True)
     except RuntimeError as err:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import lzma
 import os
 import re
 import zipfile
@@ -50,8 +51,10 @@ DRC_MARKERS = {'birds': 'images.txt', **{kind: files[0] for kind, files in MRCNN
 DEFAULT_DRC_ROOT = os.path.join('datasets', 'DRC_processed')
 SPLITS = ('train', 'test')
 # What opening a zip archive or reading one of its members can raise: a bad CRC, a truncated or
-# damaged archive, a compression method or encryption this Python cannot read, a failed read.
-ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
+# damaged archive, a compression method or encryption this Python cannot read, a failed read, a
+# member name that is not valid UTF-8 (UnicodeDecodeError, a ValueError), a damaged LZMA member.
+ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError,
+                   ValueError, lzma.LZMAError)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,16 +308,33 @@ def _check_listed(records: list[Record], listing: str) -> None:
 def _read_table(path: str, num_fields: int) -> dict[int, list[str]]:
     """CUB metadata file: '<id> <field> ...' per line → {id: fields}. Rows are matched by id."""
     table = {}
-    with open(_need_file(path, 'CUB metadata file'), encoding='utf-8') as f:
-        for line_number, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != num_fields + 1 or not fields[0].isdigit():
-                raise dnnlib.UserError(f'{path}, line {line_number}: expected "<id>" and {num_fields} field(s), '
-                                       f'got {line.strip()!r}; the file is damaged')
-            table[int(fields[0])] = fields[1:]
+    try:
+        with open(_need_file(path, 'CUB metadata file'), encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise dnnlib.UserError(f'cannot read CUB metadata file {path} ({type(err).__name__}); the file is damaged: '
+                               f'replace it with the one from the dataset release') from None
+    for line_number, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != num_fields + 1 or not fields[0].isdecimal() or not fields[0].isascii():
+            raise dnnlib.UserError(f'{path}, line {line_number}: expected "<id>" and {num_fields} field(s), '
+                                   f'got {line.strip()!r}; the file is damaged')
+        table[int(fields[0])] = fields[1:]
     return table
+
+
+def _parse_box(fields: list[str], path: str, image_id: int) -> tuple[int, int, int, int]:
+    """A CUB box ``x y w h`` (pixels, floats in the file) → ints; a UserError for a damaged one."""
+    try:
+        x, y, w, h = (float(v) for v in fields)
+    except ValueError:
+        x = y = w = h = float('nan')
+    if not all(np.isfinite([x, y, w, h])) or w <= 0 or h <= 0:
+        raise dnnlib.UserError(f'{path}: the box of image id {image_id} is {" ".join(fields)!r}, not four numbers '
+                               f'x y w h with w, h > 0; the file is damaged')
+    return int(x), int(y), max(1, int(w)), max(1, int(h))
 
 
 def _cub_records(root: str, split: str, train_masks: bool = False) -> list[Record]:
@@ -336,7 +356,7 @@ def _cub_records(root: str, split: str, train_masks: bool = False) -> list[Recor
             mask = os.path.join(root, 'segmentations', key + '.png') if train_masks else None
             records.append(Record(os.path.join(root, 'images', key + '.jpg'), mask))
         else:
-            box = tuple(int(float(v)) for v in boxes[i])
+            box = _parse_box(boxes[i], os.path.join(root, 'bounding_boxes.txt'), i)
             records.append(Record(os.path.join(root, 'images', key + '.jpg'),
                                   os.path.join(root, 'segmentations', key + '.png'), box))
     _check_listed(records, split_path)
@@ -364,7 +384,11 @@ def load_tokens(path: str) -> list[str]:
     if strange:
         raise dnnlib.UserError(f'{path} is not a plain array of file tokens (it holds a {type(strange[0]).__name__}); '
                                f'replace it with the one from the dataset release')
-    return [t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in tokens]
+    try:
+        return [t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in tokens]
+    except UnicodeDecodeError:
+        raise dnnlib.UserError(f'{path} holds a file token that is not UTF-8 text; '
+                               f'replace it with the one from the dataset release') from None
 
 
 # The DRC dogs/cars layout: where a token's files lie (MRCNN_SPLIT_FILES lists the splits' tokens).
@@ -448,7 +472,14 @@ def _list_images(folder: str) -> list[str]:
     """Image files under ``folder`` (recursively), as sorted relative paths; the temporary files of
     an unfinished write (``.tmp-*``, e.g. of a killed generation) are not images of the set."""
     found = []
-    for parent, dirs, files in os.walk(folder):
+
+    def unreadable(err: OSError) -> None:   # os.walk would skip the folder, and train on a subset
+        if isinstance(err, (FileNotFoundError, NotADirectoryError)):
+            return   # no such folder: no images, which the caller reports
+        raise dnnlib.UserError(f'cannot list {err.filename} ({err.strerror}); make it readable, or move it '
+                               f'out of {folder}')
+
+    for parent, dirs, files in os.walk(folder, onerror=unreadable):
         dirs.sort()
         found += [os.path.relpath(os.path.join(parent, f), folder) for f in files
                   if _is_image(f) and not dnnlib.is_temp_file(f)]

@@ -34,8 +34,8 @@ AUG_MODES = ('ada', 'noaug', 'fixed')
 OPTION_TYPES: dict[str, click.ParamType] = dict(
     gpus=click.IntRange(min=1), batch=click.IntRange(min=1), kimg=dnnlib.FiniteFloat(min=0, min_open=True),
     snap=click.IntRange(min=1), tick=dnnlib.FiniteFloat(min=0, min_open=True), seed=dnnlib.SEED,
-    workers=click.IntRange(min=0), gamma=dnnlib.FiniteFloat(min=0), p=dnnlib.FiniteFloat(0, 1),
-    target=dnnlib.FiniteFloat(0, 1), subset=click.IntRange(min=1), map_layers=click.IntRange(min=1),
+    workers=click.IntRange(0, 256), gamma=dnnlib.FiniteFloat(min=0), p=dnnlib.FiniteFloat(0, 1),
+    target=dnnlib.FiniteFloat(0, 1), subset=click.IntRange(min=1), map_layers=click.IntRange(1, 64),
     mixing_prob=dnnlib.FiniteFloat(0, 1), pl_weight=dnnlib.FiniteFloat(min=0), freezed=click.IntRange(min=0))
 OPTION_FLAGS = dict(map_layers='map')   # parameters whose option has another name
 
@@ -259,10 +259,12 @@ def stored_options(resume: str) -> tuple[dict, str]:
     try:
         with open(path, encoding='utf-8') as f:
             config = json.load(f)
-    except (OSError, ValueError):   # missing or damaged: the snapshot holds the same options
+    except (OSError, ValueError, RecursionError):   # missing or damaged: the snapshot holds the same options
         config = None
     if not isinstance(config, dict):
-        config, path = checkpoint.read_snapshot(snapshot)['data'].get('training_options') or {}, snapshot
+        config, path = checkpoint.read_snapshot(snapshot)['data'].get('training_options'), snapshot
+        if not isinstance(config, dict):   # none stored (or not a mapping): the command line's options alone
+            config = {}
     if isinstance(config.get('options'), dict):
         return dict(config['options']), path
     # A run written before its options were stored: the config's fields under their option names.
@@ -291,6 +293,14 @@ def options_for_resume(options: dict, ctx: click.Context) -> dict:
              (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}
     stored, source = stored_options(options['resume'])
     merged, taken = resume_options(options, given, stored)
+    for name, value in taken.items():   # a hand-edited file: each value taken must be its option's type
+        try:
+            if name == 'metrics' and isinstance(value, list) and all(isinstance(m, str) for m in value):
+                continue   # older runs store the metric list itself
+            merged[name] = taken[name] = dnnlib.check_stored_option(params[name].opts[0], value, params[name].type)
+        except dnnlib.UserError as err:
+            raise dnnlib.UserError(f'--resume: {source} stores {err}; fix the file, or give '
+                                   f'{params[name].opts[0]} on the command line') from None
     again = {name: stored[name] for name in sorted(given & set(stored))
              if name not in NOT_RESUMED and stored[name] != merged[name]}
     print(f'Resuming with the options of {source}: '

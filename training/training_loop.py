@@ -153,19 +153,32 @@ def resume_from(path: str, nets: dnnlib.EasyDict, optimizers: dict, ada: Any, ra
     if not isinstance(saved_optimizers, dict) or not set(optimizers) <= set(saved_optimizers):
         raise dnnlib.UserError(f'--resume: {path} holds no optimiser state (a converted snapshot, or not written by '
                                f'training); use a network-snapshot of a training run')
+    counters = {name: data.get(name) for name in ('cur_nimg', 'cur_tick', 'batch_idx')}
+    bad = [f'{name}={value!r}' for name, value in counters.items()
+           if isinstance(value, bool) or not isinstance(value, int) or value < 0]
+    if bad:
+        raise dnnlib.UserError(f'--resume: {path} holds no valid training progress ({", ".join(bad)}); '
+                               f'use another network-snapshot of the run')
+    # A weights_only file can still hold states of the wrong shape: each load names the snapshot.
+    state_errors = (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError)
     for name, opt in optimizers.items():
         try:
             opt.load_state_dict(saved_optimizers[name])
-        except ValueError:  # another set of trainable parameters, e.g. another --freezed
+        except state_errors:  # another set of trainable parameters, e.g. another --freezed
             raise dnnlib.UserError(f'--resume: the {name} optimiser state of {path} does not fit this run; '
                                    f'resume with the options it was trained with (--freezed)') from None
-    if ada is not None and data.get('ada') is not None:
-        ada.load_state_dict(data['ada'])
-    if len(data.get('rng') or []) == world_size:
-        set_rng_state(data['rng'][rank])
-    else:  # another number of processes: a fresh but reproducible stream per rank
-        seed_everything(data['cur_nimg'] + rank)
-    return dict(cur_nimg=int(data['cur_nimg']), cur_tick=int(data['cur_tick']), batch_idx=int(data['batch_idx']))
+    try:
+        if ada is not None and data.get('ada') is not None:
+            ada.load_state_dict(data['ada'])
+        rng = data.get('rng')
+        if isinstance(rng, list) and len(rng) == world_size:
+            set_rng_state(rng[rank])
+        else:  # another number of processes: a fresh but reproducible stream per rank
+            seed_everything(counters['cur_nimg'] + rank)
+    except state_errors as err:
+        raise dnnlib.UserError(f'--resume: the ADA or random-number state of {path} is damaged '
+                               f'({type(err).__name__}); use another network-snapshot of the run') from None
+    return counters
 
 
 def trained_with(data: dict) -> str:
