@@ -553,3 +553,11 @@ def test_zip_with_a_member_name_that_is_not_utf8_is_one_line(tmp_path):
     archive.write_bytes(archive.read_bytes().replace('\u00e9'.encode(), b'\xff\xfe'))
     with pytest.raises(dnnlib.UserError, match=f'cannot open {archive} as a folder or a zip archive of images'):
         ds.open_dataset(str(archive), resolution=8)
+
+
+def test_png_declaring_more_pixels_than_the_bomb_limit_is_refused_before_decoding(tmp_path):
+    path = fx.write_image(str(tmp_path / 'bomb.png'), fx.solid(4, 4, fx.RED))
+    data = bytearray(open(path, 'rb').read())
+    data[16:24] = (40000).to_bytes(4, 'big') * 2   # IHDR: 40000 x 40000 (its CRC is not checked first)
+    with pytest.raises(dnnlib.UserError, match=r'^cannot read image bomb\.png \(.*\); replace or remove the file'):
+        ds.decode_rgb(bytes(data), 'bomb.png')

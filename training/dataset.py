@@ -22,6 +22,7 @@ import json
 import lzma
 import os
 import re
+import struct
 import zipfile
 import zlib
 from typing import Callable
@@ -64,6 +65,11 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
     """Encoded image bytes → [H, W, 3] uint8 RGB (grey expanded, alpha dropped, 16 bit reduced)."""
     try:
         if pyspng is not None and data[:8] == PNG_SIGNATURE:
+            # pyspng has no decompression-bomb guard: apply PIL's limit to the IHDR size first.
+            width, height = struct.unpack('>II', data[16:24])
+            if width * height > 2 * Image.MAX_IMAGE_PIXELS:
+                raise ValueError(f'a PNG of {width} x {height} pixels, more than the {2 * Image.MAX_IMAGE_PIXELS} '
+                                 f'of the decompression-bomb limit')
             return pyspng.load(data, format='RGB')
         with Image.open(io.BytesIO(data)) as image:
             return np.array(image.convert('RGB'))
