@@ -93,6 +93,10 @@ BASE: dict[str, Any] = dict(
 #   together), mapping lr multiplier 0.1 (0.803), style mixing 0.9 (ground layer by 10 kimg), a
 #   scale perturbation on top of the shift (ground layer by 20 kimg), truncation 1.5 in the auto
 #   test (0.803).
+# - 30 kimg is near the peak, not a budget cut: trained to 60 kimg, IoU fell on both seeds tried
+#   (seed 0: 0.771 / 0.791 / 0.722 at 40 / 45 / 60 kimg; seed 2: 0.692 / 0.659 at 45 / 60). G's own
+#   layouts grew as varied as the data's (area spread 0.69-0.82), but with irregular masks that reach
+#   the border (bench/results/demo-cpu-60kimg-2026-12-01.json).
 # - The ILS term strong and early: σ = 5 for the first 6 kimg, then the paper's 1 (the paper: 0.2 for
 #   the first 400 of 8000 kimg), with the mask detached from the term (opt_mask False). With the
 #   paper's weak start, seed 0's first layers split the scene into a layer of ground in front and
