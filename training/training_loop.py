@@ -171,7 +171,7 @@ def resume_from(path: str, nets: dnnlib.EasyDict, optimizers: dict, ada: Any, ra
         if ada is not None and data.get('ada') is not None:
             ada.load_state_dict(data['ada'])
         rng = data.get('rng')
-        if isinstance(rng, list) and len(rng) == world_size:
+        if isinstance(rng, (list, tuple)) and len(rng) == world_size:
             set_rng_state(rng[rank])
         else:  # another number of processes: a fresh but reproducible stream per rank
             seed_everything(counters['cur_nimg'] + rank)
