@@ -153,12 +153,6 @@ def resume_from(path: str, nets: dnnlib.EasyDict, optimizers: dict, ada: Any, ra
     if not isinstance(saved_optimizers, dict) or not set(optimizers) <= set(saved_optimizers):
         raise dnnlib.UserError(f'--resume: {path} holds no optimiser state (a converted snapshot, or not written by '
                                f'training); use a network-snapshot of a training run')
-    counters = {name: data.get(name) for name in ('cur_nimg', 'cur_tick', 'batch_idx')}
-    bad = [f'{name}={value!r}' for name, value in counters.items()
-           if isinstance(value, bool) or not isinstance(value, int) or value < 0]
-    if bad:
-        raise dnnlib.UserError(f'--resume: {path} holds no valid training progress ({", ".join(bad)}); '
-                               f'use another network-snapshot of the run')
     # A weights_only file can still hold states of the wrong shape: each load names the snapshot.
     state_errors = (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError)
     for name, opt in optimizers.items():
@@ -167,6 +161,12 @@ def resume_from(path: str, nets: dnnlib.EasyDict, optimizers: dict, ada: Any, ra
         except state_errors:  # another set of trainable parameters, e.g. another --freezed
             raise dnnlib.UserError(f'--resume: the {name} optimiser state of {path} does not fit this run; '
                                    f'resume with the options it was trained with (--freezed)') from None
+    counters = {name: data.get(name) for name in ('cur_nimg', 'cur_tick', 'batch_idx')}
+    bad = [f'{name}={value!r}' for name, value in counters.items()
+           if isinstance(value, bool) or not isinstance(value, int) or value < 0]
+    if bad:
+        raise dnnlib.UserError(f'--resume: {path} holds no valid training progress ({", ".join(bad)}); '
+                               f'use another network-snapshot of the run')
     try:
         if ada is not None and data.get('ada') is not None:
             ada.load_state_dict(data['ada'])
