@@ -99,7 +99,7 @@ def test_every_number_option_of_every_command_is_a_checked_range():
     ('generate_segmentation_samples.py', '--topk=1e306'), ('generate_segmentation_samples.py', '--n=1000000000000'),
     ('eval_segmentation.py', '--batch=1000000000'), ('eval_MI_MINE.py', '--batch=1000000000'),
     ('eval_segmentation.py', '--scale=1000000'), ('train_ILS_64.py', '--workers=1000000'),
-    ('train_ILS_64.py', '--map=1000000'),
+    ('train_ILS_64.py', '--map=1000000'), ('python -m training.dataset', '--resolution=1000000'),
 ])
 def test_nan_inf_and_out_of_range_numbers_are_refused_with_exit_2_and_create_nothing(tmp_path, images, command, bad):
     out = tmp_path / 'out'
