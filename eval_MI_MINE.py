@@ -30,7 +30,7 @@ from metrics import mine
 @click.option('--steps', type=click.IntRange(min=1), default=100_000, show_default=True, help='Optimiser steps.')
 @click.option('--hidden', type=click.IntRange(1, 1_000_000), default=3000, show_default=True, help='Hidden ReLU units of T.')
 @click.option('--lr', type=dnnlib.FiniteFloat(min=0, min_open=True), default=2e-4, show_default=True, help='Adam learning rate.')
-@click.option('--batch', type=click.IntRange(2, 65536), default=64, show_default=True, help='Batch size.')
+@click.option('--batch', type=click.IntRange(2, dnnlib.MAX_BATCH), default=64, show_default=True, help='Batch size.')
 @click.option('--resolution', type=click.IntRange(min=4, max=1024), default=64, show_default=True,
               help='Side the layers are resized to before MINE flattens them (the original: 64).')
 @click.option('--eval-every', type=click.IntRange(min=1), default=400, show_default=True,
@@ -39,7 +39,7 @@ from metrics import mine
               help='Moving-average rate of MINE\'s bias-corrected gradient (e.g. 0.01); 0 = the original plain DV gradient.')
 @click.option('--seed', type=dnnlib.SEED, default=0, show_default=True, help='Seeds weights, batches and shuffles.')
 @click.option('--outdir', default=None, help='Parent of the run folder  [default: PATH/MI-estimation-MINE]')
-@click.option('--workers', type=click.IntRange(0, 256), default=3, show_default=True, help='Data-loading processes.')
+@click.option('--workers', type=click.IntRange(0, dnnlib.MAX_WORKERS), default=3, show_default=True, help='Data-loading processes.')
 @click.option('--allow-partial', is_flag=True,
               help='Evaluate a generated set that holds fewer samples than its meta.json says (a warning '
                    'gives the count); without it such a set is refused.')

@@ -17,7 +17,7 @@ from metrics.segmentation_cli import common_options, run
 
 @click.command()
 @common_options
-@click.option('--scale', type=click.IntRange(16, 4096), default=128, show_default=True,
+@click.option('--scale', type=click.IntRange(16, dnnlib.MAX_SIDE), default=128, show_default=True,
               help='Resolution of training and testing, images and masks (the paper\'s 64 numbers: --scale=64).')
 @click.option('--crop-ratio', type=dnnlib.FiniteFloat(0, 1, min_open=True), default=1.0, show_default=True,
               help='Keep the centre square of this fraction of each synthetic image and mask, then resize.')

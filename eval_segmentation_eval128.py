@@ -20,7 +20,7 @@ from metrics.segmentation_cli import common_options, run
 @common_options
 @click.option('--native128', is_flag=True,
               help='Train and test at 128 (not the paper\'s protocol; labelled native128 in the results).')
-@click.option('--scale', type=click.IntRange(1, 4096), default=128, show_default=True,
+@click.option('--scale', type=click.IntRange(1, dnnlib.MAX_SIDE), default=128, show_default=True,
               help='Accepted so that the paper\'s command line (--scale=128) works; must be 128.')
 @dnnlib.report_user_errors
 def main(native128: bool, scale: int, **options):

@@ -10,14 +10,14 @@ or below --topk kimg is used. The set is written to synthetic_data-<tag>/ beside
 import click
 
 import dnnlib
-from metrics import generate
+from metrics.generate import generate_from_network
 
 
 @click.command()
 @click.option('--network', required=True, metavar='PATH',
               help='Run directory (snapshot chosen by FID), a network-snapshot-*.pt file, or a '
                    'network-snapshot-KKKKKK.pkl of the original code (converted in memory).')
-@click.option('--n', 'n', type=click.IntRange(1, generate.MAX_SAMPLES), default=10000, show_default=True,
+@click.option('--n', 'n', type=click.IntRange(1, dnnlib.MAX_COUNT), default=10000, show_default=True,
               help='Number of samples to write.')
 @click.option('--topk', type=dnnlib.FiniteFloat(0, 1e9), default=None, metavar='KIMG',
               help='Only consider snapshots at or below this kimg (a kimg bound, not a sample count).')
@@ -45,7 +45,7 @@ from metrics import generate
 @dnnlib.report_user_errors(disk_full_hint='the same command with --resume completes the set')
 def main(**options):
     """Write img/, mask/, fg/, bg/, fg_masked/ PNGs, latents.npy and meta.json."""
-    generate.generate_from_network(**options)
+    generate_from_network(**options)
 
 
 if __name__ == '__main__':

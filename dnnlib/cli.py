@@ -2,7 +2,7 @@
 
 * :class:`FiniteFloat` — a float range that also refuses ``nan`` and ``±inf`` (click's own
   ``FloatRange`` lets NaN through: every comparison with NaN is False);
-* :data:`SEED` — the seeds NumPy accepts, 0 … 2³²−1;
+* :data:`SEED` — the seeds NumPy accepts, 0 … 2³²−1; ``MAX_*`` — the upper bounds of the size options;
 * :class:`Device` / :func:`parse_device` — ``cpu``, ``cuda`` or ``cuda:N``, checked against this
   machine before anything runs;
 * :func:`check_option` — a value that did not come through click (a config built in Python, a
@@ -40,6 +40,13 @@ class FiniteFloat(click.FloatRange):
 
 
 SEED = click.IntRange(0, 2 ** 32 - 1)
+
+# Upper bounds of the size options, far beyond any protocol and far below a run that never ends or
+# an allocation that cannot succeed. The CLIs and the stored configs they check read them here.
+MAX_BATCH = 65536        # samples per optimiser step (segmentation, MINE)
+MAX_COUNT = 10_000_000   # samples to generate (5 PNGs each; the paper's: 50 000), iterations, steps
+MAX_SIDE = 4096          # image sides, UNet widths
+MAX_WORKERS = 256        # data-loading processes
 
 
 def parse_device(name: str | None) -> str:

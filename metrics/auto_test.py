@@ -59,7 +59,7 @@ class AutoTestSizes:
         known = {f.name for f in fields(cls)}
         sizes = {k: v for k, v in (values or {}).items() if k in known}
         for name, value in sizes.items():
-            largest = 65536 if name.endswith('batch') else 10_000_000   # the CLIs' own limits
+            largest = dnnlib.MAX_BATCH if name.endswith('batch') else dnnlib.MAX_COUNT   # the CLIs' bounds
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= largest:
                 raise dnnlib.UserError(f'auto_test_sizes.{name}={value!r} in the training options is not an '
                                        f'integer in 1..{largest}; fix training_options.json of the run')

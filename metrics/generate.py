@@ -36,7 +36,6 @@ import dnnlib
 from torch_utils import checkpoint, misc
 
 LAYER_FOLDERS = ('img', 'mask', 'fg', 'bg', 'fg_masked')
-MAX_SAMPLES = 10_000_000   # 5 PNGs each: far beyond any protocol (the paper's: 50 000), far below a hang
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,9 +417,9 @@ def complete_samples(path: str, layers: tuple[str, ...], allow_partial: bool = F
     meta = read_meta(path)
     if meta is None or type(meta.get('n')) is not int or not isinstance(meta.get('layers'), list):
         return None
-    if not 1 <= meta['n'] <= MAX_SAMPLES:
+    if not 1 <= meta['n'] <= dnnlib.MAX_COUNT:
         raise dnnlib.UserError(f'{os.path.join(path, "meta.json")} gives n={meta["n"]}, not a sample count in '
-                               f'1..{MAX_SAMPLES}; restore it, or remove it to read the folder as it is')
+                               f'1..{dnnlib.MAX_COUNT}; restore it, or remove it to read the folder as it is')
     n = meta['n']
     missing = set(missing_indices(path, n, layers))
     names = [sample_file(i) for i in range(n) if i not in missing]

@@ -705,7 +705,7 @@ def check_grid_path(path: str) -> None:
 @click.option('--data', required=True, help='cub | dog | car | synthetic | folder or zip of images | folder with img/ + mask/')
 @click.option('--data-root', default=None,
               help='DRC dataset folder (default: $ILSGAN_DATA_ROOT/<birds|dogs|cars>, else ./datasets/DRC_processed/...)')
-@click.option('--resolution', default=64, show_default=True, type=click.IntRange(4, 4096), help='Image size R')
+@click.option('--resolution', default=64, show_default=True, type=click.IntRange(4, dnnlib.MAX_SIDE), help='Image size R')
 @click.option('--grid', 'grid_path', default=None, metavar='FILE.png', help='Write a PNG preview here: train images, then test images over their masks')
 @click.option('--export', 'export_dir', default=None, metavar='DIR',
               help='Instead: write the (image, mask) pairs of --split as DIR/img/000001.png, DIR/mask/000001.png '

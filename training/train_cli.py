@@ -34,7 +34,7 @@ AUG_MODES = ('ada', 'noaug', 'fixed')
 OPTION_TYPES: dict[str, click.ParamType] = dict(
     gpus=click.IntRange(min=1), batch=click.IntRange(min=1), kimg=dnnlib.FiniteFloat(min=0, min_open=True),
     snap=click.IntRange(min=1), tick=dnnlib.FiniteFloat(min=0, min_open=True), seed=dnnlib.SEED,
-    workers=click.IntRange(0, 256), gamma=dnnlib.FiniteFloat(min=0), p=dnnlib.FiniteFloat(0, 1),
+    workers=click.IntRange(0, dnnlib.MAX_WORKERS), gamma=dnnlib.FiniteFloat(min=0), p=dnnlib.FiniteFloat(0, 1),
     target=dnnlib.FiniteFloat(0, 1), subset=click.IntRange(min=1), map_layers=click.IntRange(1, 64),
     mixing_prob=dnnlib.FiniteFloat(0, 1), pl_weight=dnnlib.FiniteFloat(min=0), freezed=click.IntRange(min=0))
 OPTION_FLAGS = dict(map_layers='map')   # parameters whose option has another name
