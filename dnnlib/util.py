@@ -154,6 +154,10 @@ def open_url(path_or_url: str, cache: str | None = None, num_attempts: int = 3, 
 
 TEMP_PREFIX = '.tmp-'  # every temporary file this project writes starts so; never a result
 
+# What json.load / json.loads raise for a damaged file: JSONDecodeError (empty, cut short, overwritten)
+# and UnicodeDecodeError (not UTF-8) are ValueErrors; RecursionError for nesting too deep ('[[[[…').
+JSON_READ_ERRORS = (ValueError, RecursionError)
+
 
 def is_temp_file(name: str) -> bool:
     """Whether ``name`` (a file name or path) is a temporary file of an unfinished write."""

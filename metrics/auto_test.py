@@ -74,7 +74,7 @@ def read_training_options(run_dir: str) -> dict:
     try:
         with open(path, encoding='utf-8') as f:
             options = json.load(f)
-    except (ValueError, RecursionError) as err:   # empty, cut short, overwritten, not UTF-8; nested too deep
+    except dnnlib.JSON_READ_ERRORS as err:
         raise dnnlib.UserError(f'{path} is damaged ({type(err).__name__}: {err}); every snapshot of the run holds '
                                f'a copy of its options under data["training_options"]: restore the file') from None
     if not isinstance(options, dict):

@@ -58,7 +58,7 @@ def read_metric_lines(path: str) -> list[dict]:
             value = entry['results'][entry['metric']]
             valid = (isinstance(entry['snapshot_pkl'], str) and _is_number(value)
                      and (entry.get('sigma') is None or _is_number(entry['sigma'])))
-        except (ValueError, KeyError, TypeError, RecursionError):
+        except (*dnnlib.JSON_READ_ERRORS, KeyError, TypeError):
             valid = False
         if not valid:
             raise dnnlib.UserError(f'{path}, line {number}: not a metric line of this project; '
@@ -383,7 +383,7 @@ def read_meta(path: str) -> dict | None:
     try:
         with open(meta_path, encoding='utf-8') as f:
             meta = json.load(f)
-    except (ValueError, RecursionError):   # UnicodeDecodeError is a ValueError; RecursionError: '[[[[…'
+    except dnnlib.JSON_READ_ERRORS:
         raise dnnlib.UserError(f'{meta_path} is not valid JSON; restore it, or remove it to read the folder '
                                f'as it is') from None
     if not isinstance(meta, dict):

@@ -259,7 +259,7 @@ def stored_options(resume: str) -> tuple[dict, str]:
     try:
         with open(path, encoding='utf-8') as f:
             config = json.load(f)
-    except (OSError, ValueError, RecursionError):   # missing or damaged: the snapshot holds the same options
+    except (OSError, *dnnlib.JSON_READ_ERRORS):   # missing or damaged: the snapshot holds the same options
         config = None
     if not isinstance(config, dict):
         config, path = checkpoint.read_snapshot(snapshot)['data'].get('training_options'), snapshot
