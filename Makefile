@@ -41,7 +41,7 @@ gpu-check: setup
 	PYTHON=$(BIN)/python bash bench/gpu_check.sh
 
 quality: setup
-	PYTHON=$(BIN)/python bash bench/quality.sh
+	PYTHON=$(BIN)/python bash experiments/quality.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,4 +1,4 @@
-"""bench/ablation_summary.py (the ILS ablation's JSON and table) and bench/quality_summary.py's sizes,
+"""experiments/ablation_summary.py (the ILS ablation's JSON and table) and experiments/quality_summary.py's sizes,
 on fake run folders."""
 
 import json
@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import _fixtures as fx
-from bench import ablation_summary, quality_summary
+from experiments import ablation_summary, quality_summary
 
 
 def bench(module, *args):

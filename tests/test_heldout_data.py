@@ -1,4 +1,4 @@
-"""bench/heldout_data.py: the held-out procedural set, read back as DRC cars by training/dataset.py."""
+"""experiments/heldout_data.py: the held-out procedural set, read back as DRC cars by training/dataset.py."""
 
 import os
 
@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from bench import heldout_data as hd
+from experiments import heldout_data as hd
 from training import dataset as ds
 
 

@@ -73,22 +73,22 @@ BASE: dict[str, Any] = dict(
 #   for seeds 0 / 1 / 2 (seed 0's mask covers the surround instead of the object). Binarisation
 #   weight 10 instead (bound 0.15) sent seed 1's mask towards empty (mean ~0.05 by 4 kimg). The
 #   lower bound on the batch's mean area instead of each mask's (small objects allowed) made the
-#   mask take the sky on held-out data (bench/heldout_data.py, seed 0: IoU 0.044 against 0.496).
+#   mask take the sky on held-out data (experiments/heldout_data.py, seed 0: IoU 0.044 against 0.496).
 # - The minibatch-stddev group stays the paper's 4: over the whole batch of 16 (a stronger signal of
 #   too little variety) it gave IoU 0.838 / 0.816 / 0.799 on seeds 0-2, mean 0.818 against 0.819,
-#   and G's own spreads did not widen (bench/results/ablation-cpu-mbstd16-2026-12-01.json).
+#   and G's own spreads did not widen (experiments/results/ablation-cpu-mbstd16-2026-12-01.json).
 # - Batch 16, not 32: batch 32 trains 30 kimg 1.2-1.3x faster (7m34s, 8m15s), but seed 1 drew
 #   smooth blobs with a dark rim for objects, IoU 0.665 against 0.829 (seed 0: 0.817 against 0.826;
-#   bench/results/demo-cpu-batch32-2026-12-01.json).
+#   experiments/results/demo-cpu-batch32-2026-12-01.json).
 # - Mapping networks of 2 layers, not the paper's 8: with 8, G's own layout spreads about doubled
 #   (seed 1: position 0.37, area 0.53 of the data's, against 0.20 / 0.24), but seed 0's mask took
 #   the surround (IoU 0.040) and seed 1's varied, irregular masks scored 0.772 against 0.829; with
-#   4, IoU 0.740 / 0.789 on seeds 0 / 1 (bench/results/ablation-cpu-mapping{8,4}-2026-12-01.json).
+#   4, IoU 0.740 / 0.789 on seeds 0 / 1 (experiments/results/ablation-cpu-mapping{8,4}-2026-12-01.json).
 #   More varied layouts at 30 kimg did not mean masks closer to the objects.
 # - What limits IoU (metrics.segmentation.scores_by_object_size, seed 0): the third of the test
 #   objects that are smallest scores 0.72 against 0.89 for the largest, drawn 1.4x too large,
 #   because G's masks are all about one size (area 0.34 +- 0.03; the data's 0.35 +- 0.10). Levers
-#   for it that did not help, seed 0 each (bench/results/demo-levers-2026-12-01.json): a lower
+#   for it that did not help, seed 0 each (experiments/results/demo-levers-2026-12-01.json): a lower
 #   bound of 0.20 (IoU 0.805; G's mean area stays the data's: the bound did not hold the sizes
 #   together), mapping lr multiplier 0.1 (0.803), style mixing 0.9 (ground layer by 10 kimg), a
 #   scale perturbation on top of the shift (ground layer by 20 kimg), truncation 1.5 in the auto
@@ -97,7 +97,7 @@ BASE: dict[str, Any] = dict(
 # - 30 kimg is near the peak, not a budget cut: trained to 60 kimg, IoU fell on both seeds tried
 #   (seed 0: 0.771 / 0.791 / 0.722 at 40 / 45 / 60 kimg; seed 2: 0.692 / 0.659 at 45 / 60). G's own
 #   layouts grew as varied as the data's (area spread 0.69-0.82), but with irregular masks that reach
-#   the border (bench/results/demo-cpu-60kimg-2026-12-01.json).
+#   the border (experiments/results/demo-cpu-60kimg-2026-12-01.json).
 # - The ILS term strong and early: σ = 5 for the first 6 kimg, then the paper's 1 (the paper: 0.2 for
 #   the first 400 of 8000 kimg), with the mask detached from the term (opt_mask False). With the
 #   paper's weak start, seed 0's first layers split the scene into a layer of ground in front and
@@ -138,10 +138,10 @@ PRESETS_64: dict[str, dict[str, Any]] = {
     'ILS_learnN': dict(distribution='neural_gaussian', initial_sigma=0.001, sigma=0.001),
     'ILS_L1': dict(estimator='l1_distance', distribution=None),
     'cpu': _CPU_DEMO,
-    # The longer CPU quality run (bench/quality.sh): the demo preset with a 64 px level (16 channels)
+    # The longer CPU quality run (experiments/quality.sh): the demo preset with a 64 px level (16 channels)
     # on top, trained longer, on both cores of a 2-core machine.
     'cpu64': dict({k: v for k, v in _CPU_DEMO.items() if k != 'resolution'}, kimg=24),
-    # The ILS ablation (bench/ablation.sh): the demo preset without the ILS term (σ = 0 throughout;
+    # The ILS ablation (experiments/ablation.sh): the demo preset without the ILS term (σ = 0 throughout;
     # the bound is still computed, so the random streams match the demo's), and with ILS_L1's
     # direct L1 separation in place of the CLUB bound.
     'cpu_noILS': dict(_CPU_DEMO, initial_sigma=0.0, sigma=0.0),

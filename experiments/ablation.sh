@@ -3,19 +3,19 @@
 # ILS_L1's direct separation instead of the CLUB bound), on the same seeds; one JSON and one table of
 # IoU, DICE, MINE MI and the layout measure side by side.
 #
-#   bash bench/ablation.sh                                        # cpu, cpu_noILS on seeds 0 1 2 (~1 h on 2 idle cores)
-#   CFGS="cpu cpu_noILS cpu_L1" bash bench/ablation.sh            # predL against L1 too (~70 min)
-#   TINY=1 OUTDIR=/tmp/ablation bash bench/ablation.sh            # a smoke pass through every step (minutes)
-#   python bench/heldout_data.py --out=/tmp/ho && \
-#   DATA=car DATA_ROOT=/tmp/ho CFGS=cpu OUTDIR=/tmp/abl-ho bash bench/ablation.sh   # the same on held-out data
+#   bash experiments/ablation.sh                                        # cpu, cpu_noILS on seeds 0 1 2 (~1 h on 2 idle cores)
+#   CFGS="cpu cpu_noILS cpu_L1" bash experiments/ablation.sh            # predL against L1 too (~70 min)
+#   TINY=1 OUTDIR=/tmp/ablation bash experiments/ablation.sh            # a smoke pass through every step (minutes)
+#   python experiments/heldout_data.py --out=/tmp/ho && \
+#   DATA=car DATA_ROOT=/tmp/ho CFGS=cpu OUTDIR=/tmp/abl-ho bash experiments/ablation.sh   # the same on held-out data
 #
 # Steps, for each preset of CFGS and each seed of SEEDS (a pair whose auto test already finished
 # in OUTDIR is skipped, so a killed ablation continues where it stopped):
 #   1. python train_ILS_64.py --outdir=$OUTDIR/<cfg>-seed<seed> --data=$DATA [--data-root=$DATA_ROOT]
 #      --cfg=<cfg> --seed=<seed> [--kimg=$KIMG] --no-auto-test
 #   2. the auto test of that run (generation -> UNet IoU/DICE -> MINE -> layout), sizes from the preset;
-#      with TINY=1, tiny sizes (bench/ablation_summary.py, TINY_SIZES) and KIMG 0.05 unless given
-# Then $OUTDIR/ablation.json and a markdown table (bench/ablation_summary.py summary).
+#      with TINY=1, tiny sizes (experiments/ablation_summary.py, TINY_SIZES) and KIMG 0.05 unless given
+# Then $OUTDIR/ablation.json and a markdown table (experiments/ablation_summary.py summary).
 #
 # Environment, read here only: CFGS ("cpu cpu_noILS"), SEEDS ("0 1 2"), KIMG (the preset's), TINY
 # (empty), OUTDIR (./outputs/ablation), PYTHON (python), DATA (synthetic), DATA_ROOT (empty: the
@@ -50,8 +50,8 @@ for cfg in $CFGS; do
             --seed="$seed" ${KIMG:+"--kimg=$KIMG"} --no-auto-test
         # The newest run of this pair: run directories are numbered upwards.
         run_dir=$(ls -d "$pair"/[0-9][0-9][0-9][0-9][0-9]-* | sort | tail -n 1)
-        "$PYTHON" bench/ablation_summary.py auto-test "$run_dir" ${TINY:+--tiny}
+        "$PYTHON" experiments/ablation_summary.py auto-test "$run_dir" ${TINY:+--tiny}
     done
 done
 
-"$PYTHON" bench/ablation_summary.py summary "$OUTDIR" --out="$OUTDIR/ablation.json"
+"$PYTHON" experiments/ablation_summary.py summary "$OUTDIR" --out="$OUTDIR/ablation.json"

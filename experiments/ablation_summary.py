@@ -1,7 +1,7 @@
-"""The two bits of Python that bench/ablation.sh needs: the auto test of one run, and ablation.json.
+"""The two bits of Python that experiments/ablation.sh needs: the auto test of one run, and ablation.json.
 
-    python bench/ablation_summary.py auto-test RUN_DIR [--tiny]
-    python bench/ablation_summary.py summary OUTDIR --out=OUTDIR/ablation.json
+    python experiments/ablation_summary.py auto-test RUN_DIR [--tiny]
+    python experiments/ablation_summary.py summary OUTDIR --out=OUTDIR/ablation.json
 
 ``auto-test`` runs :func:`metrics.auto_test.run_auto_test` on a finished run, with the sizes of its
 preset, or with :data:`TINY_SIZES` (a smoke test of the ablation: its numbers mean nothing).
@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dnnlib  # noqa: E402
-from bench.quality_summary import read_json  # noqa: E402
+from experiments.quality_summary import read_json  # noqa: E402
 from metrics.auto_test import read_training_options  # noqa: E402
 
 # Every stage a few steps long: the chain runs end to end in seconds.
@@ -117,7 +117,7 @@ def build_summary(outdir: str) -> dict:
     done, incomplete = find_runs(outdir)
     if not done:
         raise dnnlib.UserError(f'no run with auto_test/results.json under {outdir}/<cfg>-seed<seed>/; '
-                               f'run bench/ablation.sh first')
+                               f'run experiments/ablation.sh first')
     rows = sorted((run_row(run) for run in done), key=lambda r: (r['cfg'], r['seed']))
     return {'runs': rows, 'by_cfg': aggregate(rows), 'incomplete': [os.path.abspath(r) for r in incomplete],
             'timestamp': time.time()}
@@ -125,7 +125,7 @@ def build_summary(outdir: str) -> dict:
 
 @click.group()
 def main() -> None:
-    """Helpers of bench/ablation.sh."""
+    """Helpers of experiments/ablation.sh."""
 
 
 @main.command('auto-test')

@@ -1,8 +1,8 @@
-"""The two bits of Python that bench/quality.sh needs: the auto test's sizes of a run, and quality.json.
+"""The two bits of Python that experiments/quality.sh needs: the auto test's sizes of a run, and quality.json.
 
-    python bench/quality_summary.py sizes RUN_DIR
-    python bench/quality_summary.py option RUN_DIR data
-    python bench/quality_summary.py summary RUN_DIR RUN_DIR/ceiling --out=OUTDIR/quality.json --wall=training=512
+    python experiments/quality_summary.py sizes RUN_DIR
+    python experiments/quality_summary.py option RUN_DIR data
+    python experiments/quality_summary.py summary RUN_DIR RUN_DIR/ceiling --out=OUTDIR/quality.json --wall=training=512
 
 ``sizes`` prints ``N R ITERS BATCH WIDTH VAL_INTERVAL``: the sample count of the auto test (at
 most the number of training images with masks), the run's resolution and the UNet sizes the auto test used (read from ``training_options.json`` through
@@ -80,7 +80,7 @@ def format_table(summary: dict) -> str:
 
 @click.group()
 def main() -> None:
-    """Helpers of bench/quality.sh."""
+    """Helpers of experiments/quality.sh."""
 
 
 @main.command()

@@ -2,10 +2,10 @@
 # A longer quality run on the CPU: train, run the auto test, train the same UNet on ground-truth
 # pairs (the ceiling a generated set can reach), and write everything to one JSON.
 #
-#   bash bench/quality.sh                                     # cpu64 preset; at most 30 minutes on 2 CPU cores
-#   CFG=cpu KIMG=0.05 OUTDIR=/tmp/quality bash bench/quality.sh   # a quick pass through every step
-#   RUN_DIR=outputs/00000-synthetic-cpu-batch16 bash bench/quality.sh   # score a finished run, no training
-#   RUN_DIR=outputs/00003-cub-ILS_predL-batch32 bash bench/quality.sh   # a real dataset whose train split has masks
+#   bash experiments/quality.sh                                     # cpu64 preset; at most 30 minutes on 2 CPU cores
+#   CFG=cpu KIMG=0.05 OUTDIR=/tmp/quality bash experiments/quality.sh   # a quick pass through every step
+#   RUN_DIR=outputs/00000-synthetic-cpu-batch16 bash experiments/quality.sh   # score a finished run, no training
+#   RUN_DIR=outputs/00003-cub-ILS_predL-batch32 bash experiments/quality.sh   # a real dataset whose train split has masks
 #
 # Steps:
 #   1. python train_ILS_64.py --outdir=$OUTDIR --data=$DATA --cfg=$CFG [--kimg=$KIMG] --no-auto-test
@@ -17,7 +17,7 @@
 #   4. eval_segmentation.py on those pairs, with the auto test's UNet sizes, tested on the run's test
 #      split (dataset and sizes are read from RUN_DIR/training_options.json); its run folder is the
 #      next RUN_DIR/ceiling/NNNNN-real-<data>-color_aug-R/
-#   5. $OUTDIR/quality.json (bench/quality_summary.py): run_dir, training time, IoU, DICE, MI_1,
+#   5. $OUTDIR/quality.json (experiments/quality_summary.py): run_dir, training time, IoU, DICE, MI_1,
 #      MI_2, MI (from RUN_DIR/auto_test/results.json), the ceiling's IoU and DICE, wall times (s).
 #
 # Environment, read here only: CFG (cpu64), KIMG (the preset's), SEED (0), DATA (synthetic) and
@@ -55,11 +55,11 @@ fi
 echo "quality: run directory $RUN_DIR"
 
 # Sizes first: a run that cannot have a ceiling fails before the long steps.
-sizes=$("$PYTHON" bench/quality_summary.py sizes "$RUN_DIR")
+sizes=$("$PYTHON" experiments/quality_summary.py sizes "$RUN_DIR")
 read -r N RES ITERS BATCH WIDTH VAL <<< "$sizes"
 # The run's dataset, as it trained on it (the ceiling's pairs and test split come from there).
-RUN_DATA=$("$PYTHON" bench/quality_summary.py option "$RUN_DIR" data)
-RUN_ROOT=$("$PYTHON" bench/quality_summary.py option "$RUN_DIR" data_root)
+RUN_DATA=$("$PYTHON" experiments/quality_summary.py option "$RUN_DIR" data)
+RUN_ROOT=$("$PYTHON" experiments/quality_summary.py option "$RUN_DIR" data_root)
 
 t=$(date +%s)
 "$PYTHON" -m metrics.auto_test "$RUN_DIR" --quiet
@@ -81,4 +81,4 @@ t=$(date +%s)
 walls+=("--wall=ceiling=$(( $(date +%s) - t ))")
 
 walls+=("--wall=total=$(( $(date +%s) - start ))")
-"$PYTHON" bench/quality_summary.py summary "$RUN_DIR" "$CEILING" --out="$OUTDIR/quality.json" "${walls[@]}"
+"$PYTHON" experiments/quality_summary.py summary "$RUN_DIR" "$CEILING" --out="$OUTDIR/quality.json" "${walls[@]}"

@@ -1,6 +1,6 @@
 """A held-out procedural dataset in the DRC cars layout: does a preset tuned on the synthetic set work elsewhere?
 
-    python bench/heldout_data.py --out=DIR [--train=4000] [--test=500] [--resolution=128] [--seed=0] [--workers=1]
+    python experiments/heldout_data.py --out=DIR [--train=4000] [--test=500] [--resolution=128] [--seed=0] [--workers=1]
     python -m training.dataset --data=car --data-root=DIR --resolution=64 --grid=heldout.png
 
 The demo presets were tuned on training/synthetic.py. This set is drawn by other rules, so a run on
@@ -654,7 +654,7 @@ def write_set(out: str, num_train: int, num_test: int, resolution: int = 128, se
         raise dnnlib.UserError(f'{root} already exists and is not empty; choose another --out (it is never overwritten)')
     for split in ('train', 'test'):
         os.makedirs(os.path.dirname(mrcnn_sample_paths(root, 'cars', split, '')[0]), exist_ok=True)
-    options = dict(generator='bench/heldout_data.py', train=num_train, test=num_test, resolution=resolution, seed=seed)
+    options = dict(generator='experiments/heldout_data.py', train=num_train, test=num_test, resolution=resolution, seed=seed)
     dnnlib.write_bytes_atomic(os.path.join(root, 'heldout_options.json'), json.dumps(options, indent=2).encode('utf-8'))
 
     chunk = 100                         # divides 500, so the progress lines fall on multiples of 500
