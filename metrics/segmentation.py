@@ -146,6 +146,57 @@ class SegmentationScores:
                 **scores_from_confusion(self.conf)}
 
 
+# The fixed mask's levels: 0.05, 0.10, ..., 0.95 (k / 20 is the double nearest each level, as is
+# the mean j / N of the masks, so a mean equal to a level is compared exactly).
+FIXED_MASK_LEVELS = tuple(k / 20 for k in range(1, 20))
+# A segmenter whose IoU is less than this above the fixed mask's does no better than one mask.
+FIXED_MASK_MARGIN = 0.05
+
+
+def fixed_mask_score(true_masks, batch: int = 1024) -> dict:
+    """The best score of one mask used for every image: the pixel-wise mean of the true masks,
+    thresholded at the level of :data:`FIXED_MASK_LEVELS` that gives the best paper IoU.
+
+    ``true_masks``: [N, H, W] (torch or numpy), the masks at the scored resolution as the protocol
+    holds them (uint8 in {0, 1}; any value above 0.5 is foreground). The mask at level t holds the
+    pixels where at least a fraction t of the true masks are foreground (mean >= t). Each level is
+    scored by :class:`SegmentationScores`, the class that scores the UNet: per-image IoU and DICE
+    averaged over images, so the empty-mask rule is the same (an empty true mask scores 1 against
+    an empty fixed mask and 0 against any other). Ties go to the lowest level.
+
+    It reads the test labels: an upper bound on any prediction that ignores the image. Returns
+    every score of :data:`SCORE_NAMES` at the best level, and ``threshold`` (that level),
+    ``area`` (fraction of the image the fixed mask covers), ``IoU_by_level`` (the paper IoU at
+    each level, in order) and ``mask`` (bool [H, W]: the fixed mask itself; not JSON).
+    """
+    gt = torch.as_tensor(true_masks)
+    if gt.ndim != 3 or len(gt) == 0:
+        raise ValueError(f'true masks must be a non-empty [N, H, W] stack, got shape {tuple(gt.shape)}')
+    gt = gt > 0.5
+    mean = gt.double().sum(0) / len(gt)    # exact j / N, for the comparison with k / 20
+    best, by_level = None, []
+    for level in FIXED_MASK_LEVELS:
+        mask = mean >= level
+        scores = SegmentationScores()
+        for start in range(0, len(gt), batch):   # bounded memory on large test splits
+            chunk = gt[start:start + batch]
+            scores.update(mask.expand_as(chunk), chunk)
+        result = scores.result()
+        by_level.append(result['IoU'])
+        if best is None or result['IoU'] > best['IoU']:
+            best = {**result, 'threshold': level, 'area': float(mask.double().mean()), 'mask': mask}
+    return {**best, 'IoU_by_level': by_level}
+
+
+def fixed_mask_warning(iou: float, fixed_iou: float) -> str | None:
+    """The warning when ``iou`` beats the fixed mask's ``fixed_iou`` by less than
+    :data:`FIXED_MASK_MARGIN` (None otherwise)."""
+    if iou >= fixed_iou + FIXED_MASK_MARGIN:
+        return None
+    return (f'the masks do no better than one fixed mask: IoU {iou:.3f} against {fixed_iou:.3f} for the mean of '
+            f'the test masks used for every image (gain {iou - fixed_iou:+.3f}, less than {FIXED_MASK_MARGIN})')
+
+
 def predict_labels(logits: torch.Tensor, size: int) -> torch.Tensor:
     """Arg-max labels [N, size, size] (int64) of two-class logits [N, 2, h, w].
 

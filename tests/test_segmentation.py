@@ -76,6 +76,48 @@ def test_scores_by_object_size_group_images_by_true_area_as_computed_by_hand():
     assert seg.format_by_size(empty).endswith('predicted/true —)')
 
 
+def test_fixed_mask_score_matches_a_hand_computation():
+    # Four 2x2 masks over pixels a b / c d: {a, b}, {a, b, c}, {a}, {a, c, d}. Pixel means a 1,
+    # b 0.5, c 0.5, d 0.25, so levels 0.05-0.25 give {a, b, c, d}, 0.30-0.50 {a, b, c}, 0.55-0.95 {a}.
+    a, b, c, d = (0, 0), (0, 1), (1, 0), (1, 1)
+    gt = torch.stack([masks_from_cells(2, cells) for cells in ([a, b], [a, b, c], [a], [a, c, d])]).to(torch.uint8)
+    iou_abcd = (2 / 4 + 3 / 4 + 1 / 4 + 3 / 4) / 4                  # 9/16
+    iou_abc = (2 / 3 + 1 + 1 / 3 + 2 / 4) / 4                       # 5/8, the best
+    iou_a = (1 / 2 + 1 / 3 + 1 + 1 / 3) / 4                         # 13/24
+    fixed = seg.fixed_mask_score(gt)
+    assert fixed['threshold'] == 0.3                                # the lowest level of the best three
+    assert fixed['IoU'] == pytest.approx(iou_abc)
+    assert fixed['DICE'] == pytest.approx((2 * 2 / 5 + 1 + 2 * 1 / 4 + 2 * 2 / 6) / 4)
+    assert fixed['area'] == 0.75 and fixed['mask'].tolist() == [[True, True], [True, False]]
+    np.testing.assert_allclose(fixed['IoU_by_level'], [iou_abcd] * 5 + [iou_abc] * 5 + [iou_a] * 9)
+    assert set(seg.SCORE_NAMES) <= set(fixed)                       # scored like the UNet, every score
+    # The masks as layout.load_data_masks holds them (float numpy) give the same answer; batches too.
+    again = seg.fixed_mask_score(gt.numpy().astype(np.float32), batch=3)
+    assert (again['IoU'], again['DICE'], again['threshold']) == (fixed['IoU'], fixed['DICE'], fixed['threshold'])
+    with pytest.raises(ValueError, match='non-empty'):
+        seg.fixed_mask_score(gt[:0])
+
+
+def test_fixed_mask_score_follows_the_empty_mask_rule():
+    # All true masks empty: every level's mask is empty, each image scores 1 (both empty).
+    empty = torch.zeros(3, 4, 4, dtype=torch.uint8)
+    fixed = seg.fixed_mask_score(empty)
+    assert (fixed['IoU'], fixed['DICE'], fixed['threshold'], fixed['area']) == (1.0, 1.0, 0.05, 0.0)
+    # One empty and one one-pixel mask: levels <= 0.5 give the pixel (IoU 0 and 1), the others an
+    # empty mask (1 and 0): 0.5 at every level, the tie goes to the lowest.
+    half = torch.stack([masks_from_cells(4, []), masks_from_cells(4, [(1, 2)])])
+    fixed = seg.fixed_mask_score(half)
+    assert (fixed['IoU'], fixed['threshold']) == (0.5, 0.05) and fixed['IoU_by_level'] == [0.5] * 19
+
+
+@pytest.mark.parametrize('iou, fixed, fires', [(0.70, 0.629, False), (0.67, 0.629, True), (0.078, 0.462, True)])
+def test_fixed_mask_warning_fires_under_the_margin(iou, fixed, fires):
+    warning = seg.fixed_mask_warning(iou, fixed)
+    assert (warning is not None) == fires
+    if fires:
+        assert warning.startswith('the masks do no better than one fixed mask') and f'{iou - fixed:+.3f}' in warning
+
+
 def test_empty_masks_follow_the_documented_rule():
     empty, full = torch.zeros(1, 3, 3, dtype=torch.int64), torch.ones(1, 3, 3, dtype=torch.int64)
     assert seg.per_image_iou(empty, empty).item() == 1.0            # both empty → 1
