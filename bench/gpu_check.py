@@ -243,8 +243,8 @@ def run_stage(name: str, context: dict) -> int:
         if inject == 'hang':
             time.sleep(1e6)
         if stage.quick and name in ('train', 'chain'):
-            from training import dataset
-            dataset.pyspng = None  # the GPU image has no pyspng: run the Pillow path it will use
+            from training import image_files
+            image_files.pyspng = None  # the GPU image has no pyspng: run the Pillow path it will use
         # After a failed or hung build, the reference ops throughout: never try to build again here.
         with contextlib.nullcontext() if stage.plugins else _reference_ops():
             STAGE_FUNCTIONS[name](stage)

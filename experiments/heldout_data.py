@@ -58,7 +58,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dnnlib  # noqa: E402
-from training.dataset import mrcnn_sample_paths, mrcnn_split_file  # noqa: E402  (the reader's layout)
+from training.drc import mrcnn_sample_paths, mrcnn_split_file  # noqa: E402  (the reader's layout)
 
 SPLIT_STREAMS = {'train': 0, 'test': 1}         # separate random streams keep the splits disjoint
 AREA_RANGE = (0.08, 0.65)       # promised visible object area, as a fraction of the image

@@ -235,7 +235,8 @@ def load_layers(path: str, resolution: int = LAYER_RESOLUTION, num_workers: int 
     """
     if not os.path.isdir(path):
         raise dnnlib.UserError(f'synthetic data folder not found: {path}')
-    from training.dataset import open_dataset, open_image_folder
+    from training.dataset import open_dataset
+    from training.image_files import open_image_folder
     from metrics.generate import complete_samples
     from metrics.segmentation import load_pairs
     for name in ('fg', 'bg', 'mask'):

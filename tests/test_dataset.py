@@ -1,4 +1,5 @@
-"""training/dataset.py: DRC layouts, folders, zips, pairs, x-flip/subset, errors and the inspection CLI."""
+"""training/dataset.py, drc.py, image_files.py: DRC layouts, folders, zips, pairs, x-flip/subset, errors and
+the inspection CLI."""
 
 import json
 import os
@@ -14,6 +15,7 @@ from PIL import Image
 import _fixtures as fx
 import dnnlib
 from training import dataset as ds
+from training import drc, image_files, synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -147,7 +149,7 @@ def test_split_file_tokens_load_without_unpickling_code(tmp_path, array):
     path = str(tmp_path / 'split.npy')
     np.save(path, array, allow_pickle=True)
     expected = [str(t.decode() if isinstance(t, bytes) else t) for t in np.ravel(array)]
-    assert ds.load_tokens(path) == expected
+    assert drc.load_tokens(path) == expected
 
 
 class _Payload:
@@ -166,7 +168,7 @@ def test_split_file_with_a_pickle_payload_runs_nothing_and_is_one_line_exit_2(tm
     split = tmp_path / 'dogs' / 'data_tr_sel.npy'
     np.save(split, np.array([_Payload(str(flag)), 't_red'], dtype=object), allow_pickle=True)
     with pytest.raises(dnnlib.UserError, match=r'is not a plain array of file tokens; refusing to unpickle posix\.system'):
-        ds.load_tokens(str(split))
+        drc.load_tokens(str(split))
     proc = subprocess.run([sys.executable, '-m', 'training.dataset', '--data=dog', f'--data-root={tmp_path / "dogs"}',
                            '--resolution=32'], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
@@ -180,11 +182,11 @@ def test_split_file_holding_other_objects_is_refused(tmp_path):
     path = str(tmp_path / 'split.npy')
     np.save(path, np.array([{'a': 1}, 't_red'], dtype=object), allow_pickle=True)
     with pytest.raises(dnnlib.UserError, match='not a plain array of file tokens .it holds a dict'):
-        ds.load_tokens(path)
+        drc.load_tokens(path)
     with open(path, 'wb') as f:
         f.write(b'not an npy file')
     with pytest.raises(dnnlib.UserError, match='cannot read split file .*split.npy'):
-        ds.load_tokens(path)
+        drc.load_tokens(path)
 
 
 def test_root_from_environment_and_parent_folder(trees, monkeypatch):
@@ -280,7 +282,7 @@ def test_image_folder_and_zip_give_the_same_samples(tmp_path):
 @pytest.mark.parametrize('use_pyspng', [True, False])
 def test_grey_palette_and_alpha_images_become_rgb(tmp_path, monkeypatch, use_pyspng):
     if not use_pyspng:
-        monkeypatch.setattr(ds, 'pyspng', None)                  # the PIL fallback decoder
+        monkeypatch.setattr(image_files, 'pyspng', None)         # the PIL fallback decoder
     rgb = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     grey = rgb[:, :, 0]
     fx.write_image(str(tmp_path / 'imgs' / 'a_grey.png'), grey)
@@ -383,7 +385,7 @@ def test_export_round_trips_images_exactly_and_masks_as_0_or_255(tmp_path):
     masks = rng.integers(0, 2, (5, 16, 16), dtype=np.uint8)
     out = tmp_path / 'gt'
     out.mkdir()                                                  # an existing empty folder is fine
-    assert ds.export_pairs(ds.ArrayDataset('toy16', images, masks), str(out), count=4, source={'data': 'toy'}) == 4
+    assert ds.export_pairs(image_files.ArrayDataset('toy16', images, masks), str(out), count=4, source={'data': 'toy'}) == 4
     assert sorted(os.listdir(out / 'img')) == sorted(os.listdir(out / 'mask')) == [f'{i:06d}.png' for i in range(1, 5)]
     for i in range(4):
         np.testing.assert_array_equal(decoded(str(out / 'img' / f'{i + 1:06d}.png')), images[i].transpose(1, 2, 0))
@@ -401,9 +403,9 @@ def test_export_round_trips_images_exactly_and_masks_as_0_or_255(tmp_path):
 def test_export_refuses_maskless_sets_non_empty_folders_and_too_many_pairs(tmp_path):
     images = np.zeros((2, 3, 8, 8), np.uint8)
     with pytest.raises(dnnlib.UserError, match='has no masks'):
-        ds.export_pairs(ds.ArrayDataset('plain8', images, None), str(tmp_path / 'a'))
+        ds.export_pairs(image_files.ArrayDataset('plain8', images, None), str(tmp_path / 'a'))
     assert not (tmp_path / 'a').exists()
-    with_masks = ds.ArrayDataset('toy8', images, np.zeros((2, 8, 8), np.uint8))
+    with_masks = image_files.ArrayDataset('toy8', images, np.zeros((2, 8, 8), np.uint8))
     with pytest.raises(dnnlib.UserError, match='holds 2'):
         ds.export_pairs(with_masks, str(tmp_path / 'b'), count=3)
     (tmp_path / 'c').mkdir()
@@ -414,13 +416,13 @@ def test_export_refuses_maskless_sets_non_empty_folders_and_too_many_pairs(tmp_p
 
 
 def test_cli_exports_the_synthetic_train_split_with_its_masks(tmp_path, monkeypatch):
-    monkeypatch.setitem(ds.synthetic.DEFAULT_NUM_IMAGES, 'train', 3)
+    monkeypatch.setitem(synthetic.DEFAULT_NUM_IMAGES, 'train', 3)
     out = tmp_path / 'gt'
     result = CliRunner().invoke(ds.main, ['--data=synthetic', '--resolution=32', f'--export={out}', '--count=2'])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])['exported'] == 2
-    reference = ds.synthetic.generate('train', 2)                # independent: render at 128, box-filter to 32
-    img32, mask32 = ds.synthetic.downsample(reference['img'], reference['mask'], 4)
+    reference = synthetic.generate('train', 2)                # independent: render at 128, box-filter to 32
+    img32, mask32 = synthetic.downsample(reference['img'], reference['mask'], 4)
     for i in range(2):
         np.testing.assert_array_equal(decoded(str(out / 'img' / f'{i + 1:06d}.png')), img32[i].transpose(1, 2, 0))
         np.testing.assert_array_equal(decoded(str(out / 'mask' / f'{i + 1:06d}.png'))[:, :, 0], mask32[i] * 255)
@@ -508,7 +510,7 @@ def test_damaged_cub_box_is_one_line_naming_the_file_and_the_image(tmp_path, box
 
 
 def test_cub_box_of_fractional_pixels_reads_as_the_original_int_conversion():
-    assert ds._parse_box(['0.0', '5.0', '33.9', '21.2'], 'boxes.txt', 3) == (0, 5, 33, 21)
+    assert drc._parse_box(['0.0', '5.0', '33.9', '21.2'], 'boxes.txt', 3) == (0, 5, 33, 21)
 
 
 @pytest.mark.parametrize('content', [b'1 001.A/wide.jpg\n2 \xff\xfe.jpg\n', b'\xb2 001.A/wide.jpg\n'])
@@ -526,7 +528,7 @@ def test_split_file_of_bytes_that_are_not_utf8_is_one_line(tmp_path):
     path = str(tmp_path / 'split.npy')
     np.save(path, np.array([b't_red', b'\xff\xfe'], dtype='S'))
     with pytest.raises(dnnlib.UserError, match='holds a file token that is not UTF-8 text'):
-        ds.load_tokens(path)
+        drc.load_tokens(path)
 
 
 def test_unreadable_subfolder_of_an_image_folder_is_refused_not_skipped(tmp_path, monkeypatch):
@@ -543,7 +545,7 @@ def test_unreadable_subfolder_of_an_image_folder_is_refused_not_skipped(tmp_path
     monkeypatch.setattr(os, 'scandir', scandir_refusing_b)
     with pytest.raises(dnnlib.UserError, match=f'^cannot list {refused} .Permission denied.; make it readable'):
         ds.open_dataset(str(tmp_path / 'images'), resolution=8)
-    assert ds._list_images(str(tmp_path / 'nowhere')) == []   # a missing folder: no images, reported by the caller
+    assert image_files.list_images(str(tmp_path / 'nowhere')) == []   # a missing folder: no images, reported by the caller
 
 
 def test_zip_with_a_member_name_that_is_not_utf8_is_one_line(tmp_path):
@@ -560,4 +562,4 @@ def test_png_declaring_more_pixels_than_the_bomb_limit_is_refused_before_decodin
     data = bytearray(open(path, 'rb').read())
     data[16:24] = (40000).to_bytes(4, 'big') * 2   # IHDR: 40000 x 40000 (its CRC is not checked first)
     with pytest.raises(dnnlib.UserError, match=r'^cannot read image bomb\.png \(.*\); replace or remove the file'):
-        ds.decode_rgb(bytes(data), 'bomb.png')
+        image_files.decode_rgb(bytes(data), 'bomb.png')

@@ -9,6 +9,7 @@ from PIL import Image
 
 from experiments import heldout_data as hd
 from training import dataset as ds
+from training import drc
 
 
 def write(out, *args: str):
@@ -64,7 +65,7 @@ def test_files_follow_the_drc_cars_conventions(tiny):
     root = os.path.join(out, 'cars')
     tokens = np.load(os.path.join(root, 'data_mrcnn_train_select.npy'), allow_pickle=False)
     assert tokens.dtype.kind == 'U' and list(tokens) == [f'train{i:06d}' for i in range(6)]
-    assert list(ds.load_tokens(os.path.join(root, 'data_mrcnn_test_select.npy'))) == [f'test{i:06d}' for i in range(4)]
+    assert list(drc.load_tokens(os.path.join(root, 'data_mrcnn_test_select.npy'))) == [f'test{i:06d}' for i in range(4)]
     for folder, suffix in (('data_mrcnn/train/orig', 'maskorig'), ('data_mrcnn/test/resized', 'maskresized')):
         masks = [n for n in os.listdir(os.path.join(root, folder)) if n.endswith(f'_{suffix}.png')]
         assert len(masks) == (6 if 'train' in folder else 4)
