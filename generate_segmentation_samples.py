@@ -3,8 +3,10 @@
     python generate_segmentation_samples.py --network=RUN_DIR --n=50000 --topk=8000
 
 With a run directory the snapshot with the lowest FID (metric-fid10k_full.jsonl) among those at
-or below --topk kimg is used. The set is written to synthetic_data-<tag>/ beside the snapshot
-(the tag of network-snapshot-<tag>.pt: 000200, or 000000_272 for a snapshot at 272 images).
+or below --topk kimg is used; a run directory of the original code (network-snapshot-KKKKKK.pkl and
+its metric file) is read the same way, each pickle converted in memory. The set is written to
+synthetic_data-<tag>/ beside the snapshot (the tag of network-snapshot-<tag>.pt: 000200, or
+000000_272 for a snapshot at 272 images).
 """
 
 import click
@@ -15,15 +17,16 @@ from metrics.generate import generate_from_network
 
 @click.command()
 @click.option('--network', required=True, metavar='PATH',
-              help='Run directory (snapshot chosen by FID), a network-snapshot-*.pt file, or a '
-                   'network-snapshot-KKKKKK.pkl of the original code (converted in memory).')
+              help='Run directory (snapshot chosen by FID; a run of the original code, with its '
+                   'network-snapshot-KKKKKK.pkl files, too), a network-snapshot-*.pt file, or a '
+                   'network-snapshot-KKKKKK.pkl of the original code (pickles are converted in memory).')
 @click.option('--n', 'n', type=click.IntRange(1, dnnlib.MAX_COUNT), default=10000, show_default=True,
               help='Number of samples to write.')
 @click.option('--topk', type=dnnlib.FiniteFloat(0, 1e9), default=None, metavar='KIMG',
               help='Only consider snapshots at or below this kimg (a kimg bound, not a sample count).')
 @click.option('--pkl_idx', 'pkl_idx', type=dnnlib.FiniteFloat(0, 1e9), default=None, metavar='KIMG',
               help='Use the snapshot of exactly this kimg instead of the lowest FID (200 names '
-                   'network-snapshot-000200.pt, 0.272 names network-snapshot-000000_272.pt).')
+                   'network-snapshot-000200.pt, 0.272 names network-snapshot-000000_272.pt); not with --topk.')
 @click.option('--sigma', type=dnnlib.FiniteFloat(), default=None, help='Only consider snapshots trained with this ILS sigma.')
 @click.option('--latest', is_flag=True, help='Without a metric file, use the newest snapshot.')
 @click.option('--seed', type=dnnlib.SEED, default=0, show_default=True, help='Sample i is drawn from (seed, i).')

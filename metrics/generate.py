@@ -4,7 +4,9 @@ Two steps, each a function a test can call:
 
 * :func:`choose_snapshot` reads ``metric-fid10k_full.jsonl`` of a run directory and picks the
   snapshot with the lowest FID among those at or below ``topk`` kimg (``--topk`` is a kimg bound,
-  not a sample count), optionally with a given ILS sigma, or the one named by ``pkl_idx``.
+  not a sample count), optionally with a given ILS sigma, or the one named by ``pkl_idx``. A run
+  directory of the original code (``network-snapshot-KKKKKK.pkl`` and its metric file) is read
+  the same way; its pickle is converted in memory when it is used.
 * :func:`generate_dataset` draws ``n`` samples from G_ema and writes every layer as PNG.
 
 Every sample is a function of ``(seed, index)`` alone, so a set is the same whatever the batch
@@ -96,21 +98,38 @@ def choose_snapshot(network: str, topk: float | None = None, pkl_idx: float | No
                     metric: str = 'fid10k_full') -> SnapshotChoice:
     """Pick the snapshot to generate from (METHOD.md §7).
 
-    ``network`` is a snapshot file (used as is; an original ``.pkl`` too) or a run directory. In a
-    run directory: ``pkl_idx`` selects the snapshot of exactly that kimg (0.272 names
-    ``…000000_272.pt``); otherwise the lowest ``metric`` among the lines of
-    ``metric-<metric>.jsonl`` with kimg ≤ ``topk`` (if given) and σ = ``sigma`` (if given). Without
-    a metric file only ``latest=True`` (the newest snapshot) is accepted, so that nobody evaluates
-    an arbitrary snapshot by accident.
+ORIGINAL_SNAPSHOT_GLOB = 'network-snapshot-*.pkl'  # the original code's snapshots (pickles)
+
+
+def run_snapshots(run_dir: str) -> dict[int, str]:
+    """The snapshot files of a run directory by images seen: this project's ``.pt`` and the original
+    code's ``.pkl`` (converted in memory by :func:`load_any_snapshot` when used). Where both exist
+    for one kimg, the ``.pt`` is taken: it is the converted copy, read without unpickling."""
+    found = {checkpoint.snapshot_nimg(p): p for p in checkpoint.list_snapshots(run_dir, ORIGINAL_SNAPSHOT_GLOB)}
+    found.update((checkpoint.snapshot_nimg(p), p) for p in checkpoint.list_snapshots(run_dir))
+    return found
+
+
+    ``network`` is a snapshot file (used as is; an original ``.pkl`` too) or a run directory, of
+    this project or of the original code (:func:`run_snapshots`). In a run directory: ``pkl_idx``
+    selects the snapshot of exactly that kimg (0.272 names ``…000000_272.pt``); otherwise the
+    lowest ``metric`` among the lines of ``metric-<metric>.jsonl`` with kimg ≤ ``topk`` (if given)
+    and σ = ``sigma`` (if given). Without a metric file only ``latest=True`` (the newest snapshot)
+    is accepted, so that nobody evaluates an arbitrary snapshot by accident. ``pkl_idx`` and
+    ``topk`` exclude each other, as in the original.
     """
     if os.path.isfile(network):
         return SnapshotChoice(network, checkpoint.snapshot_kimg(network), None, None, 'snapshot file given')
     if not os.path.isdir(network):
         raise dnnlib.UserError(f'--network {network} is neither a snapshot file nor a run directory')
     run_dir = network
-    snapshots = {checkpoint.snapshot_nimg(p): p for p in checkpoint.list_snapshots(run_dir)}
+    if pkl_idx is not None and topk is not None:
+        raise dnnlib.UserError(f'--pkl_idx {pkl_idx:g} names one snapshot and --topk {topk:g} bounds the choice by '
+                               f'{metric}; give one of them (the original refuses both too)')
+    snapshots = run_snapshots(run_dir)
     if not snapshots:
-        raise dnnlib.UserError(f'no {checkpoint.SNAPSHOT_GLOB} in {run_dir}; is it a training run directory?')
+        raise dnnlib.UserError(f'no {checkpoint.SNAPSHOT_GLOB} (nor the original code\'s {ORIGINAL_SNAPSHOT_GLOB}) '
+                               f'in {run_dir}; is it a training run directory?')
 
     metric_file = os.path.join(run_dir, f'metric-{metric}.jsonl')
     entries = metric_lines_by_snapshot(read_metric_lines(metric_file) if os.path.isfile(metric_file) else [])

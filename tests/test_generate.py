@@ -63,6 +63,12 @@ def test_choose_snapshot_pkl_idx(tmp_path):
         generate.choose_snapshot(run, pkl_idx=300)
 
 
+def test_pkl_idx_and_topk_exclude_each_other_as_in_the_original(tmp_path):
+    run = _make_run(tmp_path, [0, 200, 400, 600, 800], LINES)
+    with pytest.raises(dnnlib.UserError, match='--pkl_idx 400 names one snapshot and --topk 8000 .* give one of them'):
+        generate.choose_snapshot(run, pkl_idx=400, topk=8000)
+
+
 def test_choose_snapshot_by_fractional_kimg(tmp_path):
     # Ticks of 0.256 kimg: snapshots at 16, 272, 528 and 608 images, best FID at 528.
     run = _make_run(tmp_path, [0.016, 0.272, 0.528, 0.608],

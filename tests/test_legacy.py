@@ -4,6 +4,7 @@ original's parameter names; converting it must give back the same images and log
 nothing from the file."""
 
 import collections
+import json
 import os
 import pickle
 import subprocess
@@ -287,3 +288,53 @@ def test_truncated_or_foreign_pickle_is_a_user_error(tmp_path, persistence):
         pickle.dump({'G': 1}, f)
     with pytest.raises(dnnlib.UserError, match='no G_ema network'):
         legacy.load_original_snapshot(str(path))
+
+
+def _original_metric_line(kimg, fid, sigma):
+    """One line of the original's metric-fid10k_full.jsonl, as its metric_main writes it."""
+    return json.dumps({'results': {'fid10k_full': fid}, 'metric': 'fid10k_full', 'total_time': 61.5,
+                       'total_time_str': '1m 01s', 'num_gpus': 1, 'snapshot_pkl': f'network-snapshot-{kimg:06d}.pkl',
+                       'timestamp': 1650000000.0 + kimg, 'sigma': sigma}) + '\n'
+
+
+def test_original_run_directory_chooses_by_its_metric_lines_and_generates(tmp_path, persistence):
+    """An original run (network-snapshot-KKKKKK.pkl + its metric file) works as --network=RUN_DIR:
+    --topk, --sigma and --pkl_idx choose among the pickles, which are converted in memory."""
+    run = tmp_path / '00003-DRC_car64split0-ILS_predL-1gpu-batch32'
+    run.mkdir()
+    flag = tmp_path / 'SOURCE_RAN'
+    generators = {}
+    for kimg, seed in ((0, 5), (200, 6), (400, 7)):
+        G, G_ema, D = make_networks(seed)
+        generators[kimg] = G_ema
+        write_original_pickle(run / f'network-snapshot-{kimg:06d}.pkl', G, G_ema, D, flag)
+    (run / 'network-snapshot-000400-Autoreg.pt').write_bytes(b'estimator weights: not a snapshot')
+    with open(run / 'metric-fid10k_full.jsonl', 'w') as f:  # best overall at 400 (sigma 1), below 300 at 200
+        f.writelines([_original_metric_line(0, 310.5, 0.2), _original_metric_line(200, 120.5, 0.2),
+                      _original_metric_line(400, 95.25, 1.0)])
+    best = generate.choose_snapshot(str(run))
+    assert best.path == str(run / 'network-snapshot-000400.pkl') and best.metric_value == 95.25 and best.sigma == 1.0
+    assert generate.choose_snapshot(str(run), topk=300).kimg == 200
+    assert generate.choose_snapshot(str(run), sigma=0.2).kimg == 200
+    chosen = generate.choose_snapshot(str(run), pkl_idx=0)
+    assert chosen.path.endswith('network-snapshot-000000.pkl') and chosen.metric_value == 310.5
+
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'generate_segmentation_samples.py'), f'--network={run}',
+                           '--n=2', '--topk=300', '--device=cpu', '--batch=2'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert 'network-snapshot-000200.pkl (lowest fid10k_full (kimg <= 300); fid=120.5, sigma=0.2)' in proc.stdout
+    outdir = run / 'synthetic_data-000200'  # beside the snapshot, as the original
+    meta = json.loads((outdir / 'meta.json').read_text())
+    assert meta['kimg'] == 200 and meta['snapshot_sha256'] == generate.file_sha256(str(run / 'network-snapshot-000200.pkl'))
+    z = torch.from_numpy(generate.sample_latents(0, [0, 1], 8))
+    with torch.no_grad():
+        expected = generate.encode_layers(generators[200].eval()(z, noise_mode='const'))
+    for i in range(2):
+        png = np.asarray(Image.open(outdir / 'mask' / generate.sample_file(i)))
+        np.testing.assert_array_equal(png, expected['mask'][i])
+    assert not flag.exists()
+
+    # A converted copy beside its pickle is taken instead (read without unpickling).
+    legacy.convert(str(run / 'network-snapshot-000400.pkl'), str(run / 'network-snapshot-000400.pt'))
+    assert generate.choose_snapshot(str(run)).path == str(run / 'network-snapshot-000400.pt')

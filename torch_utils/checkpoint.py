@@ -272,10 +272,11 @@ def format_kimg(nimg: int) -> str:
     return str(nimg // 1000) if nimg % 1000 == 0 else f'{nimg / 1000:.3f}'
 
 
-def list_snapshots(run_dir: str) -> list[str]:
-    """Snapshot files of a run directory, oldest (fewest images seen) first; other names are ignored."""
+def list_snapshots(run_dir: str, pattern: str = SNAPSHOT_GLOB) -> list[str]:
+    """Snapshot files of a run directory, oldest (fewest images seen) first; other names are ignored.
+    ``pattern`` picks the kind (``network-snapshot-*.pkl``: the original code's)."""
     found = []
-    for path in glob.glob(os.path.join(glob.escape(run_dir), SNAPSHOT_GLOB)):
+    for path in glob.glob(os.path.join(glob.escape(run_dir), pattern)):
         try:
             found.append((snapshot_nimg(path), path))
         except dnnlib.UserError:
