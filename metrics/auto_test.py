@@ -9,7 +9,9 @@
 2. generate ``n`` samples into ``RUN_DIR/auto_test/synthetic_data-<tag>/`` (the snapshot's tag,
    ``000200`` or ``000000_272``; an interrupted set is completed, a complete one reused);
 3. train the UNet on them and test it on the real test split of the training dataset (64 px,
-   ``--aug=color``, at the training resolution);
+   ``--aug=color``, at the training resolution), beside the fixed mask of that split
+   (:func:`metrics.segmentation.fixed_mask_score`: one mask for every image, read from the test
+   labels) and the gain over it, with a warning when the gain is under 0.05;
 4. estimate the layers' mutual information with MINE (eval_MI_MINE.py's defaults: the plain DV
    gradient); an estimate from fewer than 100 000 steps, or a negative one, is marked not converged;
 5. measure whether the generated masks follow the objects (:mod:`metrics.layout`: the spread of
@@ -91,7 +93,7 @@ def choose_auto_snapshot(run_dir: str) -> generate.SnapshotChoice:
 
 def format_summary(summary: dict) -> str:
     """The printed table: one row per quantity."""
-    from metrics.segmentation import format_by_size
+    from metrics.segmentation import format_by_size, format_fixed_mask
     def fmt(value):
         return '—' if value is None else (f'{value:.4f}' if isinstance(value, float) else str(value))
     mi_note = '' if summary['MI_converged'] else '  (not converged)'
@@ -100,6 +102,8 @@ def format_summary(summary: dict) -> str:
              + ', '.join(f'{name} {value:g}' for name, value in summary['perturb'].items() if value) + ')'),
             ('FID', fmt(summary['fid'])), ('sigma', fmt(summary['sigma'])),
             ('IoU', fmt(summary['IoU'])), ('DICE', fmt(summary['DICE'])),
+            *([('IoU gain over fixed mask', format_fixed_mask(summary['fixed_mask'], summary['IoU_gain']))]
+              if summary.get('fixed_mask') else []),
             *([('IoU by object size', format_by_size(summary['IoU_by_size']))]
               if summary.get('IoU_by_size') else []),
             *layout.format_layout_rows(summary.get('layout'), summary.get('layout_generator')),
@@ -167,7 +171,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
         iters=sizes.seg_iters, batch=sizes.seg_batch, base_width=sizes.seg_base_width,
         val_interval=min(sizes.seg_val_interval, sizes.seg_iters), device=device, progress=progress)
     seg = segmentation.run_segmentation_eval(seg_cfg)
-    segmentation.print_results(seg)
+    segmentation.print_results(seg, warnings=False)   # they go under the summary table
 
     # 4. Mutual information of the generated layers.
     mine_cfg = mine.MineConfig(steps=sizes.mine_steps, hidden=sizes.mine_hidden, batch=sizes.mine_batch,
@@ -191,9 +195,13 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
         'snapshot': choice.path, 'kimg': choice.kimg, 'chosen_by': choice.reason,
         'fid': choice.metric_value, 'sigma': choice.sigma,
         'IoU': seg['results']['IoU'], 'DICE': seg['results']['DICE'], 'IoU_by_size': seg.get('by_size'),
+        'fixed_mask_IoU': seg['fixed_mask']['IoU'], 'fixed_mask_DICE': seg['fixed_mask']['DICE'],
+        'fixed_mask_threshold': seg['fixed_mask']['threshold'], 'IoU_gain': seg['IoU_gain'],
+        'fixed_mask': seg['fixed_mask'],
         'MI_1': mi.get('MI_1'), 'MI_2': mi.get('MI_2'), 'MI': mi.get('MI'),
         'MI_converged': mi['converged'], 'MI_why': mi['why'], 'layout': mask_layout,
-        'layout_generator': generator_layout, 'warnings': layout.layout_warnings(mask_layout, generator_layout),
+        'layout_generator': generator_layout,
+        'warnings': seg['warnings'] + layout.layout_warnings(mask_layout, generator_layout),
         'segmentation': seg['results'], 'segmentation_run': seg['run_dir'], 'mine_run': mi['run_dir'],
         'synthetic_data': syn_dir, 'perturb': meta.get('perturb'), 'real_data': data, 'sizes': asdict(sizes),
         'total_time': time.time() - start, 'timestamp': time.time(),

@@ -541,7 +541,7 @@ def save_test_grid(path: str, images: torch.Tensor, masks: torch.Tensor, preds: 
 
 def append_jsonl(path: str, entry: dict) -> None:
     with dnnlib.naming_file(path), open(path, 'a', encoding='utf-8') as f:   # a full disk names the file
-        f.write(json.dumps(entry) + '\n')
+        f.write(dnnlib.json_text(entry) + '\n')
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
@@ -583,7 +583,7 @@ def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -
     sets = {'test': load_test_set(cfg)} if cfg.test_only else load_sets(cfg)
     run_dir = run_dir or dnnlib.next_run_dir(cfg.outdir or cfg.syn_data, cfg.run_desc())
     os.makedirs(run_dir, exist_ok=False)
-    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'options.json'), json.dumps(
+    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'options.json'), dnnlib.json_text(
         {**asdict(cfg), 'protocol_details': cfg.protocol_record(), 'run_dir': run_dir}, indent=2).encode())
 
     if cfg.test_only:
@@ -595,8 +595,9 @@ def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -
     test_scores, preds = evaluate(model, *sets['test'], cfg.eval_batch, device)
     n = min(cfg.grid_size, len(preds))
     save_test_grid(os.path.join(run_dir, 'seg-test.png'), sets['test'][0][:n], sets['test'][1][:n], preds[:n])
+    fixed, by_size = fixed_mask_comparison(test_scores, preds, sets['test'][1])
     results = {
-        'results': test_scores, 'by_size': scores_by_object_size(preds, sets['test'][1]),
+        'results': test_scores, 'by_size': by_size, **fixed,
         'best_iteration': best['iteration'], 'val': best['scores'],
         'num_test_images': len(preds), 'num_train_pairs': len(sets['train'][0]) if 'train' in sets else None,
         'num_val_pairs': len(sets['val'][0]) if 'val' in sets else None,
@@ -607,13 +608,38 @@ def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -
                     'mIoU': 'mean of foreground and background dataset-level IoU',
                     'pACC': 'pixel accuracy',
                     'by_size': 'IoU in three equal-count groups of test images by true object area, smallest '
-                               'first; area_ratio = predicted / true foreground pixels of the group'},
+                               'first; area_ratio = predicted / true foreground pixels of the group; '
+                               'fixed_mask_IoU = the fixed mask\'s IoU on the group',
+                    'fixed_mask': FIXED_MASK_NOTE, 'IoU_gain': 'test IoU minus the fixed mask\'s IoU'},
         'snapshot': unet_path(cfg.resume_from, True) if cfg.test_only else UNET_BEST, 'run_dir': run_dir,
         'total_time': time.time() - start_time, 'timestamp': time.time(),
     }
     results['total_time_str'] = dnnlib.format_time(results['total_time'])
-    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'results.json'), json.dumps(results, indent=2).encode())
+    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'results.json'), dnnlib.json_text(results, indent=2).encode())
     return results
+
+
+FIXED_MASK_NOTE = ('one mask for every test image: the pixel-wise mean of the test masks, thresholded at the '
+                   'level in 0.05..0.95 with the best IoU; it reads the test labels, so it bounds any prediction '
+                   'that ignores the image')
+
+
+def fixed_mask_comparison(test_scores: dict, preds: torch.Tensor, masks: torch.Tensor) -> tuple[dict, list[dict]]:
+    """The fixed-mask part of results.json, and the by-size groups carrying the fixed mask's IoU.
+
+    ``test_scores``: the UNet's test scores; ``preds``, ``masks``: [N, R, R] in {0, 1}. Returns
+    (``{'fixed_mask': scores of :func:`fixed_mask_score` but the mask, 'IoU_gain': IoU minus the
+    fixed mask's, 'warnings': [the :func:`fixed_mask_warning`, if it fires]}``, the groups of
+    :func:`scores_by_object_size`, each with ``fixed_mask_IoU``).
+    """
+    fixed = fixed_mask_score(masks)
+    by_size = scores_by_object_size(preds, masks)
+    fixed_by_size = scores_by_object_size(fixed['mask'].expand_as(masks), masks)
+    for group, fixed_group in zip(by_size, fixed_by_size):   # the same grouping: both sort the true areas
+        group['fixed_mask_IoU'] = fixed_group['IoU']
+    warning = fixed_mask_warning(test_scores['IoU'], fixed['IoU'])
+    return {'fixed_mask': {k: v for k, v in fixed.items() if k != 'mask'}, 'IoU_gain': test_scores['IoU'] - fixed['IoU'],
+            'warnings': [warning] if warning else []}, by_size
 
 
 def train_unet(cfg: SegmentationConfig, sets: dict, run_dir: str, device: torch.device, resumed: dict | None,
@@ -700,20 +726,36 @@ def resume_candidates(cfg: SegmentationConfig, resumed: dict) -> list[dict]:
 
 def format_by_size(groups: list[dict]) -> str:
     """One line of :func:`scores_by_object_size`'s groups, e.g.
-    ``0.645 / 0.830 / 0.890 (true areas 0.15-0.27 / 0.27-0.38 / 0.38-0.62; predicted/true 1.45 / 1.08 / 0.99)``."""
+    ``0.645 / 0.830 / 0.890 (true areas 0.15-0.27 / 0.27-0.38 / 0.38-0.62; predicted/true 1.45 / 1.08 / 0.99;
+    fixed mask 0.412 / 0.655 / 0.801)``; the fixed-mask part only for groups that carry it."""
     ious = ' / '.join(f'{g["IoU"]:.3f}' for g in groups)
     areas = ' / '.join(f'{g["area_min"]:.2f}-{g["area_max"]:.2f}' for g in groups)
     ratios = ' / '.join('—' if g['area_ratio'] is None else f'{g["area_ratio"]:.2f}' for g in groups)
-    return f'{ious} (true areas {areas}; predicted/true {ratios})'
+    fixed = ('; fixed mask ' + ' / '.join(f'{g["fixed_mask_IoU"]:.3f}' for g in groups)
+             if all('fixed_mask_IoU' in g for g in groups) else '')
+    return f'{ious} (true areas {areas}; predicted/true {ratios}{fixed})'
 
 
-def print_results(results: dict) -> None:
-    """The table a person reads at the end of a run."""
+def format_fixed_mask(fixed: dict, gain: float) -> str:
+    """One line: the gain over the fixed mask and what that mask is (results.json's ``fixed_mask``)."""
+    return (f'{gain:+.4f} (fixed mask: IoU {fixed["IoU"]:.4f}, DICE {fixed["DICE"]:.4f}; the mean of the test masks '
+            f'>= {fixed["threshold"]:.2f}, covering {fixed["area"]:.2f} of the image)')
+
+
+def print_results(results: dict, warnings: bool = True) -> None:
+    """The table a person reads at the end of a run (``warnings``: and its WARNING lines; the auto
+    test repeats them under its own table)."""
     protocol = results['protocol']
     print(f'real test set {results["real_data"]} ({results["num_test_images"]} images), protocol '
           f'{protocol["name"]} (input {protocol["input_resolution"]}, masks {protocol["mask_resolution"]}), '
           f'best validation at iteration {results["best_iteration"]}')
-    print(format_table({'val': results['val'], 'test': results['results']}))
+    fixed = results.get('fixed_mask')   # absent from results written before the fixed mask
+    print(format_table({'val': results['val'], 'test': results['results'], **({'fixed': fixed} if fixed else {})}))
+    if fixed:
+        print(f'test IoU gain over the fixed mask: {format_fixed_mask(fixed, results["IoU_gain"])}')
     if results.get('by_size'):
         print(f'test IoU by object size: {format_by_size(results["by_size"])}')
-    print(f'IoU/DICE = paper (per-image mean); written to {results["run_dir"]}')
+    print(f'IoU/DICE = paper (per-image mean); fixed = one mask for every image, read from the test labels; '
+          f'written to {results["run_dir"]}')
+    for warning in (results.get('warnings') or []) if warnings else []:
+        print(f'WARNING: {warning}')

@@ -11,7 +11,7 @@ import torch
 
 import dnnlib
 
-from metrics import auto_test, layout
+from metrics import auto_test, layout, segmentation
 from torch_utils import checkpoint, misc
 from training import networks, synthetic
 
@@ -92,8 +92,18 @@ def test_auto_test_chain_writes_results_and_prints_table(run_dir, capsys):
     assert thirds[0]['area_max'] <= thirds[1]['area_min'] and thirds[1]['area_max'] <= thirds[2]['area_min']
     size_row = next(line for line in table.splitlines() if line.startswith('IoU by object size'))
     assert f'{thirds[0]["IoU"]:.3f} / ' in size_row and 'predicted/true' in size_row
-    # Each failure the layout numbers show is a warning under the table and in results.json.
-    assert results['warnings'] == layout.layout_warnings(results['layout'])
+    # The fixed mask of the same test split (64 px masks), the gain over it, per third too.
+    fixed = segmentation.fixed_mask_score(layout.load_data_masks('synthetic', 64))
+    assert (results['fixed_mask_IoU'], results['fixed_mask_DICE'], results['fixed_mask_threshold']) == \
+        (fixed['IoU'], fixed['DICE'], fixed['threshold'])
+    assert results['IoU_gain'] == pytest.approx(results['IoU'] - fixed['IoU'])
+    gain_row = next(line for line in table.splitlines() if line.startswith('IoU gain over fixed mask'))
+    assert f'{results["IoU_gain"]:+.4f} (fixed mask: IoU {fixed["IoU"]:.4f}' in gain_row
+    assert all('fixed_mask_IoU' in g for g in thirds) and '; fixed mask ' in size_row
+    # Each failure the layout numbers show is a warning under the table and in results.json, after
+    # the fixed mask's (a tiny UNet does no better than one mask).
+    fixed_warning = segmentation.fixed_mask_warning(results['IoU'], fixed['IoU'])
+    assert results['warnings'] == ([fixed_warning] if fixed_warning else []) + layout.layout_warnings(results['layout'])
     assert results['layout_generator'] is None and "G's own layout" not in table   # unperturbed: the set is G's
     assert [line[len('WARNING: '):] for line in table.splitlines() if line.startswith('WARNING: ')] == results['warnings']
     assert results['MI_converged'] is False and results['MI_why'].startswith("6 steps, fewer than the paper's")
@@ -135,6 +145,7 @@ def test_auto_test_of_a_cpu_preset_composes_samples_with_the_training_perturbati
     # The layout of G's own masks (the set's latents before the shift) beside the set's.
     own = results['layout_generator']
     assert own['generated']['count'] == TINY_SIZES['n'] and own['data'] == results['layout']['data']
-    assert results['warnings'] == layout.layout_warnings(results['layout'], own)
+    fixed_warning = segmentation.fixed_mask_warning(results['IoU'], results['fixed_mask_IoU'])
+    assert results['warnings'] == ([fixed_warning] if fixed_warning else []) + layout.layout_warnings(results['layout'], own)
     row = next(line for line in table.splitlines() if line.startswith("G's own layout spread gen/data"))
     assert row.split('|', 1)[1].strip() == layout.format_layout_rows(results['layout'], own)[1][1]

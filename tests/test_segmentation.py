@@ -118,6 +118,38 @@ def test_fixed_mask_warning_fires_under_the_margin(iou, fixed, fires):
         assert warning.startswith('the masks do no better than one fixed mask') and f'{iou - fixed:+.3f}' in warning
 
 
+def test_results_carry_the_fixed_mask_the_gain_and_the_warning(capsys):
+    # The four masks of the hand computation above: fixed mask {a, b, c}, IoU 5/8.
+    a, b, c, d = (0, 0), (0, 1), (1, 0), (1, 1)
+    gt = torch.stack([masks_from_cells(2, cells) for cells in ([a, b], [a, b, c], [a], [a, c, d])]).to(torch.uint8)
+    exact = seg.SegmentationScores()
+    exact.update(gt, gt)
+    fixed, by_size = seg.fixed_mask_comparison(exact.result(), gt, gt)     # a perfect prediction: gain 3/8
+    assert fixed['IoU_gain'] == pytest.approx(1 - 5 / 8) and fixed['warnings'] == []
+    assert fixed['fixed_mask']['threshold'] == 0.3 and 'mask' not in fixed['fixed_mask']
+    json.dumps(fixed)                                                      # goes into results.json as it is
+    # By size, smallest true area first, groups of 2, 1, 1 images: {a} 1/3 and {a, b} 2/3, {a, b, c} 1, {a, c, d} 2/4.
+    assert [g['fixed_mask_IoU'] for g in by_size] == pytest.approx([(1 / 3 + 2 / 3) / 2, 1, 2 / 4])
+    # A prediction that is the fixed mask itself: gain 0, the warning fires.
+    same = seg.SegmentationScores()
+    pred = torch.tensor([[1, 1], [1, 0]], dtype=torch.uint8).expand_as(gt)
+    same.update(pred, gt)
+    fixed, _ = seg.fixed_mask_comparison(same.result(), pred, gt)
+    assert fixed['IoU_gain'] == pytest.approx(0) and fixed['warnings'] == [seg.fixed_mask_warning(5 / 8, 5 / 8)]
+    # The printed table: a 'fixed' row, the gain line, the warning.
+    results = {'protocol': {'name': 'scale', 'input_resolution': 2, 'mask_resolution': 2}, 'real_data': 'x',
+               'num_test_images': 4, 'best_iteration': 1, 'val': same.result(), 'results': same.result(),
+               'by_size': None, 'run_dir': 'RUN', **fixed}
+    seg.print_results(results)
+    out = capsys.readouterr().out
+    assert any(line.startswith('fixed ') and f'{5 / 8:13.4f}' in line for line in out.splitlines())
+    assert 'test IoU gain over the fixed mask: +0.0000 (fixed mask: IoU 0.6250, DICE 0.7417; the mean of the ' \
+           'test masks >= 0.30, covering 0.75 of the image)' in out
+    assert f'WARNING: {fixed["warnings"][0]}' in out
+    seg.print_results(results, warnings=False)
+    assert 'WARNING' not in capsys.readouterr().out
+
+
 def test_empty_masks_follow_the_documented_rule():
     empty, full = torch.zeros(1, 3, 3, dtype=torch.int64), torch.ones(1, 3, 3, dtype=torch.int64)
     assert seg.per_image_iou(empty, empty).item() == 1.0            # both empty → 1
