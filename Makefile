@@ -25,13 +25,13 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q tests
 
-# Figures, not tests (README, "Measured"): training speed per preset (the paper presets take ~30 min
-# on a 2-core CPU), the post-training stages at the demo sizes, and the longer quality run (~25 min).
+# Figures, not tests (docs/benchmarks.md; dated results in experiments/speed.md): training speed per
+# preset (the paper presets take ~30 min on a 2-core CPU) and the post-training stages at the demo sizes.
 bench: setup
 	$(BIN)/python bench/bench_training.py
 	$(BIN)/python bench/bench_chain.py --cfg=cpu --preset-sizes=cpu
 
-# Ratios measured side by side in one process (README, "Measured speed"): main's CPU set-up (NCHW,
+# Ratios measured side by side in one process (docs/benchmarks.md): main's CPU set-up (NCHW,
 # reference ops) against this branch's, phases and the real training loop (~15 min on 2 cores).
 bench-ab: setup
 	$(BIN)/python bench/bench_training.py --cfg=ILS_predL --batch=8 --ab=main --loop --iters=3 --json

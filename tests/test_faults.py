@@ -1,7 +1,7 @@
 """Faults and bad input, end to end: what the user sees and what survives.
 
-Each row of README "When something goes wrong" has a test. Here: a training process killed with
-SIGKILL and resumed, a full disk during training, an unwritable ``--outdir``, a full disk or Ctrl-C
+Each row of docs/troubleshooting.md has a test. Here: a training process killed with SIGKILL and
+resumed, a full disk during training, an unwritable ``--outdir``, a full disk or Ctrl-C
 during generation, an incomplete generated set given to the evaluations, and a corrupt PNG inside
 a dataset (read in the main process and in loader workers). Elsewhere:
 
