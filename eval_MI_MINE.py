@@ -23,7 +23,7 @@ import dnnlib
 from metrics import mine
 
 
-@click.command()
+@click.command(cls=dnnlib.cli.FlagCommand)
 @click.option('--path', required=True, help='Synthetic set with fg/, bg/ and mask/ folders.')
 @click.option('--mode', type=click.Choice(list(mine.MODES)), default='both', show_default=True,
               help='separate (MI_1, MI_2), single (MI) or both.')

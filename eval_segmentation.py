@@ -15,7 +15,7 @@ import dnnlib
 from metrics.segmentation_cli import common_options, run
 
 
-@click.command()
+@click.command(cls=dnnlib.cli.FlagCommand)
 @common_options
 @click.option('--scale', type=click.IntRange(16, dnnlib.MAX_SIDE), default=128, show_default=True,
               help='Resolution of training and testing, images and masks (the paper\'s 64 numbers: --scale=64).')

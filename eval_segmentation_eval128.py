@@ -16,7 +16,7 @@ import dnnlib
 from metrics.segmentation_cli import common_options, run
 
 
-@click.command()
+@click.command(cls=dnnlib.cli.FlagCommand)
 @common_options
 @click.option('--native128', is_flag=True,
               help='Train and test at 128 (not the paper\'s protocol; labelled native128 in the results).')

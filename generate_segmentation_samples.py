@@ -15,7 +15,7 @@ import dnnlib
 from metrics.generate import generate_from_network
 
 
-@click.command()
+@click.command(cls=dnnlib.cli.FlagCommand)
 @click.option('--network', required=True, metavar='PATH',
               help='Run directory (snapshot chosen by FID; a run of the original code, with its '
                    'network-snapshot-KKKKKK.pkl files, too), a network-snapshot-*.pt file, or a '

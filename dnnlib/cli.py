@@ -116,3 +116,82 @@ def check_stored_option(flag: str, value: Any, param_type: click.ParamType) -> A
     if not ok:
         raise UserError(f'{flag}={value!r}: not {expected}')
     return check_option(flag.lstrip('-'), value, param_type)
+
+
+# ----------------------------------------------------------------------------------------------
+# The original's BOOL options. Its scripts declared --mirror, --fp32, --nhwc, --nobench,
+# --allow-tf32, --test-only, --test-all as ``type=bool`` options (``--mirror=1``); here they
+# are on/off flags (``--mirror``). A command of class FlagCommand takes both spellings.
+
+FLAG_VALUES_EPILOG = 'On/off flags also take a value, as in the original: --FLAG=1|0, true|false, yes|no.'
+
+
+class FlagValueError(click.UsageError):
+    """A wrong value for an on/off flag: one line, ``error: ...``, exit 2 (no usage block)."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f'error: {self.format_message()}', file=file, err=True)
+
+
+class FlagCommand(click.Command):
+    """A click command whose on/off flags also take a value, as the original's ``BOOL`` options:
+    ``--mirror=1``, ``--fp32=True``, ``--test-only=yes``; ``--nhwc=0`` reads as ``--nchw``. A false
+    value for a flag without an off spelling leaves it off and counts as given on the command line
+    (``--resume`` keeps a stored option only where none was given). Without positional
+    arguments, ``--mirror 1`` (a space, which the original's click also read) works too.
+
+    Only arguments before ``--`` are read this way; the values are click's own BOOL words."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault('epilog', FLAG_VALUES_EPILOG)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        flags: dict[str, tuple[click.Option, bool]] = {}  # spelling -> (option, the value it stands for)
+        for param in self.get_params(ctx):
+            if isinstance(param, click.Option) and param.is_bool_flag:
+                flags.update({opt: (param, True) for opt in param.opts if opt.startswith('--')})
+                flags.update({opt: (param, False) for opt in param.secondary_opts if opt.startswith('--')})
+        space_values = not any(isinstance(param, click.Argument) for param in self.get_params(ctx))
+        rewritten: list[str] = []
+        given_off: dict[str, click.Option] = {}  # flags set false by a value, without an off spelling
+        rest = list(args)
+        while rest:
+            arg = rest.pop(0)
+            if arg == '--':
+                rewritten += [arg, *rest]
+                break
+            spelling, has_value, text = arg.partition('=')
+            if not has_value and spelling in flags and space_values and rest and _bool_word(rest[0]) is not None:
+                has_value, text = '=', rest.pop(0)
+            if spelling not in flags:
+                rewritten.append(arg)
+                continue
+            param, meaning = flags[spelling]
+            value = meaning
+            if has_value:
+                word = _bool_word(text)
+                if word is None:
+                    raise FlagValueError(f'{spelling}={text}: not a boolean; write {spelling} alone, or '
+                                         f'{spelling}=1|0 (true|false, yes|no)', ctx=ctx)
+                value = word if meaning else not word
+            given_off.pop(param.name, None)
+            if value:
+                rewritten.append(param.opts[0])
+            elif param.secondary_opts:
+                rewritten.append(param.secondary_opts[0])
+            else:
+                given_off[param.name] = param
+        remaining = super().parse_args(ctx, rewritten)
+        for name in given_off:
+            ctx.params[name] = False
+            ctx.set_parameter_source(name, click.core.ParameterSource.COMMANDLINE)
+        return remaining
+
+
+def _bool_word(text: str) -> bool | None:
+    """The value of one of click's BOOL words (1/0, true/false, t/f, yes/no, y/n, on/off), else None."""
+    try:
+        return click.BOOL.convert(text, None, None)
+    except click.BadParameter:
+        return None

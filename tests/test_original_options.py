@@ -4,6 +4,7 @@ each changes what it should, and only that."""
 import json
 import os
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -312,6 +313,83 @@ def test_nhwc_sets_the_channels_last_layout_of_g_and_d(tmp_path):
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     nets = build_networks(tiny_run_config(tmp_path, cfg='cpu', nhwc=False), torch.device('cpu'))
     assert nets.D.blocks[0].conv0.weight.is_contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# The original's BOOL spellings (--mirror=1, --fp32=True, ...) beside the flags (dnnlib.cli.FlagCommand)
+
+@pytest.mark.parametrize('bare, valued, off', [
+    (['--mirror'], ['--mirror=1'], ['--mirror=0']),
+    (['--mirror'], ['--mirror', 'True'], ['--mirror', 'no']),   # the original's click read a space too
+    (['--fp32'], ['--fp32=True'], ['--fp32=false']),
+    (['--nhwc'], ['--nhwc=1'], ['--nhwc=0']),
+    (['--nobench'], ['--nobench=1'], ['--nobench=0']),
+    (['--allow-tf32'], ['--allow-tf32=yes'], ['--allow-tf32=off']),
+])
+def test_training_flags_take_the_originals_bool_values(tmp_path, bare, valued, off):
+    main = train_cli.make_main(64)
+
+    def dry_run(*args):
+        result = CliRunner().invoke(main, ['--outdir', str(tmp_path), '--data=synthetic', *args, '-n'])
+        assert result.exit_code == 0, result.output
+        return {key: value for key, value in json.loads(result.output).items() if key != 'options'}
+
+    on = dry_run(*bare)
+    assert dry_run(*valued) == on != dry_run()
+    default_off = dry_run('--nchw') if bare == ['--nhwc'] else dry_run()  # --nhwc=0 is --nchw, not the default
+    assert dry_run(*off) == default_off and dry_run(*bare, *off) == default_off  # the last spelling wins
+
+
+@pytest.mark.parametrize('script', ['eval_segmentation.py', 'eval_segmentation_eval128.py'])
+def test_segmentation_flags_take_the_originals_bool_values(pair_sets, script):
+    from test_cli_docs import load_command
+    main = load_command(script)
+    unet = pair_sets / 'seg-run'
+    unet.mkdir()
+    for name in ('unet-best.pt', 'unet-last.pt'):
+        (unet / name).write_bytes(b'stand-in: a dry run only names it')
+    base = ['--syn-data', str(pair_sets / 'syn'), '--real-data', str(pair_sets / 'real'), '--resume-from', str(unet),
+            '-n']
+
+    def dry_run(*args):
+        result = CliRunner().invoke(main, [*base, *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    assert dry_run('--test-only=True') == dry_run('--test-only') != dry_run()
+    assert dry_run('--test-only=0') == dry_run()
+    assert dry_run('--test-all=1') == dry_run('--test-all') != dry_run()
+    result = CliRunner().invoke(main, [*base, '--test-only=maybe'])
+    assert result.exit_code == 2 and result.output == ('error: --test-only=maybe: not a boolean; write --test-only '
+                                                       'alone, or --test-only=1|0 (true|false, yes|no)\n')
+
+
+def test_a_wrong_bool_value_is_one_line_and_a_false_value_counts_as_given(tmp_path):
+    main = train_cli.make_main(64)
+    result = CliRunner().invoke(main, ['--outdir', str(tmp_path), '--data=synthetic', '--mirror=maybe', '-n'])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        'error: --mirror=maybe: not a boolean; write --mirror alone, or --mirror=1|0 (true|false, yes|no)']
+    assert not os.listdir(tmp_path)
+
+    seen = {}
+
+    @click.command(cls=dnnlib.cli.FlagCommand)
+    @click.option('--mirror', is_flag=True)
+    @click.option('--fp32', is_flag=True)
+    @click.argument('path', required=False)
+    def command(mirror, fp32, path):
+        ctx = click.get_current_context()
+        seen.update(mirror=mirror, fp32=fp32, path=path, given={name for name in ('mirror', 'fp32') if
+                    ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE})
+
+    # --resume keeps a stored option unless it was given: --mirror=0 is given, off.
+    assert CliRunner().invoke(command, ['--mirror=0']).exit_code == 0
+    assert seen == dict(mirror=False, fp32=False, path=None, given={'mirror'})
+    # With a positional argument a value after a space is that argument, never the flag's.
+    assert CliRunner().invoke(command, ['--fp32', '1', '--mirror=yes']).exit_code == 0
+    assert seen == dict(mirror=True, fp32=True, path='1', given={'mirror', 'fp32'})
+    assert CliRunner().invoke(command, ['--', '--mirror=1']).exit_code == 0  # after --, a positional
+    assert seen['path'] == '--mirror=1' and not seen['mirror']
 
 
 # ----------------------------------------------------------------------------------------------

@@ -396,7 +396,7 @@ def make_main(resolution: int):
     names = presets.preset_names(resolution)
     default_cfg = presets.DEFAULT_CFG[resolution]
 
-    @click.command(context_settings=dict(help_option_names=['-h', '--help']))
+    @click.command(cls=dnnlib.cli.FlagCommand, context_settings=dict(help_option_names=['-h', '--help']))
     @click.option('--outdir', required=True, metavar='DIR', help='Where to make the run directory.')
     @click.option('--data', metavar='NAME|PATH',
                   help='cub, dog, car, synthetic, or a folder/zip of images  [required, except with --resume].')
