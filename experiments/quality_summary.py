@@ -13,7 +13,9 @@ run's training images have masks (the synthetic set, CUB, dogs/cars with ``_mask
 ``option`` prints one field of the run's ``training_options.json`` (empty for null).
 
 ``summary`` joins ``RUN_DIR/auto_test/results.json`` and the newest segmentation run in
-CEILING_DIR (``RUN_DIR/ceiling``) into one JSON (written atomically) and prints a table.
+CEILING_DIR (``RUN_DIR/ceiling``) into one JSON (written atomically) and prints a table: IoU and
+DICE against the ceiling and against the fixed mask of the test split (one mask for every image,
+:func:`metrics.segmentation.fixed_mask_score`), with the gain over it and the auto test's warnings.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ def build_summary(run_dir: str, ceiling_dir: str, walls: dict[str, float | None]
         'resolution': options.get('resolution'), 'snapshot': auto['snapshot'], 'fid': auto.get('fid'),
         'training_time_s': walls.get('training'),
         'IoU': auto['IoU'], 'DICE': auto['DICE'], 'MI_1': auto['MI_1'], 'MI_2': auto['MI_2'], 'MI': auto['MI'],
+        # None in an auto test written before the fixed mask.
+        'fixed_mask_IoU': auto.get('fixed_mask_IoU'), 'fixed_mask_DICE': auto.get('fixed_mask_DICE'),
+        'fixed_mask_threshold': auto.get('fixed_mask_threshold'), 'IoU_gain': auto.get('IoU_gain'),
+        'warnings': auto.get('warnings') or [],
         'ceiling': {'IoU': ceiling['results']['IoU'], 'DICE': ceiling['results']['DICE'],
                     'ground_truth_pairs': ceiling_options['syn_data'], 'segmentation_run': ceiling['run_dir']},
         'sizes': auto['sizes'], 'wall_s': walls, 'timestamp': time.time(),
@@ -71,11 +77,14 @@ def format_table(summary: dict) -> str:
     rows = [('run', os.path.basename(summary['run_dir'])),
             ('IoU / ceiling', f'{fmt(summary["IoU"])} / {fmt(c["IoU"])}'),
             ('DICE / ceiling', f'{fmt(summary["DICE"])} / {fmt(c["DICE"])}'),
+            ('fixed mask IoU / DICE', f'{fmt(summary.get("fixed_mask_IoU"))} / {fmt(summary.get("fixed_mask_DICE"))}'),
+            ('IoU gain over fixed mask', '—' if summary.get('IoU_gain') is None else f'{summary["IoU_gain"]:+.4f}'),
             ('MI_1, MI_2, MI', ', '.join(fmt(summary[k]) for k in ('MI_1', 'MI_2', 'MI')))]
     rows += [(f'{name} wall', '—' if value is None else dnnlib.format_time(value))
              for name, value in summary['wall_s'].items()]
     width = max(len(name) for name, _ in rows)
-    return '\n'.join(f'{name:<{width}} | {value}' for name, value in rows)
+    return '\n'.join([f'{name:<{width}} | {value}' for name, value in rows]
+                     + [f'WARNING: {text}' for text in summary.get('warnings') or []])
 
 
 @click.group()
