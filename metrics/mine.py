@@ -237,8 +237,8 @@ def load_layers(path: str, resolution: int = LAYER_RESOLUTION, num_workers: int 
         raise dnnlib.UserError(f'synthetic data folder not found: {path}')
     from training.dataset import open_dataset
     from training.image_files import open_image_folder
-    from metrics.generate import complete_samples
     from metrics.segmentation import load_pairs
+    from training.sample_set import complete_samples
     for name in ('fg', 'bg', 'mask'):
         if not os.path.isdir(os.path.join(path, name)):
             raise dnnlib.UserError(f'{path} has no {name}/ folder: MINE needs the fg/, bg/ and mask/ layers '

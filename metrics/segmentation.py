@@ -415,9 +415,10 @@ def check_synthetic_folder(path: str) -> None:
 def open_synthetic_pairs(cfg: SegmentationConfig, resolution: int, warn: bool = False) -> torch.utils.data.Dataset:
     """The (image, mask) pairs of ``cfg.syn_data`` at ``resolution``. A generated set (one with a
     meta.json) gives the samples present in both img/ and mask/, and is refused when it holds fewer
-    than its n unless ``cfg.allow_partial`` (:func:`metrics.generate.complete_samples`)."""
-    from metrics.generate import complete_samples
-    from training.dataset import open_dataset, open_pairs
+    than its n unless ``cfg.allow_partial`` (:func:`training.sample_set.complete_samples`)."""
+    from training.dataset import open_dataset
+    from training.image_files import open_pairs
+    from training.sample_set import complete_samples
     names = complete_samples(cfg.syn_data, ('img', 'mask'), cfg.allow_partial, warn)
     if names is None:
         return open_dataset(cfg.syn_data, split='test', resolution=resolution, crop_ratio=cfg.crop_ratio)

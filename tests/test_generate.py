@@ -11,6 +11,7 @@ from PIL import Image
 import dnnlib
 from metrics import generate
 from torch_utils import checkpoint
+from training import sample_set
 
 
 def _make_run(tmp_path, kimgs, metric_lines=None, name='run'):
@@ -132,7 +133,7 @@ def test_generate_dataset_writes_layout_and_refuses_to_overwrite(tmp_path):
     outdir = str(tmp_path / 'synthetic_data-000000')
     options = generate.GenerationOptions(snapshot='x.pt', kimg=0, n=5, seed=3)
     generate.generate_dataset(_StandInGenerator(), outdir, options, batch_size=2, progress=False)
-    for layer in generate.LAYER_FOLDERS:
+    for layer in sample_set.LAYER_FOLDERS:
         assert sorted(os.listdir(os.path.join(outdir, layer))) == [f'{i:06d}.png' for i in range(1, 6)]
     mask = np.asarray(Image.open(os.path.join(outdir, 'mask', '000002.png')))
     assert mask.shape == (8, 8, 3) and (mask[:, 4:] == 0).all() and (mask[1:, :4] == 255).all()
@@ -181,9 +182,9 @@ def test_generate_dataset_resume_fills_missing_and_samples_do_not_depend_on_batc
     reference = open(os.path.join(outdir, 'mask', '000005.png'), 'rb').read()
     os.remove(os.path.join(outdir, 'mask', '000005.png'))
     os.remove(os.path.join(outdir, 'bg', '000002.png'))
-    assert generate.missing_indices(outdir, 6) == [1, 4]
+    assert sample_set.missing_indices(outdir, 6) == [1, 4]
     meta = generate.generate_dataset(_StandInGenerator(), outdir, options, batch_size=1, resume=True, progress=False)
-    assert meta['generated_now'] == 2 and generate.missing_indices(outdir, 6) == []
+    assert meta['generated_now'] == 2 and sample_set.missing_indices(outdir, 6) == []
     assert open(os.path.join(outdir, 'mask', '000005.png'), 'rb').read() == reference
     other = generate.GenerationOptions(snapshot='x.pt', kimg=0, n=6, seed=2)
     with pytest.raises(dnnlib.UserError, match='seed'):
@@ -218,7 +219,7 @@ def test_resume_refuses_a_set_made_by_another_snapshot_of_the_same_kimg(tmp_path
     _, meta = generate.generate_from_network(snapshot_a, n=4, outdir=outdir, progress=False)
     assert meta['snapshot_sha256'] == generate.file_sha256(snapshot_a) != generate.file_sha256(snapshot_b)
     assert meta['generator']['kwargs']['z_dim'] == 8
-    before = {layer: sorted(os.listdir(os.path.join(outdir, layer))) for layer in generate.LAYER_FOLDERS}
+    before = {layer: sorted(os.listdir(os.path.join(outdir, layer))) for layer in sample_set.LAYER_FOLDERS}
     os.remove(os.path.join(outdir, 'img', '000004.png'))
     with pytest.raises(dnnlib.UserError, match=r'cannot resume .*set: it was made from another snapshot \('
                                                r'.*run-a.*network-snapshot-000000.pt, snapshot_sha256 '):
@@ -265,7 +266,7 @@ def test_resume_removes_temporary_files_left_by_a_killed_generation(tmp_path):
     meta = generate.generate_dataset(_StandInGenerator(), outdir, options, resume=True, progress=False)
     assert meta['generated_now'] == 1
     assert sorted(os.listdir(outdir)) == ['bg', 'fg', 'fg_masked', 'img', 'latents.npy', 'mask', 'meta.json']
-    for layer in generate.LAYER_FOLDERS:
+    for layer in sample_set.LAYER_FOLDERS:
         assert sorted(os.listdir(os.path.join(outdir, layer))) == ['000001.png', '000002.png', '000003.png']
 
 
@@ -277,7 +278,7 @@ def test_complete_samples_counts_against_meta_and_ignores_temporary_files(tmp_pa
     options = generate.GenerationOptions(snapshot='/runs/a/network-snapshot-000200.pt', kimg=200, n=5, seed=3)
     generate.generate_dataset(_StandInGenerator(), outdir, options, progress=False)
     names = [f'{i:06d}.png' for i in range(1, 6)]
-    assert generate.complete_samples(outdir, ('img', 'mask')) == names
+    assert sample_set.complete_samples(outdir, ('img', 'mask')) == names
     os.remove(os.path.join(outdir, 'mask', '000002.png'))
     os.remove(os.path.join(outdir, 'fg', '000005.png'))
     os.rename(os.path.join(outdir, 'img', '000004.png'), os.path.join(outdir, 'img', '.tmp-000004.png'))
@@ -285,17 +286,17 @@ def test_complete_samples_counts_against_meta_and_ignores_temporary_files(tmp_pa
                 f'python generate_segmentation_samples.py --network=/runs/a/network-snapshot-000200.pt --n=5 '
                 f'--outdir={outdir} --seed=3 --resume completes it, or pass --allow-partial to use the 3')
     with pytest.raises(dnnlib.UserError) as info:
-        generate.complete_samples(outdir, ('img', 'mask'))
+        sample_set.complete_samples(outdir, ('img', 'mask'))
     assert str(info.value) == expected
-    assert generate.complete_samples(outdir, ('img', 'mask'), allow_partial=True, warn=True) == [
+    assert sample_set.complete_samples(outdir, ('img', 'mask'), allow_partial=True, warn=True) == [
         '000001.png', '000003.png', '000005.png']
     assert capsys.readouterr().err == (f'warning: {outdir} holds 3 of the 5 samples of its meta.json; using '
                                        f'those 3 (--allow-partial)\n')
-    assert generate.complete_samples(outdir, ('fg', 'bg', 'mask'), allow_partial=True) == [
+    assert sample_set.complete_samples(outdir, ('fg', 'bg', 'mask'), allow_partial=True) == [
         '000001.png', '000003.png', '000004.png']
     # Without meta.json (a user's own pairs) the folder is read as it is.
     os.remove(os.path.join(outdir, 'meta.json'))
-    assert generate.complete_samples(outdir, ('img', 'mask')) is None
+    assert sample_set.complete_samples(outdir, ('img', 'mask')) is None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -341,7 +342,7 @@ def test_perturbed_set_moves_fg_and_mask_over_the_same_bg(tmp_path):
     # Sample i depends on (seed, i) alone: another batch size writes the same files.
     again, _ = generate.generate_from_network(snapshot, n=6, outdir=str(tmp_path / 'again'), perturb=True,
                                               batch_size=1, progress=False)
-    for layer in generate.LAYER_FOLDERS:
+    for layer in sample_set.LAYER_FOLDERS:
         np.testing.assert_array_equal(_png(again, layer, 5), _png(moved, layer, 5))
     # A perturbed set is not completed by an unperturbed generation, nor the reverse.
     os.remove(os.path.join(moved, 'img', '000003.png'))

@@ -19,6 +19,7 @@ from PIL import Image
 import dnnlib
 from metrics import generate
 from torch_utils import checkpoint, legacy
+from training import sample_set
 from training.networks import Discriminator, LayeredGenerator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -211,7 +212,7 @@ def test_generation_reads_an_original_pkl_directly(tmp_path, persistence):
         expected = generate.encode_layers(G_ema.eval()(z, noise_mode='const'))
     for layer in ('img', 'mask', 'fg'):
         for i in range(3):
-            png = np.asarray(Image.open(os.path.join(outdir, layer, generate.sample_file(i))))
+            png = np.asarray(Image.open(os.path.join(outdir, layer, sample_set.sample_file(i))))
             np.testing.assert_array_equal(png, expected[layer][i])
 
 
@@ -331,7 +332,7 @@ def test_original_run_directory_chooses_by_its_metric_lines_and_generates(tmp_pa
     with torch.no_grad():
         expected = generate.encode_layers(generators[200].eval()(z, noise_mode='const'))
     for i in range(2):
-        png = np.asarray(Image.open(outdir / 'mask' / generate.sample_file(i)))
+        png = np.asarray(Image.open(outdir / 'mask' / sample_set.sample_file(i)))
         np.testing.assert_array_equal(png, expected['mask'][i])
     assert not flag.exists()
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 import dnnlib
-from training import synthetic
+from training import sample_set, synthetic
 from training.drc import DRC_KINDS, open_drc, resolve_drc_root
 from training.image_files import ArrayDataset, Dataset, open_image_folder, open_pairs
 
@@ -160,14 +160,12 @@ def export_pairs(dataset: Dataset, outdir: str, count: int | None = None, source
     """Write the first ``count`` (default: all) (image, mask) pairs in the synthetic-sample layout.
 
     ``outdir``/img/000001.png (RGB) and ``outdir``/mask/000001.png (grey RGB, 255·m: the encoder
-    of generated masks), then ``meta.json`` (``source`` and the dataset's name, resolution and n),
+    of generated masks), in the format of training/sample_set.py, then ``meta.json`` (``source`` and the dataset's name, resolution and n),
     written last so that a folder without it is an interrupted export. :func:`open_pairs` reads
     the pairs back pixel for pixel. Refuses a dataset without masks and an existing non-empty
     ``outdir`` (never overwritten). Returns the count.
     """
     import torch
-    from metrics.generate import sample_file
-    from torch_utils import misc
 
     if not dataset.has_masks:
         raise dnnlib.UserError(f'{dataset.name} has no masks, so it has no pairs to export; export a split with '
@@ -182,9 +180,9 @@ def export_pairs(dataset: Dataset, outdir: str, count: int | None = None, source
         os.makedirs(os.path.join(outdir, folder), exist_ok=True)
     for i in dnnlib.progress_bar(range(count), desc='exporting', unit='pair', leave=False):
         image, mask = dataset[i]
-        grey = misc.to_uint8(torch.from_numpy(mask)[None, None].float(), low=0.0, high=1.0)[0]
-        Image.fromarray(image.transpose(1, 2, 0)).save(os.path.join(outdir, 'img', sample_file(i)), compress_level=1)
-        Image.fromarray(grey).save(os.path.join(outdir, 'mask', sample_file(i)), compress_level=1)
+        grey = sample_set.encode_mask(torch.from_numpy(mask)[None, None].float())[0]
+        sample_set.write_png(os.path.join(outdir, 'img', sample_set.sample_file(i)), image.transpose(1, 2, 0))
+        sample_set.write_png(os.path.join(outdir, 'mask', sample_set.sample_file(i)), grey)
     meta = dict(source or {}, dataset=dataset.name, resolution=dataset.resolution, n=count,
                 layers=['img', 'mask'], ground_truth=True)
     dnnlib.write_bytes_atomic(os.path.join(outdir, 'meta.json'), json.dumps(meta, indent=2).encode('utf-8'))
