@@ -371,8 +371,8 @@ def synthetic_folder_name(snapshot_path: str, perturb: bool = False) -> str:
 def load_any_snapshot(path: str, device: str) -> dict:
     """A snapshot of this project (``.pt``) or of the original code (``.pkl``, converted in memory)."""
     if path.endswith('.pkl'):
-        from torch_utils import legacy
-        return legacy.load_original_snapshot(path, device=device)
+        from training import legacy_convert
+        return legacy_convert.load_original_snapshot(path, device=device)
     return checkpoint.load_snapshot(path, device=device)
 
 

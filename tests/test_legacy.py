@@ -1,4 +1,5 @@
-"""Importing the original code's network-snapshot-*.pkl (torch_utils/legacy.py): the pickle is
+"""Importing the original code's network-snapshot-*.pkl (torch_utils/legacy.py reads it,
+training/legacy_convert.py builds our networks from it): the pickle is
 written here by hand in StyleGAN2-ADA's persistence format, from our own networks renamed to the
 original's parameter names; converting it must give back the same images and logits, and run
 nothing from the file."""
@@ -18,7 +19,8 @@ from PIL import Image
 
 import dnnlib
 from metrics import generate
-from torch_utils import checkpoint, legacy
+from torch_utils import checkpoint
+from training import legacy_convert
 from training import sample_set
 from training.networks import Discriminator, LayeredGenerator
 
@@ -196,7 +198,7 @@ def test_converted_snapshot_gives_the_same_images_and_logits_and_runs_nothing(tm
 
     before = new.read_bytes()
     with pytest.raises(dnnlib.UserError, match='already exists; choose another name'):
-        legacy.convert(str(old), str(new))
+        legacy_convert.convert(str(old), str(new))
     assert new.read_bytes() == before
 
 
@@ -237,7 +239,7 @@ def test_pickle_with_another_callable_is_refused(tmp_path, persistence, payload,
     path = tmp_path / 'network-snapshot-000000.pkl'
     write_original_pickle(path, G, G_ema, D, tmp_path / 'SOURCE_RAN', augment_pipe=payload(flag))
     with pytest.raises(dnnlib.UserError, match=f'refusing to unpickle {name}') as info:
-        legacy.load_original_snapshot(str(path))
+        legacy_convert.load_original_snapshot(str(path))
     assert str(path) in str(info.value) and '\n' not in str(info.value)
     assert not flag.exists()
     if name == 'posix.system':  # the command line: one line, exit 2
@@ -273,7 +275,7 @@ def test_unknown_or_missing_parameters_are_named(tmp_path, persistence, damage, 
     with open(path, 'wb') as f:
         pickle.dump({'G_ema': source}, f, protocol=4)
     with pytest.raises(dnnlib.UserError, match=message) as info:
-        legacy.load_original_snapshot(str(path))
+        legacy_convert.load_original_snapshot(str(path))
     assert f'{path}, G_ema' in str(info.value)
 
 
@@ -284,11 +286,11 @@ def test_truncated_or_foreign_pickle_is_a_user_error(tmp_path, persistence):
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2])
     with pytest.raises(dnnlib.UserError, match='cannot read .* as a snapshot of the original code .*truncated'):
-        legacy.load_original_snapshot(str(path))
+        legacy_convert.load_original_snapshot(str(path))
     with open(path, 'wb') as f:
         pickle.dump({'G': 1}, f)
     with pytest.raises(dnnlib.UserError, match='no G_ema network'):
-        legacy.load_original_snapshot(str(path))
+        legacy_convert.load_original_snapshot(str(path))
 
 
 def _original_metric_line(kimg, fid, sigma):
@@ -337,5 +339,34 @@ def test_original_run_directory_chooses_by_its_metric_lines_and_generates(tmp_pa
     assert not flag.exists()
 
     # A converted copy beside its pickle is taken instead (read without unpickling).
-    legacy.convert(str(run / 'network-snapshot-000400.pkl'), str(run / 'network-snapshot-000400.pt'))
+    legacy_convert.convert(str(run / 'network-snapshot-000400.pkl'), str(run / 'network-snapshot-000400.pt'))
     assert generate.choose_snapshot(str(run)).path == str(run / 'network-snapshot-000400.pt')
+
+
+def test_generic_packages_never_import_training_and_both_commands_convert(tmp_path, persistence):
+    """torch_utils and dnnlib import nothing from training/metrics (the converter of ILSGAN's networks is
+    training/legacy_convert.py); ``python -m torch_utils.legacy convert`` stays the command users type."""
+    code = ('import importlib, pkgutil, sys\n'
+            'import dnnlib, torch_utils, torch_utils.ops\n'
+            'for package in (dnnlib, torch_utils, torch_utils.ops):\n'
+            '    for info in pkgutil.iter_modules(package.__path__):\n'
+            '        importlib.import_module(f"{package.__name__}.{info.name}")\n'
+            'print(sorted(m for m in sys.modules if m.split(".")[0] in ("training", "metrics", "bench")))\n')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == '[]', proc.stdout + proc.stderr
+
+    G, G_ema, D = make_networks(6)
+    old = tmp_path / 'network-snapshot-000008.pkl'
+    write_original_pickle(old, G, G_ema, D, tmp_path / 'SOURCE_RAN')
+    outputs_by_command = []
+    for module in ('torch_utils.legacy', 'training.legacy_convert'):
+        new = tmp_path / f'{module}.pt'
+        proc = subprocess.run([sys.executable, '-m', module, 'convert', str(old), str(new)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.startswith(f'Wrote {new}: G, G_ema, D'), proc.stderr
+        outputs_by_command.append(checkpoint.load_snapshot(str(new))['G_ema'].state_dict())
+    assert outputs_by_command[0].keys() == outputs_by_command[1].keys()
+    assert all(torch.equal(outputs_by_command[0][k], outputs_by_command[1][k]) for k in outputs_by_command[0])
+    proc = subprocess.run([sys.executable, '-m', 'torch_utils.legacy', 'convert', '--help'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith('Usage: python -m torch_utils.legacy convert [OPTIONS] OLD.pkl NEW.pt')
