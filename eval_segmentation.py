@@ -5,7 +5,9 @@
 
 Writes <syn-data>/<NNNNN>-real-<data>-<aug>_aug-<scale>/ (options.json, metric-val.jsonl,
 results.json, unet-best.pt, seg-test.png) and prints a table. IoU and DICE are the paper's
-per-image means (METHOD.md §8). The logic lives in metrics/segmentation.py; the 128 protocols
+per-image means (METHOD.md §8). Beside them: the fixed mask of the test split (one mask for every
+image, the mean of the test masks at the best threshold; it reads the test labels) and the gain
+over it, with a WARNING when the gain is under 0.05. The logic lives in metrics/segmentation.py; the 128 protocols
 are eval_segmentation_eval128.py; both take their shared options from metrics/segmentation_cli.py.
 """
 

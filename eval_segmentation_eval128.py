@@ -7,7 +7,8 @@ Default protocol ``eval128`` (as the paper): the UNet is trained on the syntheti
 64, validated and tested with 64-pixel inputs, and its logits are upsampled ×2 (bilinear,
 align_corners=False) and scored against 128-pixel masks. ``--native128`` trains and tests at 128
 instead (our improvement; results say so). Writes
-<syn-data>/<NNNNN>-real-<data>-<aug>_aug-<eval128|native128>/ like eval_segmentation.py.
+<syn-data>/<NNNNN>-real-<data>-<aug>_aug-<eval128|native128>/ like eval_segmentation.py, the fixed
+mask (of the 128-pixel test masks) and the gain over it included.
 """
 
 import click

@@ -10,7 +10,8 @@ Three parts, each usable on its own:
   ``base_width`` shrinks it for CPU demos).
 * **Protocol** — :func:`run_segmentation_eval` trains the UNet on the synthetic ``img/`` + ``mask/``
   pairs (first 90 % train, last 10 % validation, sorted), keeps the snapshot with the best
-  validation IoU, tests it on the real test split and writes the run directory. It can also
+  validation IoU, tests it on the real test split beside the split's fixed mask
+  (:func:`fixed_mask_score`: the best one mask for every image) and writes the run directory. It can also
   continue a saved UNet, test one without training, and test every validated UNet (the
   original's ``--resume-from``, ``--test-only``, ``--test-all``).
 
