@@ -22,6 +22,10 @@
 
 The sizes (n, UNet iterations and width, MINE steps and width) come from the training preset's
 ``auto_test_sizes`` field, so the CPU demo preset runs the same chain in minutes.
+
+A run trained on photos without masks is scored on the user's own labelled pairs: ``--test-data=PAIRS``
+(a folder of ``img/`` + ``mask/``, stored in the run's options by ``train_ILS_64.py --test-data``)
+takes the place of the test split in steps 3 and 5.
 """
 
 from __future__ import annotations
@@ -84,6 +88,35 @@ def read_training_options(run_dir: str) -> dict:
     return options
 
 
+PAIRS_HINT = 'a folder of img/NAME.EXT + mask/NAME.png (grey, object white), matching names'
+
+
+def check_test_data(path: str, resolution: int) -> None:
+    """``--test-data``: a folder of image/mask pairs, every pair read at ``resolution``; one-line
+    UserError for a missing folder, no pairs, an image without its mask or an unreadable file, so
+    that a run finds out before training, not after it."""
+    from training.dataset import open_dataset
+    if not os.path.isdir(path):
+        raise dnnlib.UserError(f'--test-data={path}: no such folder; give {PAIRS_HINT}')
+    if not (os.path.isdir(os.path.join(path, 'img')) and os.path.isdir(os.path.join(path, 'mask'))):
+        raise dnnlib.UserError(f'--test-data={path} has no img/ and mask/ subfolders; give {PAIRS_HINT}')
+    try:
+        pairs = open_dataset(path, split='test', resolution=resolution)
+        for index in range(len(pairs)):   # a damaged pair stops the run here, not after training
+            pairs[index]
+    except dnnlib.UserError as err:
+        raise dnnlib.UserError(f'--test-data={path}: {err}') from None
+
+
+def check_test_split(data: str, resolution: int, data_root: str | None) -> None:
+    """The training data has a test split with masks; for a folder of photos, the error names
+    ``--test-data``."""
+    from training.dataset import dataset_kind, open_dataset
+    if dataset_kind(data) == 'images':
+        raise dnnlib.UserError(f'{data} has no masks; pass --test-data=PAIRS, {PAIRS_HINT}')
+    open_dataset(data, split='test', resolution=resolution, data_root=data_root)
+
+
 def choose_auto_snapshot(run_dir: str) -> generate.SnapshotChoice:
     """Lowest FID over the whole run, else (no metric file) the newest snapshot."""
     metric_file = os.path.join(run_dir, 'metric-fid10k_full.jsonl')
@@ -118,17 +151,18 @@ def format_summary(summary: dict) -> str:
 
 
 def run_auto_test(run_dir: str, config: dict | None = None, device: str | None = None,
-                  progress: bool = True, data_root: str | None = None) -> dict:
+                  progress: bool = True, data_root: str | None = None, test_data: str | None = None) -> dict:
     """Run the whole chain on ``run_dir`` (see the module docstring); returns the summary dict.
 
     ``config`` is the training configuration (``training_options.json`` when omitted): its
     ``data``, ``data_root``, ``resolution`` and ``auto_test_sizes`` fields say which real test
     split to score on, at which size, and how large each stage is; ``data_root`` replaces the
-    stored one. Every input (options, device, snapshot, real test split) is checked before
-    ``auto_test/`` is made.
+    stored one. ``test_data`` (else the config's ``test_data``, ``--test-data`` of the run), a folder
+    of ``img/`` + ``mask/`` pairs, replaces the test split of ``data``: the user's own labelled
+    pairs for a run trained on photos without masks. Every input (options, device, snapshot, real
+    test split) is checked before ``auto_test/`` is made.
     """
     from metrics import mine, segmentation
-    from training.dataset import open_dataset
 
     start = time.time()
     config = dict(config) if config is not None else read_training_options(run_dir)
@@ -152,7 +186,15 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     if isinstance(resolution, bool) or not isinstance(resolution, int):
         raise dnnlib.UserError(f'the training options of {run_dir} give resolution={resolution!r}, not an integer; '
                                f'fix training_options.json of the run')
-    open_dataset(data, split='test', resolution=resolution, data_root=data_root)   # the real test split is there
+    test_data = test_data or config.get('test_data')
+    if test_data is not None and not isinstance(test_data, str):
+        raise dnnlib.UserError(f'test_data={test_data!r} in the training options of {run_dir} is not a folder path; '
+                               f'fix training_options.json of the run, or pass --test-data')
+    real_data, real_root = (test_data, None) if test_data else (data, data_root)
+    if test_data:
+        check_test_data(test_data, resolution)
+    else:
+        check_test_split(data, resolution, data_root)
     auto_dir = os.path.join(run_dir, 'auto_test')
     os.makedirs(auto_dir, exist_ok=True)
     print(f'Auto test of {run_dir} (sizes: {asdict(sizes)})', flush=True)
@@ -166,7 +208,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     # 3. Segmentation against the real test split of the training data, at the training
     # resolution (64 in every paper preset; the CPU demo preset trains at 32).
     seg_cfg = segmentation.SegmentationConfig(
-        syn_data=syn_dir, real_data=data, real_root=data_root, aug='color', protocol='scale',
+        syn_data=syn_dir, real_data=real_data, real_root=real_root, aug='color', protocol='scale',
         scale=resolution,
         iters=sizes.seg_iters, batch=sizes.seg_batch, base_width=sizes.seg_base_width,
         val_interval=min(sizes.seg_val_interval, sizes.seg_iters), device=device, progress=progress)
@@ -182,7 +224,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
 
     # 5. Do the masks follow the objects? With the training perturbation the set's positions are
     # the shift's; G's own masks (the set's latents, unshifted) say what G itself has learnt.
-    data_masks = layout.load_data_masks(data, resolution, data_root, progress=progress)
+    data_masks = layout.load_data_masks(real_data, resolution, real_root, progress=progress)
     mask_layout = layout.compare_layouts(layout.load_generated_masks(syn_dir, resolution, progress=progress),
                                          data_masks)
     generator_layout = None
@@ -203,7 +245,8 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
         'layout_generator': generator_layout,
         'warnings': seg['warnings'] + layout.layout_warnings(mask_layout, generator_layout),
         'segmentation': seg['results'], 'segmentation_run': seg['run_dir'], 'mine_run': mi['run_dir'],
-        'synthetic_data': syn_dir, 'perturb': meta.get('perturb'), 'real_data': data, 'sizes': asdict(sizes),
+        'synthetic_data': syn_dir, 'perturb': meta.get('perturb'), 'real_data': real_data, 'test_data': test_data,
+        'sizes': asdict(sizes),
         'total_time': time.time() - start, 'timestamp': time.time(),
     }
     dnnlib.write_bytes_atomic(os.path.join(auto_dir, 'results.json'), json.dumps(summary, indent=2).encode())
@@ -217,11 +260,14 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
 @click.option('--device', type=dnnlib.Device(), default=None, help='torch device [default: cuda if available, else cpu].')
 @click.option('--data-root', metavar='DIR', default=None,
               help='Root of the DRC dataset folders [default: the run\'s --data-root].')
+@click.option('--test-data', metavar='PAIRS', default=None,
+              help='Score on this folder of img/ + mask/ pairs (matching names) [default: the run\'s --test-data, '
+                   'else the test split of its --data].')
 @click.option('--quiet', is_flag=True, help='No progress bars.')
 @dnnlib.report_user_errors(disk_full_hint='the same command completes the interrupted set')
-def main(run_dir: str, device: str | None, data_root: str | None, quiet: bool) -> None:
+def main(run_dir: str, device: str | None, data_root: str | None, test_data: str | None, quiet: bool) -> None:
     """Run the auto test (generation → segmentation → MINE) on an existing training run."""
-    run_auto_test(run_dir, device=device, progress=not quiet, data_root=data_root)
+    run_auto_test(run_dir, device=device, progress=not quiet, data_root=data_root, test_data=test_data)
 
 
 if __name__ == '__main__':

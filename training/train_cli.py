@@ -73,6 +73,7 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
                           gamma: float | None = None, aug: str | None = None, p: float | None = None,
                           target: float | None = None, augpipe: str | None = None, allow_tf32: bool = False,
                           nobench: bool = False, detector: str | None = None, auto_test: bool = False,
+                          test_data: str | None = None,
                           subset: int | None = None, map_layers: int | None = None, mixing: str | None = None,
                           mixing_prob: float | None = None, pl_weight: float | None = None,
                           freezed: int | None = None, nhwc: bool | None = None, upd_e: str | None = None,
@@ -146,6 +147,7 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
     c = dnnlib.EasyDict(spec)
     c.update(outdir=outdir, data=data, data_root=data_root, gpus=gpus, seed=seed, resume=resume, mirror=mirror,
              fp32=fp32, allow_tf32=allow_tf32, nobench=nobench, detector=detector, auto_test=auto_test,
+             test_data=test_data,
              compile=compile, batch_gpu=batch_gpu, options=options,
              run_desc=f'{_data_name(data)}-{cfg}-batch{spec.batch}' + _option_suffixes(
                  subset=subset, map=map_layers, pl=pl_weight, mixing=mixing, freezed=freezed))
@@ -209,8 +211,9 @@ def prepare_run_dir(c: dnnlib.EasyDict) -> str:
 
 def check_inputs(c: dnnlib.EasyDict) -> None:
     """UserError for the first unusable input of ``c``: the dataset (the images of reals.png are
-    read: a damaged file among them stops the run here), its test split when the auto test follows
-    training, the ``--resume`` snapshot, the detector of the metrics."""
+    read: a damaged file among them stops the run here), the ``--test-data`` pairs (every one read),
+    else the dataset's test split when the auto test follows training, the ``--resume`` snapshot,
+    the detector of the metrics."""
     from training.dataset import open_dataset
     from training.training_loop import reals_indices
     dataset = open_dataset(**c.dataset_kwargs)
@@ -220,9 +223,13 @@ def check_inputs(c: dnnlib.EasyDict) -> None:
                                f'choose at most that many')
     for index in sorted(set(reals_indices(len(dataset), c))):
         dataset[index]
-    if c.get('auto_test'):
+    if c.get('test_data'):
+        from metrics.auto_test import check_test_data
+        check_test_data(c.test_data, c.resolution)
+    elif c.get('auto_test'):
+        from metrics.auto_test import check_test_split
         try:
-            open_dataset(c.data, split='test', resolution=c.resolution, data_root=c.data_root)
+            check_test_split(c.data, c.resolution, c.data_root)
         except dnnlib.UserError as err:
             raise dnnlib.UserError(f'the auto test after training needs a test split: {err}; '
                                    f'or pass --no-auto-test') from None
@@ -451,6 +458,10 @@ def make_main(resolution: int):
     @click.option('-n', '--dry-run', is_flag=True, help='Print the config and exit.')
     @(click.option('--auto-test/--no-auto-test', default=True, show_default=True,
                    help='After training: generation → segmentation → MINE.')
+      if resolution == 64 else (lambda f: f))
+    @(click.option('--test-data', metavar='PAIRS',
+                   help='The auto test scores on this folder of img/ + mask/ pairs (matching names) '
+                        '[default: the test split of --data].')
       if resolution == 64 else (lambda f: f))
     @dnnlib.report_user_errors(disk_full_hint='a training run continues with --resume')
     def main(dry_run: bool, **options: Any) -> None:
