@@ -330,6 +330,16 @@ def test_eval128_protocol_scores_against_128_masks_and_writes_the_run(tmp_path, 
     from PIL import Image
     assert Image.open(run_dir / 'seg-test.png').size == (5 * 128, 3 * 128)   # images / GT / prediction
     assert '\ntest' in result.output and 'IoU' in result.output
+    # The fixed mask of the 128-pixel test masks, the gain over it and its warning, in results.json.
+    from training.dataset import open_dataset
+    masks = seg.load_pairs(open_dataset(str(tmp_path / 'real'), 'test', 128), 0, '', False)[1]
+    fixed = seg.fixed_mask_score(masks)
+    assert results['fixed_mask'] == {k: v for k, v in fixed.items() if k != 'mask'}
+    assert results['IoU_gain'] == pytest.approx(results['results']['IoU'] - fixed['IoU'])
+    warning = seg.fixed_mask_warning(results['results']['IoU'], fixed['IoU'])
+    assert results['warnings'] == ([warning] if warning else [])
+    assert '\nfixed ' in result.output and 'test IoU gain over the fixed mask: ' in result.output
+    assert ('WARNING: the masks do no better than one fixed mask' in result.output) == (warning is not None)
 
 
 def test_native128_and_scale_runs_are_named_by_protocol(tmp_path, dataset_module):
