@@ -18,7 +18,8 @@
 #      split (dataset and sizes are read from RUN_DIR/training_options.json); its run folder is the
 #      next RUN_DIR/ceiling/NNNNN-real-<data>-color_aug-R/
 #   5. $OUTDIR/quality.json (experiments/quality_summary.py): run_dir, training time, IoU, DICE, MI_1,
-#      MI_2, MI (from RUN_DIR/auto_test/results.json), the ceiling's IoU and DICE, wall times (s).
+#      MI_2, MI, the fixed mask's IoU/DICE and the gain over it, the warnings (from
+#      RUN_DIR/auto_test/results.json), the ceiling's IoU and DICE, wall times (s).
 #
 # Environment, read here only: CFG (cpu64), KIMG (the preset's), SEED (0), DATA (synthetic) and
 # DATA_ROOT (none) for training, OUTDIR (./outputs/quality), RUN_DIR (skip step 1 and score this run),
