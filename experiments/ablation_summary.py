@@ -3,6 +3,7 @@
     python experiments/ablation_summary.py auto-test RUN_DIR [--tiny]
     python experiments/ablation_summary.py summary OUTDIR --out=OUTDIR/ablation.json
     python experiments/ablation_summary.py runs RUN_DIR_OR_OUTDIR... [--ceiling=DATASET=PATH] [--out=runs.json]
+    python experiments/ablation_summary.py fixed-mask --data=car --data-root=DIR --resolution=32
 
 ``auto-test`` runs :func:`metrics.auto_test.run_auto_test` on a finished run, with the sizes of its
 preset, or with :data:`TINY_SIZES` (a smoke test of the ablation: its numbers mean nothing).
@@ -22,6 +23,9 @@ an ablation OUTDIR (its newest run of each ``<cfg>-seed<seed>/``). The ceiling (
 trained on true pairs) comes from ``RUN_DIR/ceiling/`` (experiments/quality.sh), else from
 ``--ceiling=DATASET=PATH`` for every run of that dataset (PATH: a segmentation results.json, its run
 folder, or a folder of such runs, the newest used); none gives '—'.
+
+``fixed-mask`` prints the fixed-mask score of a dataset's test split at one resolution
+(:func:`metrics.segmentation.fixed_mask_score`), without a run: what a new dataset's runs must beat.
 """
 
 from __future__ import annotations
@@ -263,6 +267,22 @@ def runs(paths: tuple[str, ...], ceiling: tuple[str, ...], out: str | None) -> N
     print(runs_table(result))
     for run in result['incomplete']:
         print(f'incomplete (no auto test result): {run}')
+
+
+@main.command('fixed-mask')
+@click.option('--data', required=True, help='Dataset: cub | dog | car | synthetic | folder of img/ + mask/ pairs.')
+@click.option('--data-root', default=None, help='Root folder of the dataset.')
+@click.option('--resolution', type=click.IntRange(1, dnnlib.MAX_SIDE), default=32, show_default=True,
+              help='Side of the scored masks (the auto test scores at the training resolution).')
+@dnnlib.report_user_errors
+def fixed_mask(data: str, data_root: str | None, resolution: int) -> None:
+    """Print the fixed-mask IoU, DICE, threshold and area of a dataset's test split."""
+    from metrics.layout import load_data_masks
+    from metrics.segmentation import fixed_mask_score
+    masks = load_data_masks(data, resolution, data_root)
+    fixed = fixed_mask_score(masks)
+    print(f'{data} test split ({len(masks)} masks at {resolution} px): fixed mask IoU {fixed["IoU"]:.4f}, '
+          f'DICE {fixed["DICE"]:.4f}, threshold {fixed["threshold"]:.2f}, area {fixed["area"]:.3f}')
 
 
 if __name__ == '__main__':

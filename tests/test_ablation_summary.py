@@ -123,6 +123,20 @@ def test_runs_table_gives_one_row_per_run_with_fixed_mask_gain_ceiling_and_layou
         assert result.exit_code == 2 and result.output.startswith('error: ') and result.output.count('\n') == 1
 
 
+def test_fixed_mask_command_scores_a_datasets_test_split(tmp_path):
+    from metrics.segmentation import fixed_mask_score, load_pairs
+    from training.dataset import open_dataset
+    fx.build_cub(str(tmp_path / 'birds'))
+    result = bench(ablation_summary, 'fixed-mask', '--data=cub', f'--data-root={tmp_path / "birds"}', '--resolution=16')
+    assert result.exit_code == 0, result.output
+    masks = load_pairs(open_dataset('cub', 'test', 16, str(tmp_path / 'birds')), 0, '', False)[1]
+    fixed = fixed_mask_score(masks)
+    assert result.stdout == (f'cub test split ({len(masks)} masks at 16 px): fixed mask IoU {fixed["IoU"]:.4f}, '
+                             f'DICE {fixed["DICE"]:.4f}, threshold {fixed["threshold"]:.2f}, area {fixed["area"]:.3f}\n')
+    result = bench(ablation_summary, 'fixed-mask', f'--data={tmp_path / "none"}')
+    assert result.exit_code == 2 and result.output.startswith('error: ')
+
+
 def test_summary_without_finished_runs_is_a_one_line_error(tmp_path):
     fake_run(tmp_path, 'cpu', 0, 0.7, results=False)
     result = bench(ablation_summary, 'summary', str(tmp_path), f'--out={tmp_path / "a.json"}')
