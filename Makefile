@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench bench-ab gpu-check quality clean
+.PHONY: setup demo test bench bench-ab gpu-check cuda-build-check quality clean
 
 setup: $(VENV)/.ready
 
@@ -39,6 +39,12 @@ bench-ab: setup
 # The prepared GPU check (bench/gpu_check.sh; at most 8 minutes): gpu_check/gpu_check.json.
 gpu-check: setup
 	PYTHON=$(BIN)/python bash bench/gpu_check.sh
+
+# Do the CUDA kernels compile for sm_90 (H100/H200), without a GPU? Builds them through the
+# project's loader in ./cuda_build_check (first run: ~3 GB of torch and CUDA wheels; a few minutes
+# of compiling). CUDA_HOME, PYTHON, TORCH, TORCH_CUDA_ARCH_LIST: see bench/cuda_build_check.sh.
+cuda-build-check:
+	bash bench/cuda_build_check.sh
 
 quality: setup
 	PYTHON=$(BIN)/python bash experiments/quality.sh
