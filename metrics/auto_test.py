@@ -261,8 +261,8 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
 @click.option('--data-root', metavar='DIR', default=None,
               help='Root of the DRC dataset folders [default: the run\'s --data-root].')
 @click.option('--test-data', metavar='PAIRS', default=None,
-              help='Score on this folder of img/ + mask/ pairs (matching names) [default: the run\'s --test-data, '
-                   'else the test split of its --data].')
+              help='Score on this folder of img/ + mask/ pairs (matching names) [default: the pairs of the '
+                   'run\'s --test-data, else the test split of its --data].')
 @click.option('--quiet', is_flag=True, help='No progress bars.')
 @dnnlib.report_user_errors(disk_full_hint='the same command completes the interrupted set')
 def main(run_dir: str, device: str | None, data_root: str | None, test_data: str | None, quiet: bool) -> None:

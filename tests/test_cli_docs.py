@@ -23,6 +23,7 @@ COMMANDS = {
     'eval_MI_MINE.py': ('eval_MI_MINE.py', 'main'),
     'python -m training.dataset': ('training.dataset', 'main'),
     'python -m metrics.auto_test': ('metrics.auto_test', 'main'),
+    'python -m metrics.video': ('metrics.video', 'main'),
     'python -m torch_utils.legacy convert': ('training.legacy_convert', 'convert_command'),
 }
 
