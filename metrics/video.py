@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
+import secrets
 from typing import Iterator
 
 import click
@@ -105,12 +105,9 @@ def write_video(frames: Iterator[np.ndarray], path: str, size: tuple[int, int], 
     """Encode ``frames`` ([H, W, 3] uint8 of ``size`` = (W, H)) as H.264 into ``path``, through a
     temporary file in the same folder and a rename: ``path`` is complete or untouched."""
     import imageio_ffmpeg
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=dnnlib.TEMP_PREFIX, suffix=os.path.basename(path))
-    except OSError as err:
-        raise OSError(err.errno, err.strerror, path) from err
-    os.close(fd)
+    # ffmpeg creates the temporary file itself, so the video gets the umask's permissions.
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f'{dnnlib.TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{os.path.basename(path)}')
     bar = dnnlib.progress_bar(None, progress, total=total, unit='frame', desc='video')
     try:
         writer = imageio_ffmpeg.write_frames(tmp, size, fps=fps, quality=8, macro_block_size=2,
