@@ -112,9 +112,9 @@ def open_url(path_or_url: str, cache: str | None = None, num_attempts: int = 3, 
 
     URLs are downloaded once into the cache (:func:`cache_dir`) and read from there afterwards.
     The download is written to a temporary file and renamed, so a broken transfer never leaves a
-    truncated cache entry. Raises :class:`UserError` when a local file is missing, or when the
-    URL is not cached and cannot be fetched (e.g. offline): the message says where to put the
-    file by hand.
+    truncated cache entry, and its SHA-256 is recorded beside it (:func:`download_sha256`).
+    Raises :class:`UserError` when a local file is missing, or when the URL is not cached and
+    cannot be fetched (e.g. offline): the message says where to put the file by hand.
     """
     path_or_url = str(path_or_url)
     if not is_url(path_or_url):
@@ -148,8 +148,25 @@ def open_url(path_or_url: str, cache: str | None = None, num_attempts: int = 3, 
                         f'offline, download it elsewhere and copy it to {target}, or pass a local path instead')
     with writing_cache(target):
         os.makedirs(os.path.dirname(target), exist_ok=True)
+        # The digest first: a cached file that this function fetched never lacks its record.
+        write_bytes_atomic(target + DOWNLOAD_DIGEST_SUFFIX, hashlib.sha256(data.getvalue()).hexdigest().encode())
         write_bytes_atomic(target, data.getvalue())
     return open(target, 'rb')
+
+
+DOWNLOAD_DIGEST_SUFFIX = '.sha256'
+
+
+def download_sha256(url: str, cache: str | None = None) -> str | None:
+    """The SHA-256 (hex) that :func:`open_url` recorded beside its download of ``url``, or None
+    when it never downloaded it: a file copied into the cache by hand has no record, so a caller
+    can tell the file it fetched itself from one it was handed."""
+    try:
+        with open(cached_url_path(url, cache) + DOWNLOAD_DIGEST_SUFFIX, 'rb') as f:
+            record = f.read(65).decode('ascii', 'replace').strip()
+    except OSError:
+        return None
+    return record if re.fullmatch(r'[0-9a-f]{64}', record) else None
 
 
 TEMP_PREFIX = '.tmp-'  # every temporary file this project writes starts so; never a result

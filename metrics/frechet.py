@@ -284,13 +284,15 @@ def _all_ranks_agree(flag: bool, num_gpus: int, device: torch.device | str) -> b
 def real_features(dataset_kwargs: dict | None, detector_path: str | None, device: torch.device | str, *,
                   dataset: Any = None, max_items: int | None = None, keep_features: bool = False,
                   batch_size: int = 64, num_gpus: int = 1, rank: int = 0, num_workers: int = 3,
-                  progress: bool = False, use_cache: bool = True) -> FeatureStats:
+                  progress: bool = False, use_cache: bool = True, detector_runs_code: bool = False) -> FeatureStats:
     """Feature statistics of the real set, read from the on-disk cache when present.
 
     ``dataset`` (optional) is an already opened real set; ``dataset_kwargs`` then still names it
     in the cache key (pass ``None`` to skip the cache). Only rank 0 writes the cache, atomically.
+    ``detector_runs_code``: the user allows a detector file to run its own code
+    (:func:`metrics.detector.load_detector`).
     """
-    detector = detector_lib.load_detector(detector_path, device)
+    detector = detector_lib.load_detector(detector_path, device, runs_code=detector_runs_code)
     cache_path = None
     if use_cache and dataset_kwargs is not None:
         cache_path = real_stats_cache_path(dataset_kwargs, detector_path, max_items, keep_features)
@@ -318,7 +320,8 @@ def _real_and_generated_features(G: torch.nn.Module, dataset_kwargs: dict | None
     """Detector statistics of all real images (cached) and of ``num_gen`` generated composites."""
     real = real_features(dataset_kwargs, detector_path, device, keep_features=keep_features, **options)
     gen_options = {k: options[k] for k in ('batch_size', 'num_gpus', 'rank', 'progress') if k in options}
-    gen = compute_generator_features(G, detector_lib.load_detector(detector_path, device), device,
+    detector = detector_lib.load_detector(detector_path, device, runs_code=options.get('detector_runs_code', False))
+    gen = compute_generator_features(G, detector, device,
                                      num_gen=num_gen, keep_features=keep_features, **gen_options)
     return real, gen
 
@@ -327,7 +330,7 @@ def compute_fid(G: torch.nn.Module, dataset_kwargs: dict | None, detector_path: 
                 device: torch.device | str, *, num_gen: int, **options: Any) -> float:
     """FID between all real images and ``num_gen`` generated composites (NaN on ranks other than 0).
 
-    ``options``: dataset, batch_size, num_gpus, rank, num_workers, progress, use_cache.
+    ``options``: dataset, batch_size, num_gpus, rank, num_workers, progress, use_cache, detector_runs_code.
     """
     real, gen = _real_and_generated_features(G, dataset_kwargs, detector_path, device, num_gen, False, options)
     if options.get('rank', 0) != 0:

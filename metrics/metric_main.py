@@ -50,12 +50,13 @@ def list_valid_metrics() -> list[str]:
 def calc_metric(name: str, G: torch.nn.Module, dataset_kwargs: dict | None, device: torch.device | str,
                 num_gpus: int = 1, rank: int = 0, detector: str | None = None, batch_size: int = 64,
                 progress: bool = False, num_gen: int | None = None, dataset: Any = None,
-                num_workers: int = 3, use_cache: bool = True) -> dict:
+                num_workers: int = 3, use_cache: bool = True, detector_runs_code: bool = False) -> dict:
     """Compute metric ``name`` of generator ``G`` (``G(z, noise_mode='random')['img']``, ``G.z_dim``).
 
     ``dataset_kwargs`` are :func:`training.dataset.open_dataset` kwargs (x-flip is forced off);
     ``dataset`` optionally gives the opened real set. ``detector`` is a path or URL, resolved by
     the caller (:func:`metrics.detector.resolve_detector_path`); ``None`` means the default URL.
+    ``detector_runs_code``: the user allows a detector file to run its own code (``--detector-runs-code``).
     ``num_gen`` overrides the registered number of generated images (quick CPU runs); it is then
     recorded in the result so a short run is never mistaken for the full metric.
     Every rank must call this; the value is NaN on ranks other than 0.
@@ -65,7 +66,8 @@ def calc_metric(name: str, G: torch.nn.Module, dataset_kwargs: dict | None, devi
     if not is_valid_metric(name):
         raise dnnlib.UserError(f'unknown metric "{name}"; choose from {", ".join(list_valid_metrics())}')
     options = dict(dataset=dataset, batch_size=batch_size, num_gpus=num_gpus, rank=rank,
-                   num_workers=num_workers, progress=progress, use_cache=use_cache)
+                   num_workers=num_workers, progress=progress, use_cache=use_cache,
+                   detector_runs_code=detector_runs_code)
     opts = dnnlib.EasyDict(G=G, dataset_kwargs=dataset_kwargs, detector=detector, device=torch.device(device),
                            num_gen=num_gen, options=options)
     start = time.time()

@@ -48,6 +48,40 @@ def test_open_url_reads_the_cache_without_network(tmp_path):
         assert f.read() == b'cached bytes'
 
 
+def test_open_url_records_the_sha256_of_its_own_downloads_only(tmp_path, monkeypatch):
+    import hashlib
+    import requests
+
+    class FakeResponse:   # the network, as requests.get streams it
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def raise_for_status(self):
+            pass
+
+        def iter_content(self, chunk_size):
+            yield b'downloaded '
+            yield b'bytes'
+
+    monkeypatch.setattr(requests, 'get', lambda url, timeout, stream: FakeResponse())
+    url = 'https://example.invalid/models/detector.pt'
+    assert util.download_sha256(url, cache=str(tmp_path)) is None
+    with dnnlib.open_url(url, cache=str(tmp_path), verbose=False) as f:
+        assert f.read() == b'downloaded bytes'
+    assert util.download_sha256(url, cache=str(tmp_path)) == hashlib.sha256(b'downloaded bytes').hexdigest()
+    # A file copied into the cache by hand has no record; nor does a record that is not a digest count.
+    other = 'https://example.invalid/models/other.pt'
+    with open(util.cached_url_path(other, cache=str(tmp_path)), 'wb') as f:
+        f.write(b'by hand')
+    assert util.download_sha256(other, cache=str(tmp_path)) is None
+    with open(util.cached_url_path(other, cache=str(tmp_path)) + util.DOWNLOAD_DIGEST_SUFFIX, 'w') as f:
+        f.write('not a digest')
+    assert util.download_sha256(other, cache=str(tmp_path)) is None
+
+
 def test_open_url_offline_names_the_cache_path(tmp_path):
     url = 'http://127.0.0.1:9/detector.pt'  # the discard port: connection refused at once
     with pytest.raises(dnnlib.UserError) as info:

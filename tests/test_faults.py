@@ -19,6 +19,10 @@ a dataset (read in the main process and in loader workers). Elsewhere:
   ``test_gadget_snapshot_given_to_an_entry_point_is_one_line_exit_2_and_runs_nothing``, test_dataset
   ``test_split_file_with_a_pickle_payload_runs_nothing_and_is_one_line_exit_2``, test_legacy
   ``test_pickle_with_another_callable_is_refused``;
+* a FID detector that is not a known one, or not a whole TorchScript archive — test_fid
+  ``test_detector_whose_setstate_runs_code_is_refused_in_one_line_and_never_runs``,
+  ``test_training_refuses_a_detector_that_runs_code_before_the_run_directory_exists``,
+  ``test_files_that_are_not_whole_torchscript_archives_are_refused_even_with_the_opt_in``;
 * in test_bad_input: a full disk when the run directory is made
   (``test_disk_full_when_the_run_directory_is_made_exits_1_naming_the_file_and_leaves_nothing``),
   NaN / ±inf / out-of-range numbers and seeds (``test_nan_inf_and_out_of_range_numbers_are_refused_…``,

@@ -1,13 +1,21 @@
 """FID/KID: formulas against direct numpy/scipy computations, the detector override, the real-set
-cache, multi-process reduction, and the metric registry + JSON-lines report end to end.
+cache, multi-process reduction, and the metric registry + JSON-lines report end to end; the
+detector file read as data, and hostile detector files (made here) refused without running.
 
-A tiny TorchScript module with the Inception call convention stands in for the detector.
+A tiny TorchScript module with the Inception call convention stands in for the detector; the
+tests register it in ``metrics.detector.ARCHITECTURES``, so its files are rebuilt from their
+tensors as the published detector's would be.
 """
 
+import hashlib
+import io
 import json
 import os
+import pickle
 import sys
 import types
+import zipfile
+from typing import Tuple
 
 import numpy as np
 import pytest
@@ -20,8 +28,10 @@ from metrics import frechet, metric_main
 
 FEATURE_DIM = 8
 
-# The tests script their own detector: TorchScript is the protocol's detector format.
-pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:DeprecationWarning')
+# The tests script their own detectors (and load their own as references): TorchScript is the
+# protocol's detector format.
+pytestmark = [pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:DeprecationWarning'),
+              pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated:DeprecationWarning')]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,6 +103,57 @@ def detector_path(tmp_path_factory):
     path = tmp_path_factory.mktemp('detector') / 'tiny-detector.pt'
     torch.jit.script(TinyDetector()).save(str(path))
     return str(path)
+
+
+@pytest.fixture(autouse=True)
+def tiny_architecture(monkeypatch):
+    """The tiny detector as an architecture of ours: its files are read as tensors, never run."""
+    monkeypatch.setitem(detector_lib.ARCHITECTURES, 'tiny-test', TinyDetector)
+
+
+class Unregistered(torch.nn.Module):
+    """An honest detector no architecture of ours matches: features = pooled @ weight, [N, 5]."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.linspace(-1, 1, 60).reshape(12, 5), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x.to(torch.float32) / 255.0, 2).flatten(1) @ self.weight
+
+
+class RunsCodeOnLoad(torch.nn.Module):
+    """Hostile: its ``__setstate__`` (run by torch.jit.load) creates the file ``canary``."""
+
+    def __init__(self, canary: str):
+        super().__init__()
+        self.canary = canary
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x.to(torch.float32), 1).flatten(1)
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[str, bool]:
+        return (self.canary, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[str, bool]) -> None:
+        self.canary = state[0]
+        # The result is used so that TorchScript keeps the call: from_file(shared=True) creates the file.
+        self.training = bool(torch.from_file(self.canary, True, 4).numel() > 0) and state[1]
+
+
+class RunsCodeOnCall(TinyDetector):
+    """Hostile: the tiny detector's weights, and a ``forward`` that creates the file ``canary``."""
+
+    def __init__(self, canary: str):
+        super().__init__()
+        self.canary = canary
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        touched = torch.from_file(self.canary, True, 4).sum() * 0
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x.to(torch.float32) / 255.0, 2).flatten(1)
+        return pooled @ self.weight + self.bias + touched
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,9 +279,174 @@ def test_detector_from_explicit_path_and_environment_gives_features_of_the_saved
     via_env = detector_lib.load_detector(detector_lib.resolve_detector_path(), 'cpu')
     via_arg = detector_lib.load_detector(detector_path, 'cpu')
     assert via_env is via_arg  # cached per (path, device)
+    assert type(via_arg) is TinyDetector  # rebuilt as our module: the file's code is not used
     images = TinyDataset(num_items=5).images
     features = via_arg(torch.from_numpy(images), return_features=True)
     np.testing.assert_allclose(features.double().numpy(), tiny_detector_features(images), rtol=1e-5, atol=1e-5)
+
+
+def test_rebuilt_detector_gives_exactly_the_features_of_the_torchscript_module(detector_path):
+    """FID/KID cannot move: the rebuilt module's features equal the scripted file's, bit for bit."""
+    images = torch.from_numpy(TinyDataset(num_items=9, seed=4).images)
+    scripted = torch.jit.load(detector_path)  # our own file: safe to run here, as the reference
+    rebuilt = detector_lib.load_detector(detector_path, 'cpu')
+    assert torch.equal(rebuilt(images, return_features=True), scripted(images, return_features=True))
+
+
+def test_archive_tensors_are_read_with_their_names_views_and_dtypes(tmp_path):
+    class Nested(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+            self.register_buffer('every_other', torch.arange(8.0)[1::2])   # a view into a larger storage
+            self.register_buffer('halves', torch.tensor([1.5, -2.0], dtype=torch.float16))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x)
+
+    class Outer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Nested()
+            self.register_buffer('count', torch.tensor([7], dtype=torch.int64))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x)
+
+    module = Outer()
+    path = tmp_path / 'nested.pt'
+    torch.jit.script(module).save(str(path))
+    tensors = detector_lib.read_archive_tensors(path.read_bytes())
+    expected = module.state_dict()
+    assert sorted(tensors) == sorted(expected) == ['count', 'inner.every_other', 'inner.halves', 'inner.lin.bias',
+                                                   'inner.lin.weight']
+    for name, value in expected.items():
+        assert tensors[name].dtype == value.dtype and torch.equal(tensors[name], value), name
+    assert tensors['inner.every_other'].tolist() == [1.0, 3.0, 5.0, 7.0]
+
+
+def test_detector_of_no_known_architecture_or_digest_is_refused_unless_the_user_lets_it_run(tmp_path, capsys):
+    path = tmp_path / 'unregistered.pt'
+    torch.jit.script(Unregistered()).save(str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(dnnlib.UserError) as info:
+        detector_lib.load_detector(str(path), 'cpu')
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert str(path) in message and digest in message and '--detector-runs-code' in message
+    assert 'ILSGAN_DETECTOR_RUNS_CODE=1' in message and 'runs its own code' in message
+    # The user's opt-in: loaded with TorchScript, said in a warning, and the features are its own.
+    detector = detector_lib.load_detector(str(path), 'cpu', runs_code=True)
+    assert isinstance(detector, torch.jit.ScriptModule)
+    assert f'running the code of the detector {path} (SHA-256 {digest})' in capsys.readouterr().err
+    images = TinyDataset(num_items=3).images
+    pooled = (images.astype(np.float64) / 255).reshape(3, 3, 2, 4, 2, 4).mean(axis=(3, 5)).reshape(3, 12)
+    np.testing.assert_allclose(detector(torch.from_numpy(images), return_features=True).double().numpy(),
+                               pooled @ Unregistered().weight.double().numpy(), rtol=1e-5, atol=1e-6)
+    # The opt-in is remembered per call, not per file: without it the file is still refused.
+    with pytest.raises(dnnlib.UserError, match='refusing the detector'):
+        detector_lib.load_detector(str(path), 'cpu')
+
+
+def test_detector_whose_setstate_runs_code_is_refused_in_one_line_and_never_runs(tmp_path):
+    canary = tmp_path / 'PWNED-setstate'
+    path = tmp_path / 'on-load.pt'
+    torch.jit.script(RunsCodeOnLoad(str(canary))).save(str(path))
+    assert not canary.exists()
+    with pytest.raises(dnnlib.UserError) as info:
+        detector_lib.load_detector(str(path), 'cpu')
+    assert len(str(info.value).splitlines()) == 1 and 'own state (__getstate__/__setstate__)' in str(info.value)
+    assert '--detector-runs-code' in str(info.value)
+    with pytest.raises(dnnlib.UserError, match='refusing the detector'):
+        detector_lib.check_detector(str(path))
+    assert not canary.exists()
+    # The file is live: the opt-in that says it runs code does run it.
+    detector_lib.load_detector(str(path), 'cpu', runs_code=True, verbose=False)
+    assert canary.exists()
+
+
+def test_detector_whose_forward_runs_code_is_rebuilt_and_its_forward_never_runs(tmp_path):
+    canary = tmp_path / 'PWNED-forward'
+    path = tmp_path / 'on-call.pt'
+    torch.jit.script(RunsCodeOnCall(str(canary))).save(str(path))
+    images = TinyDataset(num_items=4).images
+    for runs_code in (False, True):   # with the tensors of a known architecture, its code is never needed
+        detector = detector_lib.load_detector(str(path), 'cpu', runs_code=runs_code)
+        assert type(detector) is TinyDetector
+        features = detector(torch.from_numpy(images), return_features=True)
+        np.testing.assert_allclose(features.double().numpy(), tiny_detector_features(images), rtol=1e-5, atol=1e-5)
+    assert not canary.exists()
+    torch.jit.load(str(path))(torch.from_numpy(images))   # the file is live when run
+    assert canary.exists()
+
+
+def test_training_refuses_a_detector_that_runs_code_before_the_run_directory_exists(tmp_path):
+    from click.testing import CliRunner
+    import train_ILS_64
+    canary = tmp_path / 'PWNED-cli'
+    path = tmp_path / 'on-load.pt'
+    torch.jit.script(RunsCodeOnLoad(str(canary))).save(str(path))
+    out = tmp_path / 'runs'
+    result = CliRunner().invoke(train_ILS_64.main, ['--outdir', str(out), '--data=synthetic', '--cfg=cpu',
+                                                    '--metrics=fid10k_full', '--no-auto-test', f'--detector={path}'])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and lines[-1].startswith('error: refusing the detector ')
+    assert sum(line.startswith('error:') for line in lines) == 1 and 'Traceback' not in result.output
+    assert '--detector-runs-code' in lines[-1]
+    assert not canary.exists() and not any(out.iterdir() if out.exists() else [])
+
+
+def test_pickle_payload_in_a_torchscript_shaped_zip_is_not_unpickled(tmp_path):
+    canary = tmp_path / 'PWNED-pickle'
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f'touch {canary}',)
+
+    path = tmp_path / 'payload.pt'
+    with zipfile.ZipFile(path, 'w') as archive:
+        archive.writestr('payload/data.pkl', pickle.dumps(Payload(), protocol=2))
+        archive.writestr('payload/constants.pkl', pickle.dumps((), protocol=2))
+        archive.writestr('payload/version', '3\n')
+    with pytest.raises(dnnlib.UserError) as info:
+        detector_lib.load_detector(str(path), 'cpu')
+    assert f'data.pkl names {os.system.__module__}.system' in str(info.value) and 'refusing' in str(info.value)
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize('case', ['not a zip', 'zip without data.pkl', 'torch.save file', 'truncated',
+                                  'damaged tensor data'])
+def test_files_that_are_not_whole_torchscript_archives_are_refused_even_with_the_opt_in(tmp_path, detector_path, case):
+    path = tmp_path / 'detector.pt'
+    good = open(detector_path, 'rb').read()
+    if case == 'not a zip':
+        path.write_bytes(b'not a torchscript archive')
+        reason = 'not a zip archive'
+    elif case == 'zip without data.pkl':
+        with zipfile.ZipFile(path, 'w') as archive:
+            archive.writestr('notes/readme.txt', 'hello')
+        reason = 'no data.pkl in the archive'
+    elif case == 'torch.save file':
+        torch.save({'weight': torch.zeros(3)}, path)
+        reason = 'no constants.pkl: a torch.save file'
+    elif case == 'truncated':
+        path.write_bytes(good[:len(good) // 2])
+        reason = 'not a zip archive'
+    else:   # one byte of the weights changed: the member's CRC no longer matches
+        with zipfile.ZipFile(io.BytesIO(good)) as archive:
+            header = archive.getinfo(next(n for n in archive.namelist() if n.endswith('/data/0'))).header_offset
+        # The data follow the 30-byte local header, its name and its extra field (lengths at 26 and 28).
+        offset = header + 30 + int.from_bytes(good[header + 26:header + 28], 'little') \
+            + int.from_bytes(good[header + 28:header + 30], 'little')
+        damaged = bytearray(good)
+        damaged[offset] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        reason = 'damaged archive'
+    for runs_code in (False, True):
+        with pytest.raises(dnnlib.UserError) as info:
+            detector_lib.load_detector(str(path), 'cpu', runs_code=runs_code)
+        message = str(info.value)
+        assert len(message.splitlines()) == 1 and f'{path} is not a TorchScript detector ({reason}' in message
 
 
 def test_dataset_features_through_pipeline_match_direct_statistics(detector_path):
@@ -244,11 +470,56 @@ def test_missing_detector_offline_is_a_user_error_naming_the_override():
         detector_lib.load_detector('/nonexistent/inception.pt', 'cpu')
 
 
-def test_corrupt_detector_file_is_a_user_error(tmp_path):
-    path = tmp_path / 'broken.pt'
-    path.write_bytes(b'not a torchscript archive')
-    with pytest.raises(dnnlib.UserError, match='not a TorchScript detector'):
-        detector_lib.load_detector(str(path), 'cpu')
+def test_the_projects_own_download_is_the_known_detector_and_a_copy_put_in_the_cache_by_hand_is_not(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv('ILSGAN_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.setattr(detector_lib, '_loaded', {})
+    cached = dnnlib.util.cached_url_path(detector_lib.DETECTOR_URL)
+    os.makedirs(os.path.dirname(cached))
+    torch.jit.script(Unregistered()).save(cached)   # no architecture of ours: trusted by digest only
+    digest = hashlib.sha256(open(cached, 'rb').read()).hexdigest()
+    with pytest.raises(dnnlib.UserError) as info:
+        detector_lib.load_detector(None, 'cpu')
+    assert f'the copy in the cache ({cached}) was not downloaded by this project: delete it' in str(info.value)
+    assert digest in str(info.value)
+    # The record open_url leaves beside its own downloads makes the file (and any copy of it) known.
+    with open(cached + dnnlib.util.DOWNLOAD_DIGEST_SUFFIX, 'w') as f:
+        f.write(digest)
+    assert isinstance(detector_lib.load_detector(None, 'cpu'), torch.jit.ScriptModule)
+    copy = tmp_path / 'copy.pt'
+    copy.write_bytes(open(cached, 'rb').read())
+    detector_lib.check_detector(str(copy))
+    with open(cached + dnnlib.util.DOWNLOAD_DIGEST_SUFFIX, 'w') as f:
+        f.write('0' * 64)   # a record of other bytes
+    monkeypatch.setattr(detector_lib, '_loaded', {})
+    with pytest.raises(dnnlib.UserError, match='refusing the detector'):
+        detector_lib.load_detector(str(copy), 'cpu')
+
+
+def test_runs_code_opt_in_from_the_flag_or_the_environment_and_never_from_a_resumed_run(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+    import train_ILS_64
+    monkeypatch.delenv('ILSGAN_DETECTOR_RUNS_CODE', raising=False)
+    assert detector_lib.resolve_runs_code() is False and detector_lib.resolve_runs_code(True) is True
+    for value, expected in (('1', True), ('yes', True), ('0', False), ('', False), ('off', False)):
+        monkeypatch.setenv('ILSGAN_DETECTOR_RUNS_CODE', value)
+        assert detector_lib.resolve_runs_code() is expected, value
+    monkeypatch.setenv('ILSGAN_DETECTOR_RUNS_CODE', 'maybe')
+    with pytest.raises(dnnlib.UserError, match="ILSGAN_DETECTOR_RUNS_CODE='maybe' is neither 1 nor 0"):
+        detector_lib.resolve_runs_code()
+    # A run file (training_options.json) cannot grant it: the option is never resumed.
+    monkeypatch.delenv('ILSGAN_DETECTOR_RUNS_CODE')
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'network-snapshot-000000.pt').write_bytes(b'')   # only found by name in a --dry-run
+    (run / 'training_options.json').write_text(json.dumps(dict(options=dict(
+        data='synthetic', cfg='cpu', metrics='fid10k_full', kimg=0.5, detector_runs_code=True))))
+    for extra, expected in (([], False), (['--detector-runs-code'], True)):
+        result = CliRunner().invoke(train_ILS_64.main, [f'--resume={run}', f'--outdir={tmp_path / "out"}',
+                                                        '--dry-run', *extra])
+        assert result.exit_code == 0, result.output
+        config = json.loads(result.output[result.output.index('\n{') + 1:])
+        assert config['detector_runs_code'] is expected and config['kimg'] == 0.5   # kimg is resumed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,6 +550,7 @@ def test_real_statistics_are_cached_once_and_reused(detector_path):
 
 def _sharded_worker(rank, world_size, init_file, detector_path, out_dir):
     torch.distributed.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world_size)
+    detector_lib.ARCHITECTURES['tiny-test'] = TinyDetector   # a fresh process: the fixture's registration is not here
     try:
         det = detector_lib.load_detector(detector_path, 'cpu')
         stats = frechet.compute_dataset_features(TinyDataset(num_items=23), det, 'cpu', keep_features=True,

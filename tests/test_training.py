@@ -296,7 +296,7 @@ def test_metric_lines_name_distinct_snapshots_and_generation_uses_the_one_whose_
     from metrics import generate
     detector = str(tmp_path / 'detector.pt')
     torch.jit.save(torch.jit.script(TinyDetector()), detector)
-    c = tiny_config(tmp_path / 'out', kimg=0.04, metrics='fid10k_full', detector=detector)
+    c = tiny_config(tmp_path / 'out', kimg=0.04, metrics='fid10k_full', detector=detector, detector_runs_code=True)
     c.metric_num_gen = 64
     run_dir = train_cli.launch(c)
 

@@ -5,15 +5,16 @@ unpickler a file can therefore run any function, e.g. ``os.system``. :func:`load
 only through an explicit table (exact ``'module.name'`` → object, nothing imported, no module
 attribute walked) and stops at the first other name with :class:`RefusedGlobal`.
 
-Two readers use it: DRC's ``.npy`` split files saved as object arrays (:func:`load_npy`, with
-:data:`NUMPY_GLOBALS` only), and the original code's network pickles (``torch_utils/legacy.py``).
+Three readers use it: DRC's ``.npy`` split files saved as object arrays (:func:`load_npy`, with
+:data:`NUMPY_GLOBALS` only), the original code's network pickles (``torch_utils/legacy.py``) and
+the tensors of a FID detector's TorchScript archive (``metrics/detector.py``).
 """
 
 from __future__ import annotations
 
 import io
 import pickle
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
 
@@ -42,9 +43,12 @@ NUMPY_GLOBALS.update({'numpy.ndarray': np.ndarray, 'numpy.dtype': np.dtype})
 
 
 class _AllowListUnpickler(pickle.Unpickler):
-    def __init__(self, file: BinaryIO, allowed: Mapping[str, Any]) -> None:
+    def __init__(self, file: BinaryIO, allowed: Mapping[str, Any],
+                 persistent_load: Callable[[Any], Any] | None = None) -> None:
         super().__init__(file)
         self.allowed = allowed
+        if persistent_load is not None:
+            self.persistent_load = persistent_load
 
     def find_class(self, module: str, name: str) -> Any:
         key = f'{module}.{name}'
@@ -52,16 +56,19 @@ class _AllowListUnpickler(pickle.Unpickler):
             raise RefusedGlobal(key)
         return self.allowed[key]
 
-    # persistent_load is left undefined: a persistent id is refused by pickle itself.
+    # Without a persistent_load, a persistent id is refused by pickle itself.
 
 
-def load(file: BinaryIO | bytes, allowed: Mapping[str, Any]) -> Any:
+def load(file: BinaryIO | bytes, allowed: Mapping[str, Any],
+         persistent_load: Callable[[Any], Any] | None = None) -> Any:
     """Unpickle ``file`` (a binary stream or bytes), resolving globals only through ``allowed``
     (``'module.name'`` → the object to use in its place). Raises :class:`RefusedGlobal` for any
-    other global, and pickle's own errors for damaged data."""
+    other global, and pickle's own errors for damaged data. Persistent ids (how torch archives
+    point at their tensor data) are refused, or handed to ``persistent_load`` when given: it
+    must itself accept only the ids it understands."""
     if isinstance(file, (bytes, bytearray)):
         file = io.BytesIO(file)
-    return _AllowListUnpickler(file, allowed).load()
+    return _AllowListUnpickler(file, allowed, persistent_load).load()
 
 
 def load_npy(path: str) -> np.ndarray:

@@ -40,8 +40,9 @@ OPTION_TYPES: dict[str, click.ParamType] = dict(
 OPTION_FLAGS = dict(map_layers='map')   # parameters whose option has another name
 
 # Options that belong to one invocation and are never taken from a resumed run: where to write,
-# what to resume, the script's resolution, this machine's processes and its detector copy.
-NOT_RESUMED = ('outdir', 'resume', 'resolution', 'gpus', 'workers', 'detector')
+# what to resume, the script's resolution, this machine's processes, its detector copy and whether
+# that copy may run code (a run file must never grant that).
+NOT_RESUMED = ('outdir', 'resume', 'resolution', 'gpus', 'workers', 'detector', 'detector_runs_code')
 
 
 def _parse_metrics(metrics: str | list | None, default: list[str]) -> list[str]:
@@ -72,7 +73,8 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
                           workers: int | None = None, mirror: bool = False, fp32: bool = False,
                           gamma: float | None = None, aug: str | None = None, p: float | None = None,
                           target: float | None = None, augpipe: str | None = None, allow_tf32: bool = False,
-                          nobench: bool = False, detector: str | None = None, auto_test: bool = False,
+                          nobench: bool = False, detector: str | None = None, detector_runs_code: bool = False,
+                          auto_test: bool = False,
                           test_data: str | None = None,
                           subset: int | None = None, map_layers: int | None = None, mixing: str | None = None,
                           mixing_prob: float | None = None, pl_weight: float | None = None,
@@ -146,7 +148,8 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
 
     c = dnnlib.EasyDict(spec)
     c.update(outdir=outdir, data=data, data_root=data_root, gpus=gpus, seed=seed, resume=resume, mirror=mirror,
-             fp32=fp32, allow_tf32=allow_tf32, nobench=nobench, detector=detector, auto_test=auto_test,
+             fp32=fp32, allow_tf32=allow_tf32, nobench=nobench, detector=detector,
+             detector_runs_code=bool(detector_runs_code), auto_test=auto_test,
              test_data=test_data,
              compile=compile, batch_gpu=batch_gpu, options=options,
              run_desc=f'{_data_name(data)}-{cfg}-batch{spec.batch}' + _option_suffixes(
@@ -237,7 +240,7 @@ def check_inputs(c: dnnlib.EasyDict) -> None:
         check_resume(c)
     if c.metrics:
         from metrics.detector import check_detector
-        check_detector(c.detector)
+        check_detector(c.detector, runs_code=c.get('detector_runs_code', False))
 
 
 def check_resume(c: dnnlib.EasyDict) -> None:
@@ -423,6 +426,9 @@ def make_main(resolution: int):
     @click.option('--seed', type=OPTION_TYPES['seed'], default=0, show_default=True, help='Random seed.')
     @click.option('--metrics', metavar='LIST', help='Comma-separated metrics or "none" [default: preset].')
     @click.option('--detector', metavar='PATH|URL', help='Inception detector for FID/KID [default: $ILSGAN_DETECTOR or the URL].')
+    @click.option('--detector-runs-code', is_flag=True,
+                  help='Allow a --detector file that is not a known detector to run its own TorchScript code '
+                       '(only for a file you trust) [default: $ILSGAN_DETECTOR_RUNS_CODE or off].')
     @click.option('--resume', metavar='PATH',
                   help='Snapshot file or run directory (latest snapshot) to continue; options not given again '
                        'are the resumed run\'s.')
@@ -466,10 +472,11 @@ def make_main(resolution: int):
     @dnnlib.report_user_errors(disk_full_hint='a training run continues with --resume')
     def main(dry_run: bool, **options: Any) -> None:
         """Train a layered ILSGAN generator."""
-        from metrics.detector import resolve_detector_path
+        from metrics.detector import resolve_detector_path, resolve_runs_code
         if options['resume']:
             options = options_for_resume(options, click.get_current_context())
         options['detector'] = resolve_detector_path(options['detector'])
+        options['detector_runs_code'] = resolve_runs_code(options['detector_runs_code'])
         c = build_training_config(resolution=resolution, **options)
         if dry_run:
             print(json.dumps(c, indent=2))

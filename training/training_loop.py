@@ -325,6 +325,7 @@ def evaluate_metrics(cfg: dnnlib.EasyDict, G_ema: torch.nn.Module, run_dir: str,
     for name in cfg.metrics:
         result = metric_main.calc_metric(name, G_ema, cfg.dataset_kwargs, device, num_gpus=world_size, rank=rank,
                                          detector=cfg.detector, num_gen=cfg.metric_num_gen,
+                                         detector_runs_code=cfg.get('detector_runs_code', False),
                                          num_workers=cfg.workers)
         metric_main.report_metric(result, run_dir, snapshot_path, sigma, rank=rank)
         values.update(result['results'])
