@@ -10,17 +10,15 @@ iterations each), so the chain's wiring is what is tested, not its scores.
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from tests._fixtures import write_image
+from tests.test_cli_docs import load_command
 from training import presets, train_cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The auto test's stages at the sizes of tests/test_auto_test.py: seconds on one core.
 TINY_SIZES = dict(n=24, seg_iters=4, seg_batch=8, seg_base_width=4, seg_val_interval=2,
                   mine_steps=4, mine_hidden=8, mine_eval_every=2, mine_batch=8, mine_resolution=32)
@@ -60,10 +58,9 @@ def train(*args):
     return CliRunner().invoke(train_cli.make_main(64), [str(a) for a in args], prog_name='train_ILS_64.py')
 
 
-def script(*args):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1')
-    return subprocess.run([sys.executable, *[str(a) for a in args]], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=300)
+def command(name, *args):
+    """The command ``name`` (as docs/cli names it) in this process: a subprocess would import torch again."""
+    return CliRunner().invoke(load_command(name), [str(a) for a in args], prog_name=name)
 
 
 def scored_images(results):
@@ -93,16 +90,16 @@ def test_recipe_trains_on_photos_and_scores_on_the_pairs(own_data, tmp_path, mon
         (fewer / sub).mkdir(parents=True)
         for name in sorted(os.listdir(pairs / sub))[:3]:
             (fewer / sub / name).write_bytes((pairs / sub / name).read_bytes())
-    again = script('-m', 'metrics.auto_test', run_dir, f'--test-data={fewer}', '--quiet')
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = command('python -m metrics.auto_test', run_dir, f'--test-data={fewer}', '--quiet')
+    assert again.exit_code == 0, again.output[-3000:]
     rescored = json.loads((run_dir / 'auto_test' / 'results.json').read_text())
     assert rescored['test_data'] == str(fewer) and scored_images(rescored) == 3
 
     # 3. The paper's segmentation protocol on the generated set, scored on the pairs.
-    evaluated = script('eval_segmentation.py', f'--syn-data={results["synthetic_data"]}', f'--real-data={pairs}',
-                       '--scale=32', '--aug=color', '--iters=4', '--batch=8', '--base-width=4', '--val-interval=2',
-                       '--workers=0', '--quiet')
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    evaluated = command('eval_segmentation.py', f'--syn-data={results["synthetic_data"]}', f'--real-data={pairs}',
+                        '--scale=32', '--aug=color', '--iters=4', '--batch=8', '--base-width=4', '--val-interval=2',
+                        '--workers=0', '--quiet')
+    assert evaluated.exit_code == 0, evaluated.output[-3000:]
     seg_run = max(name for name in os.listdir(results['synthetic_data']) if name.endswith('-real-pairs-color_aug-32'))
     seg = json.loads((tmp_path / results['synthetic_data'] / seg_run / 'results.json').read_text())
     assert seg_run not in (os.path.basename(results['segmentation_run']), os.path.basename(rescored['segmentation_run']))
