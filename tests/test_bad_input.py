@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 import dnnlib
 from torch_utils import checkpoint
-from training import synthetic, train_cli
+from training import resume, synthetic, train_cli
 
 from test_cli_docs import COMMANDS, load_command
 from test_faults import write_pngs
@@ -405,7 +405,7 @@ def test_checking_the_resume_snapshot_leaves_the_random_streams_as_they_were(tmp
     c = tiny_config(tmp_path / 'out', resume=short_run, kimg=0.1)
     torch.manual_seed(5)
     np.random.seed(5)
-    train_cli.check_resume(c)
+    resume.check_resume(c)
     after = torch.rand(3), np.random.rand(3)
     torch.manual_seed(5)
     np.random.seed(5)

@@ -193,7 +193,7 @@ def test_freezed_layers_are_unchanged_by_an_optimiser_step_and_the_others_move(t
 
 def test_resume_with_another_freezed_is_a_user_error(tmp_path):
     from torch_utils import checkpoint
-    from training.training_loop import resume_from
+    from training.resume import resume_from
     D = tiny_D()
     checkpoint.save_snapshot(str(tmp_path / 'snap.pt'), {'D': D},
                              data={'optimizers': {'D': torch.optim.Adam(D.parameters()).state_dict()}})

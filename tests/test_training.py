@@ -17,8 +17,8 @@ import dnnlib
 from torch_utils import checkpoint, training_stats
 from training import loss as loss_module
 from training import presets, train_cli
-from training.training_loop import (FiniteCheck, build_networks, find_resume_snapshot, lazy_adam, phase_losses,
-                                    update_ema, uses_channels_last)
+from training.resume import find_resume_snapshot
+from training.training_loop import FiniteCheck, build_networks, lazy_adam, phase_losses, update_ema, uses_channels_last
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC_IMAGES = 96  # a small synthetic set keeps generation and FID statistics quick

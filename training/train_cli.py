@@ -23,9 +23,10 @@ import click
 import torch
 
 import dnnlib
-from torch_utils import checkpoint, distributed, misc
+from torch_utils import distributed, misc
 from training import presets
 from training.loss import MIXING_MODES
+from training.resume import check_resume, options_for_resume
 
 AUG_MODES = ('ada', 'noaug', 'fixed')
 
@@ -38,12 +39,6 @@ OPTION_TYPES: dict[str, click.ParamType] = dict(
     target=dnnlib.FiniteFloat(0, 1), subset=click.IntRange(min=1), map_layers=click.IntRange(1, 64),
     mixing_prob=dnnlib.FiniteFloat(0, 1), pl_weight=dnnlib.FiniteFloat(min=0), freezed=click.IntRange(min=0))
 OPTION_FLAGS = dict(map_layers='map')   # parameters whose option has another name
-
-# Options that belong to one invocation and are never taken from a resumed run: where to write,
-# what to resume, the script's resolution, this machine's processes, its detector copy and whether
-# that copy may run code (a run file must never grant that).
-NOT_RESUMED = ('outdir', 'resume', 'resolution', 'gpus', 'workers', 'detector', 'detector_runs_code')
-
 
 def _parse_metrics(metrics: str | list | None, default: list[str]) -> list[str]:
     if metrics is None:
@@ -241,91 +236,6 @@ def check_inputs(c: dnnlib.EasyDict) -> None:
     if c.metrics:
         from metrics.detector import check_detector
         check_detector(c.detector, runs_code=c.get('detector_runs_code', False))
-
-
-def check_resume(c: dnnlib.EasyDict) -> None:
-    """The ``--resume`` snapshot loads into the networks and optimisers of ``c`` (built on the CPU,
-    as the training loop will; this process's random streams are left as they were) and has not
-    reached ``c.kimg`` yet; otherwise one line saying what the snapshot was trained with."""
-    from training import training_loop as loop
-    snapshot = loop.find_resume_snapshot(c.resume)
-    streams = loop.rng_state()
-    try:
-        nets = loop.build_networks(c, torch.device('cpu'))   # initialising them draws random numbers too
-        nimg = loop.resume_from(snapshot, nets, loop.build_optimizers(nets, c), None, rank=0, world_size=1)['cur_nimg']
-    finally:
-        loop.set_rng_state(streams)
-    if nimg >= c.kimg * 1000:
-        raise dnnlib.UserError(f'--resume: {snapshot} is at kimg {nimg / 1000:g}, which already reaches '
-                               f'--kimg={c.kimg:g}; pass a larger --kimg to train on')
-
-
-def stored_options(resume: str) -> tuple[dict, str]:
-    """The options of the run that ``--resume`` names, and the file they come from: the run's
-    ``training_options.json`` (beside the snapshot), else the copy inside the snapshot."""
-    from training.training_loop import find_resume_snapshot
-    snapshot = find_resume_snapshot(resume)
-    path = os.path.join(os.path.dirname(snapshot), 'training_options.json')
-    try:
-        with open(path, encoding='utf-8') as f:
-            config = json.load(f)
-    except (OSError, *dnnlib.JSON_READ_ERRORS):   # missing or damaged: the snapshot holds the same options
-        config = None
-    if not isinstance(config, dict):
-        config, path = checkpoint.read_snapshot(snapshot)['data'].get('training_options'), snapshot
-        if not isinstance(config, dict):   # none stored (or not a mapping): the command line's options alone
-            config = {}
-    if isinstance(config.get('options'), dict):
-        return dict(config['options']), path
-    # A run written before its options were stored: the config's fields under their option names.
-    fields = dict(tick='kimg_per_tick')
-    names = ('data', 'data_root', 'cfg', 'batch', 'kimg', 'snap', 'tick', 'seed', 'metrics', 'mirror', 'fp32',
-             'aug', 'augpipe', 'target', 'allow_tf32', 'nobench', 'auto_test')
-    options = {name: config[fields.get(name, name)] for name in names if fields.get(name, name) in config}
-    if config.get('aug') == 'fixed':
-        options['p'] = config.get('p')
-    return options, path
-
-
-def resume_options(options: dict, given: set[str], stored: dict) -> tuple[dict, dict]:
-    """``options`` with each option the user did not give (``given``: typed on the command line)
-    taken from the resumed run's ``stored`` options; returns (merged options, those taken)."""
-    taken = {name: value for name, value in stored.items()
-             if name in options and name not in given and name not in NOT_RESUMED and value != options[name]}
-    return {**options, **taken}, taken
-
-
-def options_for_resume(options: dict, ctx: click.Context) -> dict:
-    """The command's ``options`` with those the user did not type taken from the run ``--resume``
-    names; prints one line listing what was taken and what, given again, won."""
-    params = {param.name: param for param in ctx.command.params}
-    given = {name for name in options if ctx.get_parameter_source(name) not in
-             (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}
-    stored, source = stored_options(options['resume'])
-    merged, taken = resume_options(options, given, stored)
-    for name, value in taken.items():   # a hand-edited file: each value taken must be its option's type
-        try:
-            if name == 'metrics' and isinstance(value, list) and all(isinstance(m, str) for m in value):
-                continue   # older runs store the metric list itself
-            merged[name] = taken[name] = dnnlib.check_stored_option(params[name].opts[0], value, params[name].type)
-        except dnnlib.UserError as err:
-            raise dnnlib.UserError(f'--resume: {source} stores {err}; fix the file, or give '
-                                   f'{params[name].opts[0]} on the command line') from None
-    again = {name: stored[name] for name in sorted(given & set(stored))
-             if name not in NOT_RESUMED and stored[name] != merged[name]}
-    print(f'Resuming with the options of {source}: '
-          + (' '.join(_option_text(params[name], value) for name, value in taken.items()) or 'none differ')
-          + ''.join(f'; {_option_text(params[name], merged[name])} given again wins over '
-                    f'{_option_text(params[name], value)}' for name, value in again.items()), flush=True)
-    return merged
-
-
-def _option_text(param: click.Parameter, value: Any) -> str:
-    """How the user would type ``value`` for ``param``: ``--seed=7``, ``--metrics=none``, ``--no-auto-test``."""
-    if isinstance(param, click.Option) and param.is_flag:
-        return param.opts[0] if value else (param.secondary_opts or [f'(no {param.opts[0]})'])[0]
-    value = (','.join(map(str, value)) or 'none') if isinstance(value, list) else value
-    return f'{param.opts[0]}={value}'
 
 
 def warn_about_processes(gpus: int) -> None:

@@ -21,9 +21,9 @@ import torch
 
 import dnnlib
 from torch_utils import checkpoint, distributed, misc, training_stats
-from training import presets
 from training.loss import ILSLoss, NonFiniteLossError, ils_sigma  # noqa: F401 (re-exported)
 from training.networks import sample_eps
+from training.resume import find_resume_snapshot, resume_from, rng_state, seed_everything, set_rng_state
 
 # Decoded training images kept in memory per process (training.dataset.Dataset.cache_samples): all of
 # a 64 px dataset of 10 000 images (123 MB), the first ~10 000 of a 128 px one.
@@ -96,98 +96,6 @@ def lazy_adam(params: list[torch.nn.Parameter], cfg: dnnlib.EasyDict, reg_interv
     """Adam with lazy regularisation's rescaling: lr·c, β^c with c = I / (I + 1) (METHOD §3)."""
     c = reg_interval / (reg_interval + 1)
     return torch.optim.Adam(params, lr=cfg.lrate * c, betas=[beta ** c for beta in cfg.betas], eps=cfg.adam_eps)
-
-
-def find_resume_snapshot(path: str) -> str:
-    """A snapshot file, or the latest ``network-snapshot-*.pt`` of a run directory."""
-    if os.path.isdir(path):
-        found = checkpoint.list_snapshots(path)
-        if not found:
-            raise dnnlib.UserError(f'--resume: no {checkpoint.SNAPSHOT_GLOB} in {path}')
-        return found[-1]
-    if not os.path.isfile(path):
-        raise dnnlib.UserError(f'--resume: {path} is neither a snapshot file nor a run directory')
-    return path
-
-
-def rng_state() -> dict:
-    """This process's torch (+ CUDA) and numpy RNG state as snapshot data."""
-    np_state = np.random.get_state()
-    return dict(torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                numpy=dict(keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2]),
-                           has_gauss=int(np_state[3]), gauss=float(np_state[4])))
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state['torch'])
-    if state['cuda'] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
-    n = state['numpy']
-    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
-
-
-def seed_everything(seed: int) -> None:
-    np.random.seed(seed % (1 << 31))
-    torch.manual_seed(seed)
-
-
-def resume_from(path: str, nets: dnnlib.EasyDict, optimizers: dict, ada: Any, rank: int, world_size: int) -> dict:
-    """Load weights, optimiser and ADA state and this rank's RNG from a snapshot.
-
-    Returns the progress counters (cur_nimg, cur_tick, batch_idx) to continue from.
-    """
-    payload = checkpoint.read_snapshot(path)
-    data = payload['data']
-    for name in ('G', 'G_ema', 'D', 'augment_pipe', 'estimators'):
-        module = nets.get(name)
-        if module is None:
-            continue
-        if name not in payload['modules']:
-            raise dnnlib.UserError(f'--resume: {path} has no {name}; {trained_with(data)}')
-        try:
-            module.load_state_dict(payload['modules'][name]['state'])
-        except RuntimeError:
-            raise dnnlib.UserError(f'--resume: the {name} of {path} does not fit this run; {trained_with(data)}') from None
-    saved_optimizers = data.get('optimizers')
-    if not isinstance(saved_optimizers, dict) or not set(optimizers) <= set(saved_optimizers):
-        raise dnnlib.UserError(f'--resume: {path} holds no optimiser state (a converted snapshot, or not written by '
-                               f'training); use a network-snapshot of a training run')
-    # A weights_only file can still hold states of the wrong shape: each load names the snapshot.
-    state_errors = (KeyError, TypeError, ValueError, IndexError, RuntimeError, AttributeError)
-    for name, opt in optimizers.items():
-        try:
-            opt.load_state_dict(saved_optimizers[name])
-        except state_errors:  # another set of trainable parameters, e.g. another --freezed
-            raise dnnlib.UserError(f'--resume: the {name} optimiser state of {path} does not fit this run; '
-                                   f'resume with the options it was trained with (--freezed)') from None
-    counters = {name: data.get(name) for name in ('cur_nimg', 'cur_tick', 'batch_idx')}
-    bad = [f'{name}={value!r}' for name, value in counters.items()
-           if isinstance(value, bool) or not isinstance(value, int) or value < 0]
-    if bad:
-        raise dnnlib.UserError(f'--resume: {path} holds no valid training progress ({", ".join(bad)}); '
-                               f'use another network-snapshot of the run')
-    try:
-        if ada is not None and data.get('ada') is not None:
-            ada.load_state_dict(data['ada'])
-        rng = data.get('rng')
-        if isinstance(rng, (list, tuple)) and len(rng) == world_size:
-            set_rng_state(rng[rank])
-        else:  # another number of processes: a fresh but reproducible stream per rank
-            seed_everything(counters['cur_nimg'] + rank)
-    except state_errors as err:
-        raise dnnlib.UserError(f'--resume: the ADA or random-number state of {path} is damaged '
-                               f'({type(err).__name__}); use another network-snapshot of the run') from None
-    return counters
-
-
-def trained_with(data: dict) -> str:
-    """What a snapshot's ``data`` says it was trained with, and the command that resumes it."""
-    options = data.get('training_options')
-    cfg = options.get('cfg') if isinstance(options, dict) and isinstance(options.get('cfg'), str) else None
-    script = next((f'train_ILS_{res}.py' for res, table in presets.PRESET_TABLES.items() if cfg in table), None)
-    has = f'it was trained with --cfg={cfg} at {data.get("resolution", "?")} px'
-    return f'{has}: resume it with {script} --cfg={cfg}' if script else f'{has}: resume it with that --cfg'
 
 
 def data_stream(dataset: Any, cfg: dnnlib.EasyDict, rank: int, world_size: int, batch_gpu: int,
