@@ -262,11 +262,12 @@ def rebuild(tensors: dict[str, torch.Tensor]) -> torch.nn.Module | None:
 def _read_detector_file(path_or_url: str, timeout: float, verbose: bool) -> bytes:
     try:
         with dnnlib.open_url(path_or_url, timeout=timeout, verbose=verbose) as f:
-            data = f.read(MAX_DETECTOR_BYTES + 1)
+            # A file larger than any detector is refused before it is read into memory.
+            data = f.read(MAX_DETECTOR_BYTES + 1) if os.fstat(f.fileno()).st_size <= MAX_DETECTOR_BYTES else None
     except dnnlib.UserError as err:
         raise dnnlib.UserError(f'the Inception detector for FID/KID is unavailable: {err}; or point '
                                f'--detector / ${DETECTOR_ENV} at a local copy of {DETECTOR_URL}') from None
-    if len(data) > MAX_DETECTOR_BYTES:
+    if data is None or len(data) > MAX_DETECTOR_BYTES:
         raise dnnlib.UserError(f'{path_or_url} is not a TorchScript detector (larger than '
                                f'{MAX_DETECTOR_BYTES >> 20} MB); use the file {DETECTOR_URL}')
     return data

@@ -470,6 +470,23 @@ def test_missing_detector_offline_is_a_user_error_naming_the_override():
         detector_lib.load_detector('/nonexistent/inception.pt', 'cpu')
 
 
+def test_a_detector_file_or_archive_larger_than_any_detector_is_refused_before_it_is_read(tmp_path, detector_path,
+                                                                                        monkeypatch):
+    monkeypatch.setattr(detector_lib, 'MAX_DETECTOR_BYTES', 1 << 20)
+    big = tmp_path / 'big.pt'
+    big.write_bytes(b'\0' * ((1 << 20) + 1))
+    with pytest.raises(dnnlib.UserError, match=r'big.pt is not a TorchScript detector \(larger than 1 MB\)'):
+        detector_lib.load_detector(str(big), 'cpu', runs_code=True)
+    bomb = tmp_path / 'bomb.pt'   # 4 kB on disk, 8 MB once unpacked
+    with zipfile.ZipFile(bomb, 'w', compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr('bomb/data.pkl', pickle.dumps({}, protocol=2))
+        archive.writestr('bomb/constants.pkl', pickle.dumps((), protocol=2))
+        archive.writestr('bomb/data/0', b'\0' * (8 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(dnnlib.UserError, match='its members unpack to more than 1 MB'):
+        detector_lib.load_detector(str(bomb), 'cpu', runs_code=True)
+
+
 def test_the_projects_own_download_is_the_known_detector_and_a_copy_put_in_the_cache_by_hand_is_not(
         tmp_path, monkeypatch):
     monkeypatch.setenv('ILSGAN_CACHE', str(tmp_path / 'cache'))
