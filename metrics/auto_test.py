@@ -39,6 +39,7 @@ import click
 
 import dnnlib
 from metrics import generate, layout
+from metrics import roles as layer_roles
 
 
 @dataclass
@@ -133,6 +134,8 @@ def format_summary(summary: dict) -> str:
     rows = [('snapshot', os.path.basename(summary['snapshot'])), ('chosen by', summary['chosen_by']),
             ('samples', "G's, unperturbed" if not summary.get('perturb') else 'with the training perturbation ('
              + ', '.join(f'{name} {value:g}' for name, value in summary['perturb'].items() if value) + ')'),
+            ('layer roles', 'as G drew them' if summary.get('roles', 'as_drawn') == 'as_drawn' else
+             f"{summary['roles']} rule: {summary.get('roles_swapped', 0):.1%} of the samples swapped"),
             ('FID', fmt(summary['fid'])), ('sigma', fmt(summary['sigma'])),
             ('IoU', fmt(summary['IoU'])), ('DICE', fmt(summary['DICE'])),
             *([('IoU gain over fixed mask', format_fixed_mask(summary['fixed_mask'], summary['IoU_gain']))]
@@ -169,10 +172,16 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     sizes = AutoTestSizes.from_dict(config.get('auto_test_sizes'))
     # The CPU presets compose each sample with the training perturbation (auto_test_perturb; see
     # training/presets.py); the paper presets write G's samples as they are, as the original.
+    # A dict replaces some of the training perturbation's magnitudes (generate.widened_perturbation).
     perturb = config.get('auto_test_perturb', False)
-    if not isinstance(perturb, bool):
-        raise dnnlib.UserError(f'auto_test_perturb={perturb!r} in the training options is not true or false; '
+    if not isinstance(perturb, (bool, dict)):
+        raise dnnlib.UserError(f'auto_test_perturb={perturb!r} in the training options is not true, false or a dict; '
                                f'fix training_options.json of the run')
+    # Which layer is the object (metrics.roles): G's roles as drawn, or chosen per sample by the border.
+    roles = config.get('auto_test_roles', 'as_drawn')
+    if roles not in layer_roles.ROLE_RULES:
+        raise dnnlib.UserError(f'auto_test_roles={roles!r} in the training options is not one of '
+                               f'{", ".join(layer_roles.ROLE_RULES)}; fix training_options.json of the run')
     data, data_root = config.get('data'), data_root or config.get('data_root')
     if data_root is not None and not isinstance(data_root, str):
         raise dnnlib.UserError(f'data_root={data_root!r} in the training options of {run_dir} is not a folder path; '
@@ -200,10 +209,12 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     print(f'Auto test of {run_dir} (sizes: {asdict(sizes)})', flush=True)
 
     # 1-2. Snapshot and synthetic set.
-    syn_dir = os.path.join(auto_dir, generate.synthetic_folder_name(choice.path, perturb))
+    variant = ''.join(f'-{name}{value:g}' for name, value in sorted(perturb.items())) if isinstance(perturb, dict) else ''
+    variant += '' if roles == 'as_drawn' else f'-roles_{roles}'
+    syn_dir = os.path.join(auto_dir, generate.synthetic_folder_name(choice.path, bool(perturb)) + variant)
     syn_dir, meta = generate.generate_from_network(choice.path, n=sizes.n, outdir=syn_dir, seed=0,
                                                    device=device, resume=True, progress=progress,
-                                                   choice=choice, perturb=perturb)
+                                                   choice=choice, perturb=perturb, roles=roles)
 
     # 3. Segmentation against the real test split of the training data, at the training
     # resolution (64 in every paper preset; the CPU demo preset trains at 32).
@@ -227,10 +238,15 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
     data_masks = layout.load_data_masks(real_data, resolution, real_root, progress=progress)
     mask_layout = layout.compare_layouts(layout.load_generated_masks(syn_dir, resolution, progress=progress),
                                          data_masks)
-    generator_layout = None
-    if perturb:
-        generator_layout = layout.compare_layouts(
-            generate.generator_masks(choice.path, sizes.n, device=device), data_masks)
+    # G's own masks (the set's latents, as drawn): the share the role rule swaps, and their layout.
+    generator_layout, swapped_share = None, 0.0
+    if perturb or roles != 'as_drawn':
+        own_masks = generate.generator_masks(choice.path, sizes.n, device=device)
+        swapped = layer_roles.swapped(roles, own_masks)
+        own_masks[swapped] = 1 - own_masks[swapped]
+        swapped_share = float(swapped.mean())
+        if perturb:
+            generator_layout = layout.compare_layouts(own_masks, data_masks)
 
     # 6. One JSON and one table.
     summary = {
@@ -245,6 +261,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
         'layout_generator': generator_layout,
         'warnings': seg['warnings'] + layout.layout_warnings(mask_layout, generator_layout),
         'segmentation': seg['results'], 'segmentation_run': seg['run_dir'], 'mine_run': mi['run_dir'],
+        'roles': roles, 'roles_swapped': swapped_share,
         'synthetic_data': syn_dir, 'perturb': meta.get('perturb'), 'real_data': real_data, 'test_data': test_data,
         'sizes': asdict(sizes),
         'total_time': time.time() - start, 'timestamp': time.time(),
