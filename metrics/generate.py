@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 import dnnlib
+from metrics import roles as layer_roles
 from torch_utils import checkpoint, misc
 from training.sample_set import (LAYER_FOLDERS, encode_mask, missing_indices, read_meta, remove_temp_files,
                                  sample_file, write_png)
@@ -201,11 +202,14 @@ class GenerationOptions:
     noise_mode: str = 'const'
     snapshot_sha256: str | None = None  # the snapshot's content: its path may hold other weights later
     perturb: dict | None = None         # PerturbedComposition arguments applied to every sample, or None
+    roles: str = 'as_drawn'             # metrics.roles rule: which layer is the object, chosen per sample
 
 
 # The meta.json fields that change the samples: a set is resumed only if all of them agree.
 RESUME_KEYS = ('snapshot_sha256', 'generator', 'z_dim', 'resolution', 'layers', 'n', 'seed', 'truncation_psi',
-               'noise_mode', 'perturb')
+               'noise_mode', 'perturb', 'roles')
+# A key an older meta.json lacks reads as this value (the behaviour before the key existed).
+RESUME_DEFAULTS = {'roles': 'as_drawn'}
 
 # The arguments of PerturbedComposition a snapshot's training options may give (all magnitudes >= 0).
 PERTURB_FIELDS = ('xint_max', 'bg_contrast', 'xfrac_max', 'rotate_max', 'scale_max')
@@ -225,22 +229,33 @@ def training_perturbation(data: dict, path: str) -> dict:
     if kwargs.get('class_name', 'training.networks.PerturbedComposition') != 'training.networks.PerturbedComposition':
         raise dnnlib.UserError(f'{path}: its training perturbation is {kwargs.get("class_name")!r}, not '
                                f'PerturbedComposition; generate without --perturb')
-    perturb = {}
-    for name, value in kwargs.items():
-        if name == 'class_name':
-            continue
+    values = {name: value for name, value in kwargs.items() if name != 'class_name'}
+    return checked_perturbation({}, values, f'{path}: training perturbation', '; generate without --perturb')
+
+
+def checked_perturbation(base: dict, values: dict, where: str, advice: str = '') -> dict:
+    """``base`` (PerturbedComposition's arguments) with ``values`` put in, as floats; UserError
+    starting with ``where`` (and ending with ``advice``) for a field not in :data:`PERTURB_FIELDS`, a
+    value that is not a finite number >= 0, or a combination PerturbedComposition refuses."""
+    perturb = dict(base)
+    for name, value in values.items():
         if name not in PERTURB_FIELDS or isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not math.isfinite(value) or value < 0:
-            raise dnnlib.UserError(f'{path}: training perturbation {name}={value!r} is not one of '
-                                   f'{", ".join(PERTURB_FIELDS)} with a finite value >= 0; generate without --perturb')
+            raise dnnlib.UserError(f'{where} {name}={value!r} is not one of '
+                                   f'{", ".join(PERTURB_FIELDS)} with a finite value >= 0{advice}')
         perturb[name] = float(value)
     try:
         from training.networks import PerturbedComposition
         PerturbedComposition(**perturb)
     except ValueError as err:
-        raise dnnlib.UserError(f'{path}: its training perturbation {perturb} is invalid ({err}); '
-                               f'generate without --perturb') from None
+        raise dnnlib.UserError(f'{where} {perturb} is invalid ({err}){advice}') from None
     return perturb
+
+
+def widened_perturbation(trained: dict | None, overrides: dict) -> dict:
+    """The training perturbation with some of its magnitudes replaced (``auto_test_perturb`` given as
+    a dict in a preset): PerturbedComposition's arguments (:func:`checked_perturbation`)."""
+    return checked_perturbation(trained or {}, overrides, 'auto_test_perturb:')
 
 
 def sample_perturbations(seed: int, indices: list[int], eps_dim: int) -> np.ndarray:
@@ -271,7 +286,7 @@ def check_resumable(outdir: str, previous: dict, meta: dict) -> None:
     """UserError naming the first field of :data:`RESUME_KEYS` in which ``previous`` (the set's
     meta.json) differs from ``meta`` (this run's): resuming would mix two kinds of samples."""
     for key in RESUME_KEYS:
-        old, new = previous.get(key), meta.get(key)
+        old, new = previous.get(key, RESUME_DEFAULTS.get(key)), meta.get(key)
         if old == new:
             continue
         if key == 'snapshot_sha256' and old is None:
@@ -340,6 +355,7 @@ def generate_dataset(G: torch.nn.Module, outdir: str, options: GenerationOptions
             z = torch.from_numpy(sample_latents(options.seed, indices, G.z_dim)).to(device)
             with torch.no_grad():
                 layers = G(z, truncation_psi=options.truncation_psi, noise_mode=options.noise_mode)
+                layers, _ = layer_roles.apply_roles(options.roles, layers)
                 if composition is not None:
                     eps = torch.from_numpy(sample_perturbations(options.seed, indices, composition.eps_dim))
                     layers = composition(layers, eps.to(device))
@@ -377,7 +393,8 @@ def load_any_snapshot(path: str, device: str) -> dict:
 
 
 def generator_masks(snapshot_path: str, n: int, seed: int = 0, truncation_psi: float = 1.0,
-                    noise_mode: str = 'const', batch_size: int = 64, device: str | None = None) -> np.ndarray:
+                    noise_mode: str = 'const', batch_size: int = 64, device: str | None = None,
+                    roles: str = 'as_drawn') -> np.ndarray:
     """G_ema's own masks for samples 0 … n−1 of ``seed``, before any perturbation: float32
     [n, R, R] in [0, 1].
 
@@ -392,6 +409,7 @@ def generator_masks(snapshot_path: str, n: int, seed: int = 0, truncation_psi: f
         z = torch.from_numpy(sample_latents(seed, list(range(begin, min(n, begin + batch_size))), G.z_dim))
         with torch.no_grad():
             layers = G(z.to(device), truncation_psi=truncation_psi, noise_mode=noise_mode)
+            layers, _ = layer_roles.apply_roles(roles, layers)
         masks.append(layers['mask'][:, 0].float().cpu().numpy())
     return np.concatenate(masks)
 
@@ -401,11 +419,13 @@ def generate_from_network(network: str, n: int, outdir: str | None = None, topk:
                           seed: int = 0, truncation_psi: float = 1.0, noise_mode: str = 'const',
                           batch_size: int = 64, device: str | None = None, resume: bool = False,
                           progress: bool = True, choice: SnapshotChoice | None = None,
-                          perturb: bool = False) -> tuple[str, dict]:
+                          perturb: bool | dict = False, roles: str = 'as_drawn') -> tuple[str, dict]:
     """Choose a snapshot (unless ``choice`` is given), load its G_ema and write the set; with
     ``perturb``, every sample composed with the snapshot's training perturbation.
 
-    Returns ``(outdir, meta)``.
+    ``perturb`` may also be a dict of PerturbedComposition magnitudes that replace the training
+    ones (:func:`widened_perturbation`). ``roles`` names a :mod:`metrics.roles` rule applied to G's
+    layers before any perturbation ('as_drawn' keeps them). Returns ``(outdir, meta)``.
     """
     if n <= 0:
         raise dnnlib.UserError(f'--n must be positive, got {n}')
@@ -416,11 +436,13 @@ def generate_from_network(network: str, n: int, outdir: str | None = None, topk:
     snapshot = load_any_snapshot(choice.path, device)
     G = snapshot['G_ema']
     perturbation = training_perturbation(snapshot.get('data') or {}, choice.path) if perturb else None
+    if isinstance(perturb, dict):
+        perturbation = widened_perturbation(perturbation, perturb)
     outdir = outdir or default_outdir(choice.path, perturb)
     print(f'Snapshot: {choice.path} ({choice.reason}; fid={choice.metric_value}, sigma={choice.sigma})')
     options = GenerationOptions(snapshot=os.path.abspath(choice.path), kimg=choice.kimg, n=n, seed=seed,
                                 truncation_psi=truncation_psi, noise_mode=noise_mode,
-                                snapshot_sha256=file_sha256(choice.path), perturb=perturbation)
+                                snapshot_sha256=file_sha256(choice.path), perturb=perturbation, roles=roles)
     meta = generate_dataset(G, outdir, options, batch_size=batch_size, device=device, resume=resume,
                             progress=progress)
     meta.update(fid=choice.metric_value, sigma=choice.sigma, reason=choice.reason)
