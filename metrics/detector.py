@@ -143,27 +143,33 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_
     return storage.flat.as_strided(size, stride, offset)
 
 
-_FIXED_GLOBALS: dict[str, Any] = {
-    'torch._utils._rebuild_tensor_v2': _rebuild_tensor,
-    'collections.OrderedDict': collections.OrderedDict,  # the empty hooks of each tensor
-    **{f'torch.{name}Storage': _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
-}
-
-
 class _ArchiveGlobals(collections.abc.Mapping):
-    """The allow-list of ``data.pkl``: the fixed names above, and every TorchScript class name
-    (``__torch__.*``), each of which becomes a :class:`_ScriptObject` whatever the name says."""
+    """The allow-list of one ``data.pkl``: the tensor rebuilder, ``OrderedDict`` (a tensor's empty
+    hooks), the storage types, and every TorchScript class name (``__torch__.*``), each of which
+    becomes a :class:`_ScriptObject` whatever the name says. Made afresh for each archive: a pickle
+    can set attributes on an object it names (BUILD), and must not reach the next archive's."""
+
+    def __init__(self) -> None:
+        def rebuild_tensor(*args: Any) -> torch.Tensor:
+            return _rebuild_tensor(*args)
+
+        self._script_object = type('_ScriptObject', (_ScriptObject,), {})
+        self._table: dict[str, Any] = {
+            'torch._utils._rebuild_tensor_v2': rebuild_tensor,
+            'collections.OrderedDict': collections.OrderedDict,   # a built-in type: its attributes are read-only
+            **{f'torch.{name}Storage': _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()},
+        }
 
     def __getitem__(self, name: str) -> Any:
         if name.startswith('__torch__.'):
-            return _ScriptObject
-        return _FIXED_GLOBALS[name]
+            return self._script_object
+        return self._table[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(_FIXED_GLOBALS)
+        return iter(self._table)
 
     def __len__(self) -> int:
-        return len(_FIXED_GLOBALS)
+        return len(self._table)
 
 
 def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:

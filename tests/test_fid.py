@@ -414,6 +414,27 @@ def test_pickle_payload_in_a_torchscript_shaped_zip_is_not_unpickled(tmp_path):
     assert not canary.exists()
 
 
+def test_an_archive_that_sets_attributes_on_the_names_it_is_given_cannot_reach_the_next_archive(tmp_path,
+                                                                                               detector_path):
+    # data.pkl, by hand: BUILD sets the dtype of the torch.FloatStorage stand-in, then BUILD with a slot
+    # state sets the __defaults__ of the tensor rebuilder: objects that the next archive's names reach too.
+    evil = (b'\x80\x02ctorch\nFloatStorage\n}X\x05\x00\x00\x00dtypeK\x01sb0'
+            b'ctorch._utils\n_rebuild_tensor_v2\nN}X\x0c\x00\x00\x00__defaults__K\x01\x85s\x86b.')
+    path = tmp_path / 'evil.pt'
+    with zipfile.ZipFile(path, 'w') as archive:
+        archive.writestr('evil/data.pkl', evil)
+        archive.writestr('evil/constants.pkl', pickle.dumps((), protocol=2))
+    with pytest.raises(dnnlib.UserError, match='refusing the detector'):
+        detector_lib.load_detector(str(path), 'cpu')
+    copy = tmp_path / 'tiny-copy.pt'   # a path not yet loaded in this process
+    copy.write_bytes(open(detector_path, 'rb').read())
+    images = TinyDataset(num_items=3).images
+    detector = detector_lib.load_detector(str(copy), 'cpu')
+    assert type(detector) is TinyDetector
+    np.testing.assert_allclose(detector(torch.from_numpy(images), return_features=True).double().numpy(),
+                               tiny_detector_features(images), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize('case', ['not a zip', 'zip without data.pkl', 'torch.save file', 'truncated',
                                   'damaged tensor data'])
 def test_files_that_are_not_whole_torchscript_archives_are_refused_even_with_the_opt_in(tmp_path, detector_path, case):
