@@ -27,13 +27,13 @@ from metrics import mine
 @click.option('--path', required=True, help='Synthetic set with fg/, bg/ and mask/ folders.')
 @click.option('--mode', type=click.Choice(list(mine.MODES)), default='both', show_default=True,
               help='separate (MI_1, MI_2), single (MI) or both.')
-@click.option('--steps', type=click.IntRange(min=1), default=100_000, show_default=True, help='Optimiser steps.')
+@click.option('--steps', type=click.IntRange(1, dnnlib.MAX_COUNT), default=100_000, show_default=True, help='Optimiser steps.')
 @click.option('--hidden', type=click.IntRange(1, 1_000_000), default=3000, show_default=True, help='Hidden ReLU units of T.')
-@click.option('--lr', type=dnnlib.FiniteFloat(min=0, min_open=True), default=2e-4, show_default=True, help='Adam learning rate.')
+@click.option('--lr', type=dnnlib.FiniteFloat(0, 1, min_open=True), default=2e-4, show_default=True, help='Adam learning rate.')
 @click.option('--batch', type=click.IntRange(2, dnnlib.MAX_BATCH), default=64, show_default=True, help='Batch size.')
 @click.option('--resolution', type=click.IntRange(min=4, max=1024), default=64, show_default=True,
               help='Side the layers are resized to before MINE flattens them (the original: 64).')
-@click.option('--eval-every', type=click.IntRange(min=1), default=400, show_default=True,
+@click.option('--eval-every', type=click.IntRange(1, dnnlib.MAX_COUNT), default=400, show_default=True,
               help='Evaluate on the whole set after 20 steps, then every this many (and after the last).')
 @click.option('--ma-rate', type=dnnlib.FiniteFloat(min=0, max=1, max_open=True), default=0.0, show_default=True,
               help='Moving-average rate of MINE\'s bias-corrected gradient (e.g. 0.01); 0 = the original plain DV gradient.')

@@ -38,7 +38,7 @@ from metrics.generate import generate_from_network
               help='Compose every sample with the run\'s training perturbation (fg and mask moved over the bg as '
                    'the discriminator saw them; read from the snapshot). Off in the original; the CPU presets\' '
                    'auto test uses it [default: off; the set goes to synthetic_data-<tag>-perturbed].')
-@click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=64, show_default=True,
+@click.option('--batch', 'batch_size', type=click.IntRange(1, dnnlib.MAX_BATCH), default=64, show_default=True,
               help='Samples per forward pass (does not change the samples).')
 @click.option('--outdir', default=None, metavar='DIR',
               help='Output folder [default: synthetic_data-<tag> beside the snapshot].')

@@ -182,18 +182,18 @@ def run_chain(sizes: AutoTestSizes, device: torch.device, network: str | None = 
               help='Script of --cfg.')
 @click.option('--preset-sizes', default=None, metavar='PRESET',
               help="Stage sizes from this 64 px preset's auto_test_sizes (e.g. cpu) [default: the paper's].")
-@click.option('--n', type=click.IntRange(min=1), default=None, help='Generated samples [default: of the sizes].')
-@click.option('--seg-iters', type=click.IntRange(min=1), default=None, help='UNet iterations [default: of the sizes].')
-@click.option('--seg-batch', type=click.IntRange(min=1), default=None, help='UNet batch [default: of the sizes].')
-@click.option('--seg-base-width', type=click.IntRange(min=1), default=None, help='UNet width [default: of the sizes].')
-@click.option('--scale', type=click.IntRange(min=16), default=None, help="UNet resolution [default: the generator's].")
-@click.option('--mine-steps', type=click.IntRange(min=1), default=None,
+@click.option('--n', type=click.IntRange(1, dnnlib.MAX_COUNT), default=None, help='Generated samples [default: of the sizes].')
+@click.option('--seg-iters', type=click.IntRange(1, dnnlib.MAX_COUNT), default=None, help='UNet iterations [default: of the sizes].')
+@click.option('--seg-batch', type=click.IntRange(1, dnnlib.MAX_BATCH), default=None, help='UNet batch [default: of the sizes].')
+@click.option('--seg-base-width', type=click.IntRange(1, dnnlib.MAX_SIDE), default=None, help='UNet width [default: of the sizes].')
+@click.option('--scale', type=click.IntRange(16, dnnlib.MAX_SIDE), default=None, help="UNet resolution [default: the generator's].")
+@click.option('--mine-steps', type=click.IntRange(1, dnnlib.MAX_COUNT), default=None,
               help='MINE steps per mode [default: of the sizes].')
-@click.option('--mine-hidden', type=click.IntRange(min=1), default=None, help='MINE width [default: of the sizes].')
+@click.option('--mine-hidden', type=click.IntRange(1, dnnlib.MAX_SIDE * 256), default=None, help='MINE width [default: of the sizes].')
 @click.option('--real-data', default='synthetic', show_default=True, help='Test split the UNet is scored on.')
 @click.option('--stages', default=','.join(STAGES), show_default=True,
               help='Stages to report (generation always runs: seg and mine read its samples).')
-@click.option('--workers', type=click.IntRange(min=0), default=3, show_default=True, help='PNG decoding processes.')
+@click.option('--workers', type=click.IntRange(0, dnnlib.MAX_WORKERS), default=3, show_default=True, help='PNG decoding processes.')
 @click.option('--device', default=None, help='torch device [default: cuda if available, else cpu].')
 @click.option('--fp32', is_flag=True, help='Fresh generator without fp16 layers (GPU only).')
 @click.option('--json', 'as_json', is_flag=True, help='Print the figures as one JSON list at the end.')

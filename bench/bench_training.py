@@ -432,8 +432,8 @@ def print_ab(result: dict, label: str) -> None:
 @click.command()
 @click.option('--cfg', default=None, help='One preset (default: a set of presets and batches).')
 @click.option('--resolution', type=click.Choice(['64', '128']), default='64', help='Script of --cfg.')
-@click.option('--batch', type=int, default=None, help='Batch of --cfg [default: 8 and 32].')
-@click.option('--iters', type=click.IntRange(min=1), default=3, show_default=True,
+@click.option('--batch', type=click.IntRange(1, dnnlib.MAX_BATCH), default=None, help='Batch of --cfg [default: 8 and 32].')
+@click.option('--iters', type=click.IntRange(1, dnnlib.MAX_COUNT), default=3, show_default=True,
               help='Timed calls per phase (with --ab: interleaved rounds).')
 @click.option('--device', default=None, help='torch device [default: cuda if available, else cpu].')
 @click.option('--fp32', is_flag=True, help='Disable fp16 layers (GPU only; the CPU always runs fp32).')
@@ -447,7 +447,7 @@ def print_ab(result: dict, label: str) -> None:
 @click.option('--flops', is_flag=True,
               help='Count each phase\'s FLOPs and report GFLOP/s against this machine\'s GEMM and widest-convolution '
                    'rates (needs --cfg and --batch; with --ab: both variants\' rates from the interleaved timings).')
-@click.option('--threads', type=click.IntRange(min=1), default=None, help='torch CPU threads [default: torch\'s].')
+@click.option('--threads', type=click.IntRange(1, dnnlib.MAX_WORKERS), default=None, help='torch CPU threads [default: torch\'s].')
 @click.option('--json', 'as_json', is_flag=True, help='Print the figures as one JSON list at the end.')
 def main(cfg, resolution, batch, iters, device, fp32, layout, impl, ab, loop, flops, threads, as_json):
     """Print training images/s and sec/kimg per preset and batch."""

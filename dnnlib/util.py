@@ -10,6 +10,8 @@ import errno
 import hashlib
 import importlib
 import io
+import json
+import math
 import os
 import re
 import sys
@@ -189,7 +191,10 @@ def write_bytes_atomic(path: str, data: bytes, overwrite: bool = True, fsync: bo
     failure the temporary file is removed, and an OSError names ``path``.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=os.path.basename(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=os.path.basename(path))
+    except OSError as err:   # name the file the user asked for, not the temporary name nobody will see
+        raise OSError(err.errno, err.strerror, path) from err
     try:
         with naming_file(path), os.fdopen(fd, 'wb') as f:
             f.write(data)
@@ -250,8 +255,7 @@ def read_cache(path: str, read: Callable[[str], T]) -> T | None:
         return read(path)
     except CACHE_READ_ERRORS as err:
         reason = str(err).splitlines()[0] if str(err) else 'empty or truncated'
-        print(f'warning: the cache file {path} is unreadable ({type(err).__name__}: {reason}); it is made again',
-              file=sys.stderr, flush=True)
+        warn(f'the cache file {path} is unreadable ({type(err).__name__}: {reason}); it is made again')
         return None
 
 
@@ -293,6 +297,60 @@ def format_time(seconds: float) -> str:
     return f'{s // 86400}d {(s // 3600) % 24:02d}h {(s // 60) % 60:02d}m'
 
 
+# ----------------------------------------------------------------------------------------------
+# Lines safe to print, JSON files that are valid.
+
+LINE_VALUE_CHARS = 240   # a longer run of non-blank characters in a message (a value) is cut in its middle
+LINE_CHARS = 2000        # and a whole message line after this many characters
+
+
+def safe_line(text: Any) -> str:
+    """``text`` as one line that is safe to print to a terminal or a log.
+
+    A file name may hold a newline (which would cut the line and let the name forge a second
+    one), terminal escapes (ESC ...), bidi overrides or undecodable bytes (surrogates): every
+    character that is not printable is written as ``repr`` writes it (``\\n``, ``\\x1b``,
+    ``\\u202e``, ``\\udcff``). A run of more than LINE_VALUE_CHARS non-blank characters (a
+    10 MB field of a hand-edited file) keeps its first 120 and last 100 characters, and the whole
+    line at most LINE_CHARS, each cut saying how many characters it removed.
+    """
+    text = ''.join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
+
+    def cut(match: re.Match) -> str:
+        value = match[0]
+        return f'{value[:120]}…[{len(value) - 220} characters cut]…{value[-100:]}'
+
+    text = re.sub(r'\S{%d,}' % (LINE_VALUE_CHARS + 1), cut, text)
+    if len(text) > LINE_CHARS:
+        text = f'{text[:LINE_CHARS - 60]}…[{len(text) - LINE_CHARS + 60} characters cut]'
+    return text
+
+
+def warn(message: str) -> None:
+    """Print ``warning: <message>`` to stderr as one safe line (:func:`safe_line`)."""
+    print(f'warning: {safe_line(message)}', file=sys.stderr, flush=True)
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float (Python or NumPy) in its dicts, lists and tuples
+    replaced by None: JSON has no NaN, and ``null`` is the value every reader understands."""
+    if isinstance(obj, dict):
+        return {key: finite_or_none(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(value) for value in obj]
+    if isinstance(obj, float) or type(obj).__module__ == 'numpy' and hasattr(obj, 'dtype') and obj.dtype.kind == 'f':
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    return obj
+
+
+def json_text(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of ``obj`` that is always valid JSON: NaN and ±inf become ``null``
+    (:func:`finite_or_none`) and ``allow_nan=False`` makes any other way to write one an error.
+    Every JSON file and JSON line this project writes goes through here."""
+    return json.dumps(finite_or_none(obj), allow_nan=False, **kwargs)
+
+
 def user_error_message(err: BaseException) -> str:
     """The one line to show for ``err``: its own message, or, when another process re-raised it
     with that process's traceback (a DataLoader worker, a spawned rank), the original's last line."""
@@ -300,6 +358,8 @@ def user_error_message(err: BaseException) -> str:
     if len(lines) > 1 and 'Traceback' in str(err):
         # The last line reads "<module>.<Class>: <message>"; keep the message.
         return re.sub(r'^[\w.]+(Error|Exception)?: ', '', lines[-1])
+    if isinstance(err, UserError) and lines:
+        return str(err).strip()   # whole: a newline in a file name must not cut it (safe_line escapes it)
     return lines[0] if lines else type(err).__name__
 
 
@@ -329,11 +389,19 @@ def os_error_message(err: OSError, hint: bool = True, disk_full_hint: str | None
     return f'{what}{where}' + (f'; {advice}' if advice else '')
 
 
+# OS errors about a place the user chose (an output folder that is read-only, a file, not theirs;
+# an input that is missing): input, exit 2. Others (a full disk, an I/O error) are the machine's: 1.
+_INPUT_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                           errno.ENOENT, errno.ELOOP, errno.ENAMETOOLONG})
+
+
 def exit_code(err: BaseException) -> int:
-    """1 when ``err`` is, or was raised from, an OSError (the machine's state); 2 otherwise (input)."""
+    """1 when ``err`` is, or was raised from, an OSError of the machine's state (a full disk, an I/O
+    error); 2 otherwise: input, an output folder that cannot be written included (read-only, a file
+    in the path, no permission)."""
     while err is not None:
         if isinstance(err, OSError):
-            return 1
+            return 2 if err.errno in _INPUT_ERRNOS else 1
         err = err.__cause__
     return 2
 
@@ -361,7 +429,7 @@ def report_user_errors(func: Any = None, *, disk_full_hint: str | None = None) -
                 message = f'a file ended too early ({user_error_message(err)}); it is truncated or empty'
             else:
                 message = user_error_message(err)
-            print(f'error: {message}', file=sys.stderr, flush=True)
+            print(f'error: {safe_line(message)}', file=sys.stderr, flush=True)
             raise SystemExit(exit_code(err)) from None
 
     return wrapper

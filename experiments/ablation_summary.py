@@ -239,7 +239,7 @@ def auto_test(run_dir: str, tiny: bool) -> None:
 def summary(outdir: str, out: str) -> None:
     """Write ablation.json and print the markdown table."""
     result = build_summary(outdir)
-    dnnlib.write_bytes_atomic(out, json.dumps(result, indent=2).encode('utf-8'))
+    dnnlib.write_bytes_atomic(out, dnnlib.json_text(result, indent=2).encode('utf-8'))
     print(markdown_table(result))
     for run in result['incomplete']:
         print(f'incomplete (no auto test result): {run}')

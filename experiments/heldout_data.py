@@ -655,7 +655,7 @@ def write_set(out: str, num_train: int, num_test: int, resolution: int = 128, se
     for split in ('train', 'test'):
         os.makedirs(os.path.dirname(mrcnn_sample_paths(root, 'cars', split, '')[0]), exist_ok=True)
     options = dict(generator='experiments/heldout_data.py', train=num_train, test=num_test, resolution=resolution, seed=seed)
-    dnnlib.write_bytes_atomic(os.path.join(root, 'heldout_options.json'), json.dumps(options, indent=2).encode('utf-8'))
+    dnnlib.write_bytes_atomic(os.path.join(root, 'heldout_options.json'), dnnlib.json_text(options, indent=2).encode('utf-8'))
 
     chunk = 100                         # divides 500, so the progress lines fall on multiples of 500
     jobs = [(root, split, begin, min(begin + chunk, count), resolution, seed)
@@ -684,12 +684,12 @@ def write_set(out: str, num_train: int, num_test: int, resolution: int = 128, se
 @click.command()
 @click.option('--out', required=True, metavar='DIR',
               help='Write the set to DIR/cars (read with --data=car --data-root=DIR)')
-@click.option('--train', 'num_train', default=4000, show_default=True, type=click.IntRange(min=1), help='Train images')
-@click.option('--test', 'num_test', default=500, show_default=True, type=click.IntRange(min=1),
+@click.option('--train', 'num_train', default=4000, show_default=True, type=click.IntRange(1, dnnlib.MAX_COUNT), help='Train images')
+@click.option('--test', 'num_test', default=500, show_default=True, type=click.IntRange(1, dnnlib.MAX_COUNT),
               help='Test images (with masks)')
-@click.option('--resolution', default=128, show_default=True, type=click.IntRange(min=8), help='Image size R')
-@click.option('--seed', default=0, show_default=True, type=click.IntRange(min=0), help='Random seed of the set')
-@click.option('--workers', default=1, show_default=True, type=click.IntRange(min=1),
+@click.option('--resolution', default=128, show_default=True, type=click.IntRange(8, dnnlib.MAX_SIDE), help='Image size R')
+@click.option('--seed', default=0, show_default=True, type=dnnlib.SEED, help='Random seed of the set')
+@click.option('--workers', default=1, show_default=True, type=click.IntRange(1, dnnlib.MAX_WORKERS),
               help='Processes that render (the files are the same for any number)')
 @dnnlib.report_user_errors
 def main(out: str, num_train: int, num_test: int, resolution: int, seed: int, workers: int) -> None:

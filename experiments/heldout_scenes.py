@@ -325,10 +325,10 @@ def write_set(kind: str, out: str, num_train: int, num_test: int, resolution: in
 @click.command()
 @click.option('--kind', required=True, type=click.Choice(KINDS), help='Which generator')
 @click.option('--out', required=True, metavar='DIR', help='Write the set to DIR/cars (read with --data=car --data-root=DIR)')
-@click.option('--train', 'num_train', default=2000, show_default=True, type=click.IntRange(min=1), help='Train images')
-@click.option('--test', 'num_test', default=200, show_default=True, type=click.IntRange(min=1), help='Test images (with masks)')
+@click.option('--train', 'num_train', default=2000, show_default=True, type=click.IntRange(1, dnnlib.MAX_COUNT), help='Train images')
+@click.option('--test', 'num_test', default=200, show_default=True, type=click.IntRange(1, dnnlib.MAX_COUNT), help='Test images (with masks)')
 @click.option('--resolution', default=64, show_default=True, type=click.IntRange(min=8, max=1024), help='Image size R')
-@click.option('--seed', default=0, show_default=True, type=click.IntRange(min=0), help='Random seed of the set')
+@click.option('--seed', default=0, show_default=True, type=dnnlib.SEED, help='Random seed of the set')
 @dnnlib.report_user_errors
 def main(kind: str, out: str, num_train: int, num_test: int, resolution: int, seed: int) -> None:
     """Write one of the two held-out scene sets in the DRC cars layout."""

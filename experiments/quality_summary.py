@@ -130,7 +130,7 @@ def summary(run_dir: str, ceiling_dir: str, out: str, wall: tuple[str, ...]) -> 
         name, _, seconds = item.partition('=')
         walls[name] = float(seconds) if seconds else None
     result = build_summary(run_dir, ceiling_dir, walls)
-    dnnlib.write_bytes_atomic(out, json.dumps(result, indent=2).encode('utf-8'))
+    dnnlib.write_bytes_atomic(out, dnnlib.json_text(result, indent=2).encode('utf-8'))
     print(format_table(result))
     print(f'written to {out}')
 

@@ -42,6 +42,11 @@ from metrics import generate, layout
 from metrics import roles as layer_roles
 
 
+# The bounds of the CLI options these sizes stand for (--base-width, --hidden, --resolution of
+# eval_segmentation.py and eval_MI_MINE.py); the others are batches or counts.
+SIZE_BOUNDS = dict(seg_base_width=dnnlib.MAX_SIDE, mine_hidden=1_000_000, mine_resolution=1024)
+
+
 @dataclass
 class AutoTestSizes:
     """How big each stage of the chain is; the defaults are the original auto test's."""
@@ -66,7 +71,7 @@ class AutoTestSizes:
         known = {f.name for f in fields(cls)}
         sizes = {k: v for k, v in (values or {}).items() if k in known}
         for name, value in sizes.items():
-            largest = dnnlib.MAX_BATCH if name.endswith('batch') else dnnlib.MAX_COUNT   # the CLIs' bounds
+            largest = SIZE_BOUNDS.get(name, dnnlib.MAX_BATCH if name.endswith('batch') else dnnlib.MAX_COUNT)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= largest:
                 raise dnnlib.UserError(f'auto_test_sizes.{name}={value!r} in the training options is not an '
                                        f'integer in 1..{largest}; fix training_options.json of the run')
@@ -153,6 +158,21 @@ def format_summary(summary: dict) -> str:
     return f'{line}\n{body}\n{line}{warnings}'
 
 
+def check_sizes_fit(sizes: AutoTestSizes, resolution: int, device: str) -> None:
+    """UserError when the UNet or the MINE critics that ``sizes`` describe cannot fit in the free
+    memory of ``device``: found before anything is generated, not after."""
+    from metrics import mine, segmentation
+    from torch_utils import memory
+    advice = 'fix auto_test_sizes in training_options.json of the run'
+    memory.check_fits(segmentation.unet_bytes(sizes.seg_base_width, sizes.seg_batch, resolution, sizes.n),
+                      f'auto_test_sizes seg_base_width={sizes.seg_base_width}, seg_batch={sizes.seg_batch} at '
+                      f'{resolution} px', device, advice=advice)
+    memory.check_fits(mine.mine_bytes(sizes.mine_hidden, max(sizes.mine_batch, mine.MineConfig.eval_batch),
+                                      sizes.mine_resolution, sizes.n),
+                      f'auto_test_sizes mine_hidden={sizes.mine_hidden}, mine_resolution={sizes.mine_resolution} '
+                      f'on n={sizes.n} samples', device, advice=advice)
+
+
 def run_auto_test(run_dir: str, config: dict | None = None, device: str | None = None,
                   progress: bool = True, data_root: str | None = None, test_data: str | None = None) -> dict:
     """Run the whole chain on ``run_dir`` (see the module docstring); returns the summary dict.
@@ -204,6 +224,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
         check_test_data(test_data, resolution)
     else:
         check_test_split(data, resolution, data_root)
+    check_sizes_fit(sizes, resolution, device)
     auto_dir = os.path.join(run_dir, 'auto_test')
     os.makedirs(auto_dir, exist_ok=True)
     print(f'Auto test of {run_dir} (sizes: {asdict(sizes)})', flush=True)
@@ -266,7 +287,7 @@ def run_auto_test(run_dir: str, config: dict | None = None, device: str | None =
         'sizes': asdict(sizes),
         'total_time': time.time() - start, 'timestamp': time.time(),
     }
-    dnnlib.write_bytes_atomic(os.path.join(auto_dir, 'results.json'), json.dumps(summary, indent=2).encode())
+    dnnlib.write_bytes_atomic(os.path.join(auto_dir, 'results.json'), dnnlib.json_text(summary, indent=2).encode())
     print(format_summary(summary))
     print(f'Auto test results written to {os.path.join(auto_dir, "results.json")}', flush=True)
     return summary

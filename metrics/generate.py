@@ -59,19 +59,25 @@ def read_metric_lines(path: str) -> list[dict]:
         try:
             entry = json.loads(text)
             value = entry['results'][entry['metric']]
-            valid = (isinstance(entry['snapshot_pkl'], str) and _is_number(value)
+            valid = (isinstance(entry['snapshot_pkl'], str) and (value is None or _is_number(value))
                      and (entry.get('sigma') is None or _is_number(entry['sigma'])))
         except (*dnnlib.JSON_READ_ERRORS, KeyError, TypeError):
             valid = False
         if not valid:
             raise dnnlib.UserError(f'{path}, line {number}: not a metric line of this project; '
                                    f'fix or remove the line')
+        try:
+            checkpoint.snapshot_nimg(entry['snapshot_pkl'])
+        except dnnlib.UserError:
+            raise dnnlib.UserError(f'{path}, line {number}: its snapshot_pkl {entry["snapshot_pkl"]!r} is not named '
+                                   f'network-snapshot-KKKKKK.pt (or …_III.pt); fix or remove the line') from None
         lines.append(entry)
     return lines
 
 
 def _is_number(value) -> bool:
-    """A JSON number (not a boolean); NaN and ±inf count: a diverged FID is still a measurement."""
+    """A JSON number (not a boolean). NaN and ±inf (older files; now written as null) are read, and
+    never chosen: :func:`choose_snapshot` takes finite values only."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -137,7 +143,7 @@ def choose_snapshot(network: str, topk: float | None = None, pkl_idx: float | No
 
     if pkl_idx is not None:
         nimg = round(pkl_idx * 1000)
-        if nimg not in snapshots:
+        if nimg not in snapshots or abs(pkl_idx * 1000 - nimg) > 1e-6:   # 0.0161 names no snapshot, not 0.016
             raise dnnlib.UserError(f'--pkl_idx {pkl_idx:g}: no {checkpoint.snapshot_name(nimg)} in {run_dir}; '
                                    f'available: {", ".join(checkpoint.format_kimg(k) for k in sorted(snapshots))}')
         entry = entries.get(nimg)
@@ -159,10 +165,18 @@ def choose_snapshot(network: str, topk: float | None = None, pkl_idx: float | No
         if sigma is not None and not math.isclose(math.nan if stored_sigma is None else stored_sigma, sigma,
                                                   rel_tol=1e-6):
             continue
-        candidates.append((float(entry['results'][metric]), nimg, entry))
+        candidates.append((entry['results'][metric], nimg, entry))
     if not candidates:
         raise dnnlib.UserError(f'no line of {metric_file} matches --topk {topk} / --sigma {sigma}; '
                                f'relax the filters')
+    # A NaN, ±inf or null FID (a diverged network, a failed measurement) is no measurement: min()
+    # would keep a NaN that comes first, so such lines are never candidates.
+    candidates = [(float(value), nimg, entry) for value, nimg, entry in candidates
+                  if value is not None and math.isfinite(value)]
+    if not candidates:
+        raise dnnlib.UserError(f'every {metric} of {metric_file} that matches --topk {topk} / --sigma {sigma} is '
+                               f'NaN, infinite or missing (did the training diverge?); pass --pkl_idx to name a '
+                               f'snapshot, or --latest')
     value, nimg, entry = min(candidates, key=lambda c: (c[0], c[1]))
     if nimg not in snapshots:
         raise dnnlib.UserError(f'{metric_file} names {entry["snapshot_pkl"]}, which is missing from {run_dir}')
@@ -322,7 +336,7 @@ def generate_dataset(G: torch.nn.Module, outdir: str, options: GenerationOptions
         remove_temp_files(outdir)
     for layer in LAYER_FOLDERS:
         os.makedirs(os.path.join(outdir, layer), exist_ok=True)
-    dnnlib.write_bytes_atomic(meta_path, json.dumps(meta, indent=2).encode('utf-8'))
+    dnnlib.write_bytes_atomic(meta_path, dnnlib.json_text(meta, indent=2).encode('utf-8'))
     latents_path = os.path.join(outdir, 'latents.npy')
     if not os.path.isfile(latents_path):
         buffer = io.BytesIO()
@@ -414,6 +428,21 @@ def generator_masks(snapshot_path: str, n: int, seed: int = 0, truncation_psi: f
     return np.concatenate(masks)
 
 
+def check_generation_memory(G: torch.nn.Module, batch: int, device: str) -> None:
+    """UserError naming --batch when one batch of G's feature maps (both synthesis networks, no
+    gradients) cannot fit in ``device``'s free memory."""
+    from torch_utils import memory
+    from training import networks
+    kwargs = {'img_resolution': 64, 'channel_base': 16384, 'channel_max': 256, **(getattr(G, 'init_kwargs', None) or {})}
+    try:
+        floats = networks.activation_floats(**kwargs)
+    except (TypeError, ValueError, OverflowError):
+        return   # not a LayeredGenerator record: nothing to size it by
+    memory.check_fits(2 * memory.FLOAT_BYTES * floats * batch,
+                      f'generation with --batch={batch} at {kwargs["img_resolution"]} px', device,
+                      advice='choose a smaller --batch')
+
+
 def generate_from_network(network: str, n: int, outdir: str | None = None, topk: float | None = None,
                           pkl_idx: float | None = None, sigma: float | None = None, latest: bool = False,
                           seed: int = 0, truncation_psi: float = 1.0, noise_mode: str = 'const',
@@ -435,6 +464,7 @@ def generate_from_network(network: str, n: int, outdir: str | None = None, topk:
     device = dnnlib.parse_device(device)
     snapshot = load_any_snapshot(choice.path, device)
     G = snapshot['G_ema']
+    check_generation_memory(G, min(batch_size, n), device)
     perturbation = training_perturbation(snapshot.get('data') or {}, choice.path) if perturb else None
     if isinstance(perturb, dict):
         perturbation = widened_perturbation(perturbation, perturb)
@@ -446,6 +476,6 @@ def generate_from_network(network: str, n: int, outdir: str | None = None, topk:
     meta = generate_dataset(G, outdir, options, batch_size=batch_size, device=device, resume=resume,
                             progress=progress)
     meta.update(fid=choice.metric_value, sigma=choice.sigma, reason=choice.reason)
-    dnnlib.write_bytes_atomic(os.path.join(outdir, 'meta.json'), json.dumps(meta, indent=2).encode('utf-8'))
+    dnnlib.write_bytes_atomic(os.path.join(outdir, 'meta.json'), dnnlib.json_text(meta, indent=2).encode('utf-8'))
     print(f'Wrote {n} samples ({meta["generated_now"]} new) to {outdir}')
     return outdir, meta

@@ -95,4 +95,4 @@ def report_metric(result: dict, run_dir: str, snapshot_pkl: str | None, sigma: f
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, f'metric-{result["metric"]}.jsonl')
     with dnnlib.naming_file(path), open(path, 'at') as f:   # a full disk names the file
-        f.write(json.dumps(line) + '\n')
+        f.write(dnnlib.json_text(line) + '\n')

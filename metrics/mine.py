@@ -286,6 +286,36 @@ def layer_pairs(layers: dict[str, torch.Tensor], mode: str) -> tuple[PairFn, lis
 MODES = {'both': ('separate', 'single'), 'separate': ('separate',), 'single': ('single',)}
 
 
+def mine_bytes(hidden: int, batch: int, resolution: int, num_samples: int = 0, critics: int = 2) -> int:
+    """Memory of a MINE run: ``critics`` critics of 6 R² inputs (two RGB layers) and ``hidden``
+    units trained with Adam, one batch of joint and marginal inputs through them, and the
+    ``num_samples`` fg, bg and mask layers kept as uint8 (7 R² bytes each)."""
+    from torch_utils import memory
+    inputs = 6 * resolution * resolution
+    weights = critics * ((inputs + 1) * hidden + hidden + 1)
+    maps = critics * 2 * batch * (inputs + hidden)     # joint and marginal passes
+    return memory.TRAINED_PARAMETER_BYTES * weights + 2 * memory.FLOAT_BYTES * maps + 7 * inputs // 6 * num_samples
+
+
+def check_memory(cfg: MineConfig, mode: str, device: torch.device | str, num_samples: int = 0,
+                 what: str | None = None) -> None:
+    """UserError naming --hidden, --batch and --resolution when the MINE critics of ``mode`` and
+    the layers cannot fit in ``device``'s free memory, before any layer is read or folder made."""
+    from torch_utils import memory
+    critics = 2 if 'separate' in MODES.get(mode, ('separate',)) else 1
+    memory.check_fits(mine_bytes(cfg.hidden, max(cfg.batch, cfg.eval_batch), cfg.resolution, num_samples, critics),
+                      what or f'MINE at --hidden={cfg.hidden}, --batch={cfg.batch} and --resolution={cfg.resolution}'
+                      + (f' on {num_samples} samples' if num_samples else ''), device,
+                      advice='choose a smaller --hidden or --resolution')
+
+
+def _count_files(folder: str) -> int:
+    try:
+        return sum(1 for _ in os.scandir(folder))
+    except OSError:
+        return 0   # a missing folder is load_layers' error to report
+
+
 def estimate_layer_mi(path: str, cfg: MineConfig, mode: str = 'both', num_workers: int = 3,
                       outdir: str | None = None, allow_partial: bool = False) -> dict:
     """Run the MINE evaluations of a synthetic set and write ``<outdir>/<NNNNN>/``.
@@ -299,12 +329,13 @@ def estimate_layer_mi(path: str, cfg: MineConfig, mode: str = 'both', num_worker
         raise dnnlib.UserError(f'--mode={mode!r} is not one of {", ".join(MODES)}')
     start_time = time.time()
     device = pick_device(cfg.device)
+    check_memory(cfg, mode, device, num_samples=_count_files(os.path.join(path, 'fg')))
     layers = {k: v.to(device) for k, v in load_layers(path, cfg.resolution, num_workers=num_workers, progress=cfg.progress,
                                                           allow_partial=allow_partial).items()}
     outdir = outdir or os.path.join(path, 'MI-estimation-MINE')
     run_dir = dnnlib.next_run_dir(outdir, '').rstrip('-')
     os.makedirs(run_dir, exist_ok=False)
-    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'options.json'), json.dumps(
+    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'options.json'), dnnlib.json_text(
         {'path': path, 'mode': mode, 'num_samples': len(layers['fg']), **asdict(cfg)}, indent=2).encode())
 
     results, curves, details = {}, {}, {}
@@ -316,12 +347,12 @@ def estimate_layer_mi(path: str, cfg: MineConfig, mode: str = 'both', num_worker
         results.update(out['final'])
         curves[run] = curve = out['curve']
         details[run] = {'final_lr': out['lr'], 'skipped_batches': out['skipped']}
-    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'curve.json'), json.dumps(curves, indent=2).encode())
+    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'curve.json'), dnnlib.json_text(curves, indent=2).encode())
     plot_curves(os.path.join(run_dir, 'curve.png'), curves)
     summary = {**results, **convergence(results, cfg.steps), 'details': details, 'num_samples': len(layers['fg']), 'run_dir': run_dir,
                'estimate': f'mean of the last {min(cfg.num_final, len(curve))} training-set evaluations (nats)',
                'total_time': time.time() - start_time}
-    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'results.json'), json.dumps(summary, indent=2).encode())
+    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'results.json'), dnnlib.json_text(summary, indent=2).encode())
     return summary
 
 

@@ -397,11 +397,77 @@ def read_unet(path: str, cfg: SegmentationConfig) -> dict:
     if not isinstance(payload.get('unet'), UNet):
         raise dnnlib.UserError(f'--resume-from: {path} holds no UNet; pass unet-best.pt or unet-last.pt of a '
                                f'segmentation run')
+    check_unet_data(payload, path)
     trained_at = payload['data'].get('protocol', {}).get('input_resolution')
     if trained_at != cfg.resolutions()[0]:
         raise dnnlib.UserError(f'--resume-from: {path} was trained on {trained_at}-pixel inputs, this run uses '
                                f'{cfg.resolutions()[0]}; pass the --scale (or protocol) it was trained with')
     return payload
+
+
+def unet_parameters(base_width: int) -> int:
+    """Parameters + buffers of ``UNet(base_width=w)``: a quadratic in w (every convolution joins
+    two widths that are multiples of w), read off three tiny builds, exact for any w."""
+    counts = [sum(t.numel() for t in (*UNet(base_width=k).parameters(), *UNet(base_width=k).buffers()))
+              for k in (1, 2, 3)]
+    a = (counts[2] - 2 * counts[1] + counts[0]) // 2
+    b = counts[1] - counts[0] - 3 * a
+    c = counts[0] - a - b
+    return a * base_width ** 2 + b * base_width + c
+
+
+def unet_bytes(base_width: int, batch: int, resolution: int, num_images: int = 0) -> int:
+    """Memory of training ``UNet(base_width)`` at ``resolution``: weights with gradients and Adam's
+    state, the feature maps of one training batch (about six floats per map float: convolution,
+    BatchNorm and their gradients), and ``num_images`` decoded uint8 image + mask pairs."""
+    from torch_utils import memory
+    widths = [1, 2, 4, 8, 8, 4, 2, 1, 1]                       # down levels, then up levels
+    sides = [resolution >> i for i in (0, 1, 2, 3, 4, 3, 2, 1, 0)]
+    map_floats = sum(base_width * k * side * side for k, side in zip(widths, sides))
+    return (memory.TRAINED_PARAMETER_BYTES * unet_parameters(base_width)
+            + 6 * memory.FLOAT_BYTES * batch * map_floats + num_images * 4 * resolution * resolution)
+
+
+def check_memory(cfg: SegmentationConfig, device: torch.device | str, what: str | None = None) -> None:
+    """UserError naming --base-width, --batch and the resolution when the UNet training cannot fit
+    in ``device``'s free memory, before any pair is read or folder made."""
+    from torch_utils import memory
+    resolution = cfg.resolutions()[0]
+    memory.check_fits(unet_bytes(cfg.base_width, 0 if cfg.test_only else cfg.batch, resolution),
+                      what or f'the UNet at --base-width={cfg.base_width}, --batch={cfg.batch} and {resolution} px',
+                      device, advice='choose a smaller --base-width or --batch')
+
+
+def check_unet_data(payload: dict, path: str) -> None:
+    """The progress a UNet file carries, checked before a run folder is made: ``data`` a mapping
+    with ``protocol`` a mapping, ``iteration`` (and ``best_iteration``) an integer >= 0, ``val``
+    scores or null, and Adam's state one that loads into this UNet's optimiser."""
+    data = payload.get('data')
+
+    def refuse(problem: str) -> dnnlib.UserError:
+        return dnnlib.UserError(f'--resume-from: {path} is damaged or was altered ({problem}); pass '
+                                f'unet-best.pt or unet-last.pt of a segmentation run as it was written')
+
+    def is_count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not isinstance(data, dict):
+        raise refuse('its data is not a mapping')
+    if not isinstance(data.get('protocol', {}), dict):
+        raise refuse(f'protocol={data["protocol"]!r} is not a mapping')
+    for name in ('iteration', 'best_iteration'):
+        if (name == 'iteration' or data.get(name) is not None) and not is_count(data.get(name)):
+            raise refuse(f'{name}={data.get(name)!r} is not an integer >= 0')
+    val = data.get('val')
+    if val is not None and not (isinstance(val, dict) and isinstance(val.get('IoU_dataset'), (int, float))
+                                and not isinstance(val.get('IoU_dataset'), bool)):
+        raise refuse('its validation scores are not those of this project')
+    if 'optimizer' in data:
+        try:   # a throwaway optimiser: the training loads the same state into its own
+            torch.optim.Adam(payload['unet'].parameters()).load_state_dict(copy.deepcopy(data['optimizer']))
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise refuse(f'its optimiser state does not fit the UNet: {reason}') from None
 
 
 def check_synthetic_folder(path: str) -> None:
@@ -581,6 +647,7 @@ def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -
         if not cfg.test_only and int(resumed['data']['iteration']) >= cfg.iters:
             raise dnnlib.UserError(f'--resume-from: the UNet is at iteration {resumed["data"]["iteration"]} already; '
                                    f'raise --iters above it to train on, or pass --test-only to test it')
+    check_memory(cfg, device)
     # Every pair is read (and every input error found) before the run folder is made.
     sets = {'test': load_test_set(cfg)} if cfg.test_only else load_sets(cfg)
     run_dir = run_dir or dnnlib.next_run_dir(cfg.outdir or cfg.syn_data, cfg.run_desc())

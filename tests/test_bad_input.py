@@ -182,7 +182,7 @@ def test_unreadable_synthetic_cache_file_is_made_again_with_one_warning(tmp_path
     assert np.array_equal(data['img'], expected['img']) and np.array_equal(data['mask'], expected['mask'])
     warning = capsys.readouterr().err.strip()
     assert warning.startswith(f'warning: the cache file {path} is unreadable (') and warning.endswith('it is made again')
-    assert np.array_equal(synthetic._read_npz(path)['img'], expected['img'])   # replaced by a whole file
+    assert np.array_equal(synthetic._read_npz(path, 3)['img'], expected['img'])   # replaced by a whole file
     assert sorted(os.listdir(os.path.dirname(path))) == [os.path.basename(path)]
 
 
@@ -198,7 +198,7 @@ def test_an_end_of_file_error_is_one_line_not_click_aborted():
 
 
 @pytest.mark.parametrize('failure', ['a file', 'read-only'])
-def test_cache_that_cannot_be_written_is_one_line_naming_ILSGAN_CACHE_and_exits_1(tmp_path, monkeypatch, failure):
+def test_cache_that_cannot_be_written_is_one_line_naming_ILSGAN_CACHE_and_exits_2(tmp_path, monkeypatch, failure):
     cache = tmp_path / 'cache'
     if failure == 'a file':
         cache.write_text('not a folder')
@@ -208,7 +208,7 @@ def test_cache_that_cannot_be_written_is_one_line_naming_ILSGAN_CACHE_and_exits_
         monkeypatch.setattr('tempfile.mkstemp', read_only)
     monkeypatch.setenv('ILSGAN_CACHE', str(cache))
     result = invoke('python -m training.dataset', '--data=synthetic', '--resolution=32')
-    assert result.exit_code == 1
+    assert result.exit_code == 2   # a folder the user chose that cannot be written: input, as an output folder
     line = error_line(result)
     assert line.startswith('error: cannot write the cache file ') and f'point $ILSGAN_CACHE at a writable folder' in line
     assert f'(now {cache})' in line
@@ -311,10 +311,11 @@ def test_exit_code_follows_the_cause_of_the_error(capsys):
     assert dnnlib.exit_code(OSError(errno.ENOSPC, 'full')) == 1
     assert dnnlib.exit_code(raised_from(OSError(errno.ENOSPC, 'full'))) == 1
     assert dnnlib.exit_code(raised_from(ValueError('bad value'))) == 2
+    assert dnnlib.exit_code(raised_from(OSError(errno.EROFS, 'read-only'))) == 2   # an output folder the user chose
 
     @dnnlib.report_user_errors
     def command():
-        raise raised_from(OSError(errno.EROFS, 'read-only'))
+        raise raised_from(OSError(errno.EIO, 'I/O error'))
 
     with pytest.raises(SystemExit) as exit_info:
         command()

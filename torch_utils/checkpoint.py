@@ -159,6 +159,7 @@ def build_module(record: dict, device: torch.device | str = 'cpu', where: str = 
     """
     check_record(record, where)
     cls = registered_class(record['class'])
+    _check_size(cls, record, where, device)
     try:
         module = cls(**record['kwargs'])
     except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, OverflowError,
@@ -171,6 +172,26 @@ def build_module(record: dict, device: torch.device | str = 'cpu', where: str = 
         raise _snapshot_error(where, f'its weights do not fit {record["class"]} '
                                      f'({str(err).strip().splitlines()[-1].strip()})') from None
     return module.to(device)
+
+
+def _check_size(cls: type, record: dict, where: str, device: torch.device | str) -> None:
+    """Before a network is built from a record: a class that can count its numbers from its
+    arguments (``parameter_count``) is refused when they describe more numbers than the record's
+    weights hold (a 1.7 KB file naming a 4 GB network), or more than ``device`` has free."""
+    count_from = getattr(cls, 'parameter_count', None)
+    if count_from is None:
+        return
+    try:
+        count = int(count_from(**record['kwargs']))
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError):
+        return   # arguments the class itself will refuse, in build_module's own words
+    stored = sum(t.numel() for t in record['state'].values() if isinstance(t, torch.Tensor))
+    if count > stored:
+        raise _snapshot_error(where, f'its arguments describe a {record["class"]} of {count:,} numbers but its '
+                                     f'weights hold {stored:,}: they do not fit')
+    from torch_utils import memory
+    memory.check_fits(count * memory.FLOAT_BYTES, f'{where}: {record["class"]}', device,
+                      advice='use a snapshot written by this project, on a machine with more memory')
 
 
 def save_snapshot(path: str, modules: dict[str, torch.nn.Module | None], data: dict | None = None,

@@ -108,8 +108,13 @@ def read_original_pickle(path: str) -> dict:
                                f'networks, tensors and plain data, so this file is not one (or was altered); '
                                f'obtain it again from its source') from None
     except Exception as err:
+        if 'Weights only load failed' in str(err):   # a tensor storage holding more than tensors: never loaded
+            raise dnnlib.UserError(f'{path}: refusing to read a tensor storage that holds code or objects, not '
+                                   f'tensors; this file is not a snapshot of the original code (or was altered): '
+                                   f'obtain it again from its source') from None
         raise dnnlib.UserError(f'cannot read {path} as a snapshot of the original code ({type(err).__name__}: '
-                               f'{str(err).strip().splitlines()[0] if str(err).strip() else ""}); is it truncated?') from None
+                               f'{str(err).strip().splitlines()[0] if str(err).strip() else ""}); the file is '
+                               f'truncated or damaged: obtain it again from its source') from None
     if not isinstance(payload, dict) or not isinstance(payload.get('G_ema'), OriginalModule):
         raise dnnlib.UserError(f'{path} is not a snapshot of the original code (no G_ema network in it)')
     return payload
@@ -118,25 +123,40 @@ def read_original_pickle(path: str) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Walking the records.
 
-def flat_state(module: OriginalModule, prefix: str = '') -> dict[str, torch.Tensor]:
-    """``state_dict()`` of an original network: persistent parameters and buffers, dotted names."""
+def flat_state(module: OriginalModule, prefix: str = '', where: str = 'the snapshot') -> dict[str, torch.Tensor]:
+    """``state_dict()`` of an original network: persistent parameters and buffers, dotted names.
+
+    A record of the wrong shape (a damaged or altered file: ``_parameters`` a list, a submodule a
+    plain dict) is a :class:`dnnlib.UserError` naming ``where`` and the record."""
+    def damaged(problem: str) -> dnnlib.UserError:
+        return dnnlib.UserError(f'{where}: {problem}, not what the original code writes; the file is damaged or was '
+                                f'altered: obtain it again from its source')
+
     state = module.state
+    if not isinstance(state, dict):
+        raise damaged(f'the record {prefix or "of the network"} is a {type(state).__name__}')
+    parts = {}
+    for part in ('_parameters', '_buffers', '_modules'):
+        parts[part] = state.get(part) or {}
+        if not isinstance(parts[part], dict):
+            raise damaged(f'{prefix}{part} is a {type(parts[part]).__name__}')
     transient = state.get('_non_persistent_buffers_set') or set()
-    tensors = {**(state.get('_parameters') or {}),
-               **{k: v for k, v in (state.get('_buffers') or {}).items() if k not in transient}}
+    if not isinstance(transient, (set, frozenset, list, tuple)):
+        raise damaged(f'{prefix}_non_persistent_buffers_set is a {type(transient).__name__}')
+    tensors = {**parts['_parameters'], **{k: v for k, v in parts['_buffers'].items() if k not in transient}}
     result = {}
     for name, tensor in tensors.items():
         if tensor is None:
             continue
         if not isinstance(tensor, torch.Tensor):
-            raise ValueError(f'{prefix}{name} is a {type(tensor).__name__}, not a tensor')
-        result[prefix + name] = tensor
-    for name, sub in (state.get('_modules') or {}).items():
+            raise damaged(f'{prefix}{name} is a {type(tensor).__name__}, not a tensor')
+        result[f'{prefix}{name}'] = tensor
+    for name, sub in parts['_modules'].items():
         if sub is None:
             continue
         if not isinstance(sub, OriginalModule):
-            raise ValueError(f'submodule {prefix}{name} is a {type(sub).__name__}, not a network record')
-        result.update(flat_state(sub, f'{prefix}{name}.'))
+            raise damaged(f'the submodule {prefix}{name} is a {type(sub).__name__}, not a network record')
+        result.update(flat_state(sub, f'{prefix}{name}.', where))
     return result
 
 

@@ -210,7 +210,7 @@ def check_grid_path(path: str) -> None:
               help='Instead: write the (image, mask) pairs of --split as DIR/img/000001.png, DIR/mask/000001.png '
                    'and DIR/meta.json, for eval_segmentation.py --syn-data=DIR')
 @click.option('--split', type=click.Choice(SPLITS), default='train', show_default=True, help='Split to --export')
-@click.option('--count', type=click.IntRange(min=1), default=None,
+@click.option('--count', type=click.IntRange(1, dnnlib.MAX_COUNT), default=None,
               help='Pairs to --export, the first ones  [default: all]')
 @dnnlib.report_user_errors
 def main(data: str, data_root: str | None, resolution: int, grid_path: str | None, export_dir: str | None,

@@ -34,9 +34,11 @@ def _need_file(path: str, what: str) -> str:
     return path
 
 
-def _read_table(path: str, num_fields: int) -> dict[int, list[str]]:
-    """CUB metadata file: '<id> <field> ...' per line → {id: fields}. Rows are matched by id."""
-    table = {}
+def _read_table(path: str, num_fields: int, line_numbers: dict[int, int] | None = None) -> dict[int, list[str]]:
+    """CUB metadata file: '<id> <field> ...' per line → {id: fields}. Rows are matched by id; an id
+    listed twice is an error naming both lines (the later line would silently replace a sample).
+    ``line_numbers``, when given, receives each id's line."""
+    table, lines_of = {}, {}
     try:
         with open(_need_file(path, 'CUB metadata file'), encoding='utf-8') as f:
             lines = f.read().splitlines()
@@ -50,7 +52,14 @@ def _read_table(path: str, num_fields: int) -> dict[int, list[str]]:
         if len(fields) != num_fields + 1 or not fields[0].isdecimal() or not fields[0].isascii():
             raise dnnlib.UserError(f'{path}, line {line_number}: expected "<id>" and {num_fields} field(s), '
                                    f'got {line.strip()!r}; the file is damaged')
-        table[int(fields[0])] = fields[1:]
+        image_id = int(fields[0])
+        if image_id in table:
+            raise dnnlib.UserError(f'{path}, line {line_number}: image id {image_id} is listed a second time (first on '
+                                   f'line {lines_of[image_id]}); the file is damaged: replace it with the one from the '
+                                   f'dataset release')
+        table[image_id], lines_of[image_id] = fields[1:], line_number
+    if line_numbers is not None:
+        line_numbers.update(lines_of)
     return table
 
 
@@ -74,7 +83,8 @@ def _cub_records(root: str, split: str, train_masks: bool = False) -> list[Recor
     split_of = _read_table(split_path, 1)
     wanted = '0' if split == 'train' else '2'           # 1 (validation) is used by no stage
     ids = sorted(i for i, (k,) in split_of.items() if k == wanted)
-    boxes = _read_table(os.path.join(root, 'bounding_boxes.txt'), 4) if split == 'test' else {}
+    box_lines: dict[int, int] = {}
+    boxes = _read_table(os.path.join(root, 'bounding_boxes.txt'), 4, box_lines) if split == 'test' else {}
     records = []
     for i in ids:
         if i not in images or (split == 'test' and i not in boxes):
@@ -87,7 +97,8 @@ def _cub_records(root: str, split: str, train_masks: bool = False) -> list[Recor
         else:
             box = _parse_box(boxes[i], os.path.join(root, 'bounding_boxes.txt'), i)
             records.append(Record(os.path.join(root, 'images', key + '.jpg'),
-                                  os.path.join(root, 'segmentations', key + '.png'), box))
+                                  os.path.join(root, 'segmentations', key + '.png'), box,
+                                  f'{os.path.join(root, "bounding_boxes.txt")}, line {box_lines[i]}'))
     check_listed(records, split_path)
     return records
 
@@ -141,6 +152,10 @@ def _mrcnn_records(root: str, kind: str, split: str, train_masks: bool = False) 
     """The records of a split (:func:`mrcnn_sample_paths`); train masks only when ``train_masks``."""
     split_path = mrcnn_split_file(root, kind, split)
     tokens = load_tokens(split_path)
+    for token in tokens:   # a token is a file stem inside the dataset: '../x' or '/x' would read elsewhere
+        if os.path.isabs(token) or '..' in token.replace('\\', '/').split('/') or '\0' in token:
+            raise dnnlib.UserError(f'{split_path} holds the token {token!r}, which points outside the dataset '
+                                   f'folder {root}; replace the file with the one from the dataset release')
     paths = [mrcnn_sample_paths(root, kind, split, t) for t in tokens]
     if split == 'train':
         if train_masks and paths and not os.path.isfile(paths[0][1]):

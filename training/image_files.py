@@ -15,12 +15,13 @@ import io
 import lzma
 import os
 import re
+import stat
 import struct
 import zipfile
 import zlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 import dnnlib
 
@@ -36,13 +37,19 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # member name that is not valid UTF-8 (UnicodeDecodeError, a ValueError), a damaged LZMA member.
 ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError,
                    ValueError, lzma.LZMAError)
+# An image file (or zip member, inflated) larger than this is refused before it is read: no image of
+# this project comes near it, and a zip bomb or /dev/zero named *.png would otherwise fill memory.
+MAX_FILE_BYTES = 256 * 2 ** 20
+# Grey modes of more than 8 bits that PIL's convert('RGB') would clip to white instead of scaling.
+WIDE_GREY_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
 
 
 # ----------------------------------------------------------------------------------------------
 # Decoding and geometry. Arrays here are HWC uint8, as PIL and pyspng give them.
 
-def decode_rgb(data: bytes, name: str) -> np.ndarray:
-    """Encoded image bytes → [H, W, 3] uint8 RGB (grey expanded, alpha dropped, 16 bit reduced)."""
+def decode_rgb(data: bytes, name: str, exif: bool = False) -> np.ndarray:
+    """Encoded image bytes → [H, W, 3] uint8 RGB (grey expanded, alpha dropped, 16 bit reduced to
+    its high byte). ``exif``: turned as its EXIF orientation says (as a viewer shows it)."""
     try:
         if pyspng is not None and data[:8] == PNG_SIGNATURE:
             # pyspng has no decompression-bomb guard: apply PIL's limit to the IHDR size first.
@@ -52,17 +59,32 @@ def decode_rgb(data: bytes, name: str) -> np.ndarray:
                                  f'of the decompression-bomb limit')
             return pyspng.load(data, format='RGB')
         with Image.open(io.BytesIO(data)) as image:
+            if exif:
+                image = ImageOps.exif_transpose(image)
+            if image.mode in WIDE_GREY_MODES:
+                return np.repeat(_wide_grey_to_uint8(np.asarray(image))[:, :, None], 3, axis=2)
             return np.array(image.convert('RGB'))
     except Exception as err:  # every decoder failure (truncated, not an image, ...) means the same
         raise _unreadable(err, name) from None
 
 
-def decode_dithered_mask(data: bytes, name: str) -> np.ndarray:
+def _wide_grey_to_uint8(values: np.ndarray) -> np.ndarray:
+    """16-bit grey (PIL's I;16 modes, and mode I of a 16-bit PNG) → uint8, the high byte: 65535 → 255.
+    A 32-bit image whose values exceed 16 bits is scaled by its own maximum instead."""
+    values = values.astype(np.int64)
+    top = int(values.max(initial=0))
+    if top > 65535 or values.min(initial=0) < 0:
+        values = (values - values.min()) * 255 // max(top - int(values.min()), 1)
+        return values.astype(np.uint8)
+    return (values >> 8).astype(np.uint8)
+
+
+def decode_dithered_mask(data: bytes, name: str, exif: bool = False) -> np.ndarray:
     """Encoded mask bytes → [H, W] uint8 in {0, 1}, as the original reads DRC dogs/cars masks:
     PIL's convert('1') (luma, then Floyd–Steinberg dithering of every grey pixel; 0 and 255 stay)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert('1'), dtype=np.uint8)
+            return np.asarray((ImageOps.exif_transpose(image) if exif else image).convert('1'), dtype=np.uint8)
     except Exception as err:
         raise _unreadable(err, name) from None
 
@@ -204,6 +226,7 @@ class Record:
     image: str
     mask: str | None = None
     box: tuple[int, int, int, int] | None = None
+    box_source: str | None = None   # where the box was read ('bounding_boxes.txt, line 8'), for errors
 
 
 class FileDataset(Dataset):
@@ -213,15 +236,22 @@ class FileDataset(Dataset):
     then ``crop_ratio`` < 1 keeps the centre square of that fraction of the side (pair folders).
     ``mask_resample``: 'bilinear' resizes the grey mask then thresholds (CUB, pair folders);
     'nearest' binarises by dithering (:func:`decode_dithered_mask`) then resizes with nearest
-    neighbour (DRC dogs/cars masks, as the original).
+    neighbour (DRC dogs/cars masks, as the original). ``exif``: images and masks alike are turned as
+    their EXIF orientation says (a user's folders; the DRC readers read the files as stored, as
+    the original does, since their boxes and masks are in stored coordinates).
+
+    Only regular files are read (a FIFO or a device named ``*.png`` is refused without opening it),
+    each at most :data:`MAX_FILE_BYTES` (a zip member by its inflated size, before inflating it).
+    A grey mask stored as 0/1 (not 0/255) is read as a mask: a file whose largest value is 1.
     """
 
     def __init__(self, name: str, resolution: int, records: list[Record], crop: str = 'centre',
-                 mask_resample: str = 'bilinear', zip_path: str | None = None, crop_ratio: float = 1.0, **kwargs):
+                 mask_resample: str = 'bilinear', zip_path: str | None = None, crop_ratio: float = 1.0,
+                 exif: bool = False, **kwargs):
         has_masks = bool(records) and records[0].mask is not None
         super().__init__(name, resolution, len(records), has_masks=has_masks, **kwargs)
         self.records, self.crop, self.mask_resample, self.zip_path = records, crop, mask_resample, zip_path
-        self.crop_ratio = crop_ratio
+        self.crop_ratio, self.exif = crop_ratio, exif
         self._zip: zipfile.ZipFile | None = None
 
     def __getstate__(self) -> dict:
@@ -229,15 +259,20 @@ class FileDataset(Dataset):
 
     def _read_bytes(self, path: str) -> bytes:
         if self.zip_path is None:
-            try:
-                with open(path, 'rb') as f:
-                    return f.read()
-            except OSError as err:
-                raise dnnlib.UserError(f'cannot read {path} ({err.strerror}); check that the file exists') from None
+            return read_image_file(path)
         try:
             if self._zip is None:
                 self._zip = zipfile.ZipFile(self.zip_path)
-            return self._zip.read(path)
+            info = self._zip.getinfo(path)
+            if info.file_size > MAX_FILE_BYTES:
+                raise dnnlib.UserError(f'{path} in the zip archive {self.zip_path} inflates to {info.file_size:,} bytes, '
+                                       f'more than the {MAX_FILE_BYTES:,} of any image; remove that member')
+            with self._zip.open(info) as member:
+                data = member.read(MAX_FILE_BYTES + 1)   # bounded even if the header lies about the size
+            if len(data) > MAX_FILE_BYTES:
+                raise dnnlib.UserError(f'{path} in the zip archive {self.zip_path} inflates to more than the '
+                                       f'{MAX_FILE_BYTES:,} bytes of any image; remove that member')
+            return data
         except ZIP_READ_ERRORS as err:
             reason = f'{type(err).__name__}: {err}' if str(err) else type(err).__name__
             raise dnnlib.UserError(f'cannot read {path} from the zip archive {self.zip_path} ({reason}); '
@@ -246,10 +281,10 @@ class FileDataset(Dataset):
     def _load(self, raw_index: int) -> tuple[np.ndarray, np.ndarray | None]:
         record, r = self.records[raw_index], self.resolution
         where = f'{self.zip_path}:{record.image}' if self.zip_path else record.image
-        image = decode_rgb(self._read_bytes(record.image), where)
+        image = decode_rgb(self._read_bytes(record.image), where, self.exif)
         decode_mask = decode_dithered_mask if self.mask_resample == 'nearest' else (
-            lambda data, name: grey_channel(decode_rgb(data, name)))
-        mask = decode_mask(self._read_bytes(record.mask), record.mask) if record.mask else None
+            lambda data, name, exif: as_mask_levels(grey_channel(decode_rgb(data, name, exif))))
+        mask = decode_mask(self._read_bytes(record.mask), record.mask, self.exif) if record.mask else None
         if mask is not None and mask.shape != image.shape[:2]:
             raise dnnlib.UserError(f'mask {record.mask} is {mask.shape[1]}x{mask.shape[0]} but its image is '
                                    f'{image.shape[1]}x{image.shape[0]}; image and mask must have the same size')
@@ -257,6 +292,7 @@ class FileDataset(Dataset):
             image = centre_square_crop(image)
             mask = centre_square_crop(mask) if mask is not None else None
         elif self.crop == 'box':
+            check_box_inside(record, image.shape[1], image.shape[0])
             left, top, right, bottom = cub_box_crop(image.shape[1], image.shape[0], record.box)
             image, mask = image[top:bottom, left:right], mask[top:bottom, left:right]
         if self.crop_ratio < 1:
@@ -271,10 +307,56 @@ class FileDataset(Dataset):
         return image.transpose(2, 0, 1), mask
 
 
+def read_image_file(path: str) -> bytes:
+    """The bytes of the image file ``path``; a :class:`dnnlib.UserError` naming it when it is
+    missing, not a regular file (a FIFO would block the open, a device never ends: refused from
+    its stat, without opening it) or larger than :data:`MAX_FILE_BYTES`. Symlinks are followed."""
+    info = regular_file_stat(path)
+    if info.st_size > MAX_FILE_BYTES:
+        raise dnnlib.UserError(f'{path} holds {info.st_size:,} bytes, more than the {MAX_FILE_BYTES:,} of any image; '
+                               f'remove it from the data folder')
+    try:
+        with open(path, 'rb') as f:
+            return f.read(MAX_FILE_BYTES + 1)
+    except OSError as err:
+        raise dnnlib.UserError(f'cannot read {path} ({err.strerror}); check that the file exists') from None
+
+
+def regular_file_stat(path: str) -> os.stat_result:
+    """``os.stat(path)`` (a symlink followed) of a regular file; a UserError naming a missing file,
+    a dangling link, a folder, a FIFO, a device or a socket, found without opening it."""
+    try:
+        info = os.stat(path)
+    except OSError as err:
+        raise dnnlib.UserError(f'cannot read {path} ({err.strerror}); check that the file exists') from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ('a folder' if stat.S_ISDIR(info.st_mode) else 'a FIFO (named pipe)' if stat.S_ISFIFO(info.st_mode)
+                else 'a device' if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+                else 'a socket' if stat.S_ISSOCK(info.st_mode) else 'not a regular file')
+        raise dnnlib.UserError(f'{path} is {kind}, not an image file; remove it from the data folder')
+    return info
+
+
+def as_mask_levels(grey: np.ndarray) -> np.ndarray:
+    """A grey mask stored as 0/1 (largest value 1) → 0/255, so that foreground (> 127) is found;
+    a mask stored as 0/255 or soft 0..255 is returned as it is."""
+    return grey * np.uint8(255) if grey.size and grey.max() == 1 else grey
+
+
+def check_box_inside(record: Record, width: int, height: int) -> None:
+    """A CUB box must overlap its image (a box outside it would crop nothing: an all-black test
+    sample with an empty mask); a UserError naming the box's line otherwise."""
+    x, y, w, h = record.box
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise dnnlib.UserError(f'{record.box_source or "the box"}: the box {x} {y} {w} {h} of {record.image} lies '
+                               f'outside its {width} x {height} image; the file is damaged: replace it with the one '
+                               f'from the dataset release')
+
+
 def check_listed(records: list[Record], listing: str) -> None:
     """Every listed image/mask exists (a cheap stat each); decoding is checked on access."""
     paths = [p for rec in records for p in (rec.image, rec.mask) if p is not None]
-    missing = [p for p in paths if not os.path.isfile(p)]
+    missing = [p for p in paths if not os.path.exists(p)]   # a FIFO or folder is refused, by name, when read
     if missing:
         raise dnnlib.UserError(f'{missing[0]} is listed in {listing} but does not exist '
                                f'({len(missing)} of {len(paths)} listed files missing); complete the dataset folder')
@@ -289,10 +371,17 @@ def is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+RUN_MARKER = 'training_options.json'   # a training run folder: its PNGs are outputs, never training data
+
+
 def list_images(folder: str) -> list[str]:
     """Image files under ``folder`` (recursively), as sorted relative paths; the temporary files of
-    an unfinished write (``.tmp-*``, e.g. of a killed generation) are not images of the set."""
-    found = []
+    an unfinished write (``.tmp-*``, e.g. of a killed generation) are not images of the set.
+
+    Symlinked folders and files are followed, as if they were there (a folder reached twice, e.g.
+    through a link loop, is read once). A training run folder inside ``folder`` (one holding
+    training_options.json: its grids and samples are a run's output) is skipped with a warning."""
+    found, seen, runs = [], set(), []
 
     def unreadable(err: OSError) -> None:   # os.walk would skip the folder, and train on a subset
         if isinstance(err, (FileNotFoundError, NotADirectoryError)):
@@ -300,10 +389,22 @@ def list_images(folder: str) -> list[str]:
         raise dnnlib.UserError(f'cannot list {err.filename} ({err.strerror}); make it readable, or move it '
                                f'out of {folder}')
 
-    for parent, dirs, files in os.walk(folder, onerror=unreadable):
+    for parent, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(parent)
+        if real in seen or (RUN_MARKER in files and parent != folder):
+            if real not in seen:
+                runs.append(parent)
+            dirs[:] = []
+            continue
+        seen.add(real)
         dirs.sort()
-        found += [os.path.relpath(os.path.join(parent, f), folder) for f in files
-                  if is_image(f) and not dnnlib.is_temp_file(f)]
+        images = [f for f in files if is_image(f) and not dnnlib.is_temp_file(f)]
+        for name in images:   # a FIFO or device named *.png stops the listing, before anything reads it
+            regular_file_stat(os.path.join(parent, name))
+        found += [os.path.relpath(os.path.join(parent, f), folder) for f in images]
+    if runs:
+        dnnlib.warn(f'{len(runs)} training run folder(s) inside {folder} skipped (e.g. {runs[0]}): their images are '
+                    f'a run\'s output, not training data')
     return sorted(found)
 
 
@@ -319,7 +420,7 @@ def open_pairs(path: str, resolution: int, names: list[str] | None = None, **kwa
                for rel in images]
     check_listed(records, os.path.join(path, 'img'))
     return FileDataset(f'{_base_name(path)}{resolution}', resolution, records, crop='none',
-                       mask_resample='bilinear', **kwargs)
+                       mask_resample='bilinear', exif=True, **kwargs)
 
 
 def open_image_folder(path: str, resolution: int, names: list[str] | None = None, **kwargs) -> FileDataset:
@@ -339,7 +440,8 @@ def open_image_folder(path: str, resolution: int, names: list[str] | None = None
         records, zip_path = [Record(m) for m in members], path
     if not records:
         raise dnnlib.UserError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) found in {path}')
-    return FileDataset(f'{_base_name(path)}{resolution}', resolution, records, crop='centre', zip_path=zip_path, **kwargs)
+    return FileDataset(f'{_base_name(path)}{resolution}', resolution, records, crop='centre', zip_path=zip_path,
+                       exif=True, **kwargs)
 
 
 def _base_name(path: str) -> str:

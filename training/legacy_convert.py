@@ -146,7 +146,7 @@ def discriminator_kwargs(D: OriginalModule, state: dict, where: str) -> dict:
 def convert_network(record: OriginalModule, role: str, path: str) -> torch.nn.Module:
     """One original network (``role`` G, G_ema or D) as this project's module, weights loaded."""
     where = f'{path}, {role}'
-    state = flat_state(record)
+    state = flat_state(record, where=where)
     if role == 'D':
         expected = ('DiscriminatorOpen', 'Discriminator')
         build, rules = (lambda: Discriminator(**discriminator_kwargs(record, state, where))), DISCRIMINATOR_RULES

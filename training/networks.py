@@ -668,3 +668,71 @@ class Discriminator(torch.nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.epilogue(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sizes from the arguments, before building (torch_utils.memory): a width in a snapshot record or
+# an option is checked against the machine's memory without allocating the network. Exact counts
+# of parameters and buffers, pinned to the built networks by tests/test_reliability.py.
+
+def _linear_size(fan_in: int, fan_out: int, bias: bool = True) -> int:
+    return fan_in * fan_out + (fan_out if bias else 0)
+
+
+def _synthesis_size(w_dim: int, img_resolution: int, img_channels: int, channel_base: int, channel_max: int) -> int:
+    filter_taps = len(RESAMPLE_FILTER) ** 2
+
+    def layer(c_in: int, c_out: int, res: int) -> int:   # affine, 3x3 weight, bias, noise strength + const
+        return _linear_size(w_dim, c_in) + 9 * c_in * c_out + c_out + 1 + res * res + filter_taps
+
+    total = 0
+    for res in (2 ** i for i in range(2, int(np.log2(img_resolution)) + 1)):
+        c = block_channels(res, channel_base, channel_max)
+        if res == 4:
+            total += c * 16 + layer(c, c, 4)
+        else:
+            total += layer(block_channels(res // 2, channel_base, channel_max), c, res) + layer(c, c, res)
+        total += _linear_size(w_dim, c) + c * img_channels + img_channels + filter_taps   # ToRGB, block filter
+    return total
+
+
+def generator_parameters(img_resolution: int = 64, z_dim: int = 512, w_dim: int = 512, channel_base: int = 16384,
+                         channel_max: int = 256, mapping_layers: int = 8, img_channels: int = 3,
+                         **unused: object) -> int:
+    """Parameters + buffers of ``LayeredGenerator(**kwargs)``, counted from its arguments."""
+    mapping = sum(_linear_size(a, b) for a, b in zip([z_dim] + [w_dim] * (mapping_layers - 1),
+                                                       [w_dim] * mapping_layers)) + w_dim
+    synthesis = sum(_synthesis_size(w_dim, img_resolution, c, channel_base, channel_max)
+                    for c in (img_channels, img_channels + 1))
+    return 2 * mapping + synthesis
+
+
+def discriminator_parameters(img_resolution: int = 64, img_channels: int = 3, channel_base: int = 16384,
+                             channel_max: int = 256, mbstd_num_channels: int = 1, **unused: object) -> int:
+    """Parameters + buffers of ``Discriminator(**kwargs)``, counted from its arguments."""
+    filter_taps = len(RESAMPLE_FILTER) ** 2
+
+    def conv(c_in: int, c_out: int, k: int, bias: bool = True) -> int:
+        return c_out * c_in * k * k + (c_out if bias else 0) + filter_taps
+
+    total = 0
+    for res in (2 ** i for i in range(int(np.log2(img_resolution)), 2, -1)):
+        tmp, out = block_channels(res, channel_base, channel_max), block_channels(res // 2, channel_base, channel_max)
+        total += (conv(img_channels, tmp, 1) if res == img_resolution else 0)
+        total += conv(tmp, tmp, 3) + conv(tmp, out, 3) + conv(tmp, out, 1, bias=False)
+    c = block_channels(4, channel_base, channel_max)
+    return total + conv(c + mbstd_num_channels, c, 3) + _linear_size(c * 16, c) + _linear_size(c, 1)
+
+
+def activation_floats(img_resolution: int, channel_base: int, channel_max: int, **unused: object) -> int:
+    """Floats of the feature maps one sample makes in one pass of G (both synthesis networks, two
+    convolutions per resolution) and D (three per resolution): the part of the memory that grows
+    with the batch. A training step keeps several tensors per feature map for the backward pass."""
+    resolutions = [2 ** i for i in range(2, int(np.log2(img_resolution)) + 1)]
+    maps = sum(block_channels(res, channel_base, channel_max) * res * res for res in resolutions)
+    return 2 * 2 * maps + 3 * maps
+
+
+# A record of these classes is sized before it is built (torch_utils.checkpoint.build_module).
+LayeredGenerator.parameter_count = staticmethod(generator_parameters)
+Discriminator.parameter_count = staticmethod(discriminator_parameters)

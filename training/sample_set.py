@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 
 import numpy as np
 import torch
@@ -125,6 +124,19 @@ def complete_samples(path: str, layers: tuple[str, ...], allow_partial: bool = F
                                    f'(in {", ".join(f"{layer}/" for layer in layers)}): an interrupted set; '
                                    f'{how}, or pass --allow-partial to use the {len(names)}')
         if warn:
-            print(f'warning: {path} holds {len(names)} of the {n} samples of its meta.json; using those '
-                  f'{len(names)} (--allow-partial)', file=sys.stderr, flush=True)
+            dnnlib.warn(f'{path} holds {len(names)} of the {n} samples of its meta.json; using those '
+                        f'{len(names)} (--allow-partial)')
+    extra = samples_beyond(path, layers[0], n)
+    if extra:   # meta.json's n disagrees with the folder: said, never used quietly
+        dnnlib.warn(f'{path} holds {len(extra)} sample(s) beyond the n={n} of its meta.json (e.g. {layers[0]}/'
+                    f'{extra[0]}); only the first {n} are read: fix n in meta.json, or remove the others')
     return names
+
+
+def samples_beyond(path: str, layer: str, n: int) -> list[str]:
+    """Sample files (``NNNNNN.png``) of ``path/layer`` whose index is ``n`` or more, sorted."""
+    try:
+        files = os.listdir(os.path.join(path, layer))
+    except OSError:
+        return []
+    return sorted(f for f in files if len(f) == 10 and f.endswith('.png') and f[:6].isdecimal() and int(f[:6]) > n)

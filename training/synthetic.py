@@ -366,7 +366,7 @@ def load_or_generate(cache_root: str, split: str, num_images: int, seed: int = 0
     ``$ILSGAN_CACHE``.
     """
     path = cache_path(cache_root, split, num_images, seed)
-    cached = dnnlib.read_cache(path, _read_npz)
+    cached = dnnlib.read_cache(path, lambda name: _read_npz(name, num_images))
     if cached is not None:
         return cached
     if verbose:
@@ -388,6 +388,14 @@ def load_or_generate(cache_root: str, split: str, num_images: int, seed: int = 0
     return dict(img=data['img'], mask=data['mask'])
 
 
-def _read_npz(path: str) -> dict[str, np.ndarray]:
+def _read_npz(path: str, num_images: int) -> dict[str, np.ndarray]:
+    """The cached set, checked: a readable file of another shape or type (hand-made, another
+    version's) is as unusable as a truncated one: ValueError, so the set is made again."""
     with np.load(path) as data:
-        return dict(img=data['img'], mask=data['mask'])
+        img, mask = data['img'], data['mask']
+    res = NATIVE_RESOLUTION
+    if img.shape != (num_images, 3, res, res) or mask.shape != (num_images, res, res) or \
+            img.dtype != np.uint8 or mask.dtype != np.uint8:
+        raise ValueError(f'img {img.dtype}{list(img.shape)} and mask {mask.dtype}{list(mask.shape)}, '
+                         f'not uint8[{num_images}, 3, {res}, {res}] and uint8[{num_images}, {res}, {res}]')
+    return dict(img=img, mask=mask)

@@ -33,11 +33,13 @@ AUG_MODES = ('ada', 'noaug', 'fixed')
 # The numeric options and their ranges: the click options use these types, and
 # build_training_config checks values that did not come through click with the same ones.
 OPTION_TYPES: dict[str, click.ParamType] = dict(
-    gpus=click.IntRange(min=1), batch=click.IntRange(min=1), kimg=dnnlib.FiniteFloat(min=0, min_open=True),
-    snap=click.IntRange(min=1), tick=dnnlib.FiniteFloat(min=0, min_open=True), seed=dnnlib.SEED,
-    workers=click.IntRange(0, dnnlib.MAX_WORKERS), gamma=dnnlib.FiniteFloat(min=0), p=dnnlib.FiniteFloat(0, 1),
-    target=dnnlib.FiniteFloat(0, 1), subset=click.IntRange(min=1), map_layers=click.IntRange(1, 64),
-    mixing_prob=dnnlib.FiniteFloat(0, 1), pl_weight=dnnlib.FiniteFloat(min=0), freezed=click.IntRange(min=0))
+    gpus=click.IntRange(1, dnnlib.MAX_WORKERS), batch=click.IntRange(1, dnnlib.MAX_BATCH),
+    kimg=dnnlib.FiniteFloat(0, dnnlib.MAX_COUNT, min_open=True), snap=click.IntRange(1, dnnlib.MAX_COUNT),
+    tick=dnnlib.FiniteFloat(0, dnnlib.MAX_COUNT, min_open=True), seed=dnnlib.SEED,
+    workers=click.IntRange(0, dnnlib.MAX_WORKERS), gamma=dnnlib.FiniteFloat(0, dnnlib.MAX_WEIGHT),
+    p=dnnlib.FiniteFloat(0, 1), target=dnnlib.FiniteFloat(0, 1), subset=click.IntRange(1, dnnlib.MAX_COUNT),
+    map_layers=click.IntRange(1, 64), mixing_prob=dnnlib.FiniteFloat(0, 1),
+    pl_weight=dnnlib.FiniteFloat(0, dnnlib.MAX_WEIGHT), freezed=click.IntRange(0, 64))
 OPTION_FLAGS = dict(map_layers='map')   # parameters whose option has another name
 
 def _parse_metrics(metrics: str | list | None, default: list[str]) -> list[str]:
@@ -137,6 +139,9 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
         misc.ensure_writable_dir(outdir)
     except OSError as err:
         raise dnnlib.UserError(f'--outdir={outdir} is not writable: {err}') from None
+    if os.path.isdir(data) and _is_inside(outdir, data):
+        raise dnnlib.UserError(f'--outdir={outdir} lies inside --data={data}: the run\'s grids would be read as training '
+                               f'images by the next run; choose an --outdir outside the data folder')
     if fp32:
         spec.num_fp16_res, spec.conv_clamp = 0, None
     spec.metrics = _parse_metrics(metrics, spec.metrics)
@@ -178,6 +183,12 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
     return c
 
 
+def _is_inside(path: str, folder: str) -> bool:
+    """Whether ``path`` (existing or not) is ``folder`` or lies under it, links resolved."""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def _option_suffixes(**given: Any) -> str:
     """The original's run-directory suffixes of the options given: -subset100, -map2, -pl2.0,
     -style_mixing, -freezed4."""
@@ -196,7 +207,7 @@ def prepare_run_dir(c: dnnlib.EasyDict) -> str:
     os.makedirs(run_dir, exist_ok=False)
     try:
         dnnlib.write_bytes_atomic(os.path.join(run_dir, 'training_options.json'),
-                                  json.dumps(c, indent=2).encode('utf-8'))
+                                  dnnlib.json_text(c, indent=2).encode('utf-8'))
     except BaseException:
         with contextlib.suppress(OSError):
             os.rmdir(run_dir)   # still empty: ours, made a moment ago
@@ -214,6 +225,7 @@ def check_inputs(c: dnnlib.EasyDict) -> None:
     the detector of the metrics."""
     from training.dataset import open_dataset
     from training.training_loop import reals_indices
+    check_training_memory(c)
     dataset = open_dataset(**c.dataset_kwargs)
     subset = c.dataset_kwargs.get('max_size')
     if subset is not None and len(dataset.raw_indices) < subset:
@@ -238,6 +250,31 @@ def check_inputs(c: dnnlib.EasyDict) -> None:
         check_detector(c.detector, runs_code=c.get('detector_runs_code', False))
 
 
+# Tensors a training step keeps per feature map float: G's and D's forward maps for the backward
+# pass, their gradients, and the R1 pass over D (a rough count; the estimate errs low).
+TRAINING_TENSORS_PER_MAP = 4
+
+
+def check_training_memory(c: dnnlib.EasyDict) -> None:
+    """UserError when the networks of ``c`` (G and D trained with Adam, G_ema) and the feature maps
+    of one per-process batch cannot fit in this machine's free memory (each GPU's, or the RAM the
+    ``--gpus`` CPU processes share), before anything is made."""
+    from torch_utils import memory
+    from training import networks
+    weights = (memory.TRAINED_PARAMETER_BYTES * (networks.generator_parameters(**c.G_kwargs)
+                                                 + networks.discriminator_parameters(**c.D_kwargs))
+               + memory.FLOAT_BYTES * networks.generator_parameters(**c.G_kwargs))
+    maps = (networks.activation_floats(**c.G_kwargs) * c.batch_gpu * TRAINING_TENSORS_PER_MAP
+            * memory.FLOAT_BYTES)
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    memory.check_fits(weights + maps, f'training with --batch={c.batch} ({c.batch_gpu} per process) at '
+                                      f'{c.resolution} px', device, share=c.gpus if device == 'cpu' else 1,
+                      advice='choose a smaller --batch (or fewer --gpus)')
+    if c.get('auto_test'):   # the chain after training: its sizes are checked now, not hours later
+        from metrics.auto_test import AutoTestSizes, check_sizes_fit
+        check_sizes_fit(AutoTestSizes.from_dict(c.get('auto_test_sizes')), c.resolution, device)
+
+
 def warn_about_processes(gpus: int) -> None:
     """A warning line when ``--gpus`` asks for more processes than there are CUDA devices."""
     devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -247,7 +284,7 @@ def warn_about_processes(gpus: int) -> None:
         share = f'{gpus} CPU processes (gloo) will share this machine\'s {os.cpu_count()} cores'
     else:
         share = f'the {gpus} processes will share its {devices} CUDA device(s)'
-    print(f'warning: --gpus={gpus} on a machine with {devices} CUDA device(s): {share}', file=sys.stderr, flush=True)
+    dnnlib.warn(f'--gpus={gpus} on a machine with {devices} CUDA device(s): {share}')
 
 
 def _worker(rank: int, world_size: int, device: torch.device, run_dir: str | None, c: dnnlib.EasyDict) -> None:
@@ -287,8 +324,19 @@ def launch(c: dnnlib.EasyDict) -> str | None:
     warn_about_processes(c.gpus)
     run_dir = prepare_run_dir(c)
     print(f'Run directory: {run_dir}', flush=True)
-    distributed.spawn_local(_worker, c.gpus, (run_dir, c))
+    try:
+        distributed.spawn_local(_worker, c.gpus, (run_dir, c))
+    except torch.multiprocessing.ProcessExitedException as err:
+        # A rank that died without a Python error (SIGKILL from the out-of-memory killer, a crash).
+        how = f'was killed by {err.signal_name}' if err.signal_name else f'exited with code {err.exit_code}'
+        raise TrainingProcessDied(f'training process {err.error_index} of {c.gpus} {how} (SIGKILL is often the '
+                                  f'system running out of memory: try a smaller --batch or fewer --gpus); the run '
+                                  f'continues from its last snapshot with --resume={run_dir}') from None
     return run_dir
+
+
+class TrainingProcessDied(dnnlib.UserError):
+    """A spawned training process ended without a Python error; the machine's state, exit 1."""
 
 
 def _torchrun_worker(rank: int, world_size: int, device: torch.device, c: dnnlib.EasyDict, holder: list) -> None:
@@ -394,12 +442,12 @@ def make_main(resolution: int):
         from training.loss import NonFiniteLossError
         try:
             run_dir = launch(c)
-        except NonFiniteLossError as err:
-            print(f'error: {err}', file=sys.stderr, flush=True)
+        except (NonFiniteLossError, TrainingProcessDied) as err:
+            print(f'error: {dnnlib.safe_line(err)}', file=sys.stderr, flush=True)
             raise SystemExit(1) from None
         except torch.multiprocessing.ProcessRaisedException as err:
-            print(f'error: a training process failed: {dnnlib.user_error_message(err)}', file=sys.stderr,
-                  flush=True)
+            print(f'error: a training process failed: {dnnlib.safe_line(dnnlib.user_error_message(err))}',
+                  file=sys.stderr, flush=True)
             raise SystemExit(1) from None
         if run_dir is not None and c.auto_test:
             run_auto_test_hook(run_dir, c)

@@ -263,7 +263,7 @@ def write_stats(run_dir: str, stats: dict, writer: Any, kimg: float, metrics: di
     """One ``stats.jsonl`` line per tick (+ TensorBoard scalars, global step = kimg)."""
     path = os.path.join(run_dir, 'stats.jsonl')
     with dnnlib.naming_file(path), open(path, 'at') as f:
-        f.write(json.dumps(dict(stats, timestamp=time.time())) + '\n')
+        f.write(dnnlib.json_text(dict(stats, timestamp=time.time())) + '\n')
     if writer is not None:
         step = int(kimg * 1000)
         for name, value in stats.items():
