@@ -6,9 +6,15 @@
 Each stage runs in a forked process of its own, killed with everything it started when its time is up, so a
 hanging stage (a ninja build waiting on a lock, say) costs its own limit and no more. The
 stage's figures are merged into ``gpu_check.json`` as soon as it ends (a cut-off run still
-reports the stages it finished); ``gpu_check.log`` holds every stage's output. Stages:
+reports the stages it finished); ``gpu_check.log`` holds every stage's output. The stages run in
+the order of what matters most if the time runs out, and their limits add up to the budget
+(:data:`STAGES`, :data:`DEFAULT_STAGES`):
 
-  env      GPU, driver, torch, CUDA, python; whether pyspng, ninja and nvcc are present.
+  env      GPU, driver, torch, CUDA, python; whether pyspng, ninja and nvcc are present; the
+           versions of c++ and nvcc. Pins TORCH_CUDA_ARCH_LIST to the GPU's own capability
+           (e.g. 9.0+PTX, what torch derives itself when the variable is unset) for every later
+           stage and records the value it found: each extra architecture costs ~18 s per .cu
+           file, and a list holding 7.0 stops nvcc 13 at once.
   build    The bias_act and upfirdn2d plugins: seconds, success, the whole compiler error.
   kernels  Every call of bias_act / upfirdn2d / conv2d_resample made by one G (training and
            generation mode), the composition, the augment pipe (p = 1) and D at 64 px, recorded,
@@ -16,17 +22,19 @@ reports the stages it finished); ``gpu_check.log`` holds every stage's output. S
            forward, backward and double backward, in each call's dtype (fp32 and fp16), max
            error against a stated tolerance, pass/fail per case; then ``pytest -m gpu`` on
            tests/test_ops.py.
+  train    train_ILS_64.py on the synthetic data, ~1 kimg of ILS_predL (--aug=fixed --p=0.2):
+           sec/kimg per tick from its log.txt (tick 0 is the warm-up).
   phases   Seconds per call of G-main, D-main, R1 (and the estimators' fit for ILS_learnL) for
            ILS_predL 64, ILS 128 and ILS_learnL 64 at batch 32 with the presets' mixed precision,
            CUDA kernels vs reference ops side by side, peak memory; A/B of NHWC vs NCHW and of a
            host sync per iteration (main's NaN check) vs none.
-  train    train_ILS_64.py on the synthetic data, ~1 kimg of ILS_predL (--aug=fixed --p=0.2):
-           sec/kimg per tick from its log.txt (tick 0 is the warm-up).
   chain    Generation img/s (10 000 samples), UNet it/s (batch 64, 64 px, width 64), MINE steps/s
            (hidden 3000, batch 64), each projected to the paper's sizes (50 000 samples, 6000
            UNet iterations, 100 000 MINE steps per mode).
   compile  --compile A/B: G-main and D-main eager vs torch.compile (with the CUDA kernels, then
-           with the reference ops the compiler can fuse), and the compile time.
+           with the reference ops the compiler can fuse), and the compile time. Not in the
+           default run (it does not fit the budget): ask for it on a warm machine, e.g.
+           ``--stages=env,compile --budget=200``.
 
 Stage status: ok, failed (``error``), timeout, skipped (``reason``). ``--quick`` runs the same
 stages on tiny sizes (the CPU when there is no GPU: the kernel comparisons report "skipped: no
@@ -58,10 +66,14 @@ import click
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# (name, time limit in seconds on a GPU). The limits add up to more than the budget on purpose:
+# (name, time limit in seconds on a GPU), in the order of what matters most when time runs short:
+# what the machine is, whether the kernels build and are right, whether a real training tick
+# runs, then the speed figures. The default stages' limits add up to the budget (a test checks);
 # a stage gets min(its limit, what the budget leaves after reserving RESERVE_S per later stage).
-STAGES: list[tuple[str, float]] = [('env', 30), ('build', 200), ('kernels', 90), ('phases', 120),
-                                   ('train', 100), ('chain', 100), ('compile', 150)]
+# Build: ~57 s per plugin on a busy CPU core for one architecture (shared/audits/cuda-build-check.md).
+STAGES: list[tuple[str, float]] = [('env', 15), ('build', 150), ('kernels', 75), ('train', 90),
+                                   ('phases', 75), ('chain', 55), ('compile', 150)]
+DEFAULT_STAGES = ('env', 'build', 'kernels', 'train', 'phases', 'chain')  # compile: on request
 BUDGET_S = 470          # 8 minutes less the start and the copy back
 RESERVE_S = 20          # kept per later stage (10 s of it usable), so a slow stage cannot starve the rest
 QUICK_RESERVE_S = 4
@@ -176,6 +188,8 @@ def drive(out: str, quick: bool, budget: float, stages: list[str], timeouts: dic
                         plugins_ok = False  # later stages use the reference ops and never retry the build
                     if name == 'env' and result.get('status') == 'ok':
                         cuda = result.get('cuda_available')
+                        if result.get('torch_cuda_arch_list'):  # every later stage (and its subprocesses)
+                            os.environ['TORCH_CUDA_ARCH_LIST'] = result['torch_cuda_arch_list']
                 report['stages'][name] = result
                 report['elapsed_s'] = round(time.time() - start, 1)
                 write_json(json_path, report)
@@ -275,25 +289,43 @@ def command_output(args: list[str]) -> str | None:
 
 # -- env ---------------------------------------------------------------------------------------
 
+def arch_list_for(major: int, minor: int) -> str:
+    """TORCH_CUDA_ARCH_LIST for one GPU of compute capability ``major.minor``: that architecture
+    with its PTX, as torch.utils.cpp_extension derives it itself on that GPU when the variable is
+    unset (so the check builds exactly what a user's first run there builds, and caches it)."""
+    return f'{major}.{minor}+PTX'
+
+
 def stage_env(stage: Stage) -> None:
     import torch
     from torch.utils import cpp_extension
-    nvcc = command_output(['nvcc', '--version'])
+    # cpp_extension runs CUDA_HOME's nvcc, which need not be the one on PATH.
+    nvcc_path = os.path.join(cpp_extension.CUDA_HOME, 'bin', 'nvcc') if cpp_extension.CUDA_HOME else 'nvcc'
+    nvcc = command_output([nvcc_path if os.path.exists(nvcc_path) else 'nvcc', '--version'])
+    cxx = command_output([os.environ.get('CXX', 'c++'), '--version'])
     info = dict(python=platform.python_version(), torch=torch.__version__, cuda_runtime=torch.version.cuda,
                 cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
                 cuda_available=torch.cuda.is_available(), cpu_count=os.cpu_count(),
                 pyspng=importlib.util.find_spec('pyspng') is not None, ninja=cpp_extension.is_ninja_available(),
                 cuda_home=cpp_extension.CUDA_HOME, nvcc=nvcc.splitlines()[-1] if nvcc else None,
-                cxx=shutil.which('c++'), torch_extensions_dir=os.environ.get('TORCH_EXTENSIONS_DIR'))
+                nvcc_version=nvcc.splitlines()[-2:] if nvcc else None,
+                cxx=shutil.which(os.environ.get('CXX', 'c++')), cxx_version=cxx.splitlines()[0] if cxx else None,
+                torch_extensions_dir=os.environ.get('TORCH_EXTENSIONS_DIR'),
+                **{name: os.environ.get(name) for name in ('CC', 'CXX', 'MAX_JOBS')},
+                torch_cuda_arch_list_found=os.environ.get('TORCH_CUDA_ARCH_LIST'), torch_cuda_arch_list=None)
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
+        info.update(torch_cuda_arch_list=arch_list_for(props.major, props.minor))
         info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2 ** 30, 1),
                     multiprocessors=props.multi_processor_count, capability=f'{props.major}.{props.minor}',
                     driver=command_output(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader']),
                     gpu_state=command_output(['nvidia-smi', '--query-gpu=clocks.sm,clocks.mem,temperature.gpu,'
                                               'utilization.gpu,memory.used', '--format=csv']))
     stage.record(**info, summary=f'{info.get("gpu", "no GPU")}, torch {info["torch"]}, CUDA {info["cuda_runtime"]}, '
-                                 f'python {info["python"]}, pyspng {"yes" if info["pyspng"] else "no"}')
+                                 f'python {info["python"]}, pyspng {"yes" if info["pyspng"] else "no"}, '
+                                 f'nvcc {info["nvcc"] or "none"}, c++ {info["cxx_version"] or "none"}, '
+                                 f'TORCH_CUDA_ARCH_LIST {info["torch_cuda_arch_list_found"]} -> '
+                                 f'{info["torch_cuda_arch_list"] or "unchanged"}')
 
 
 # -- build -------------------------------------------------------------------------------------
@@ -309,6 +341,7 @@ def stage_build(stage: Stage) -> None:
     from torch_utils import custom_ops
     from torch_utils.ops import bias_act, upfirdn2d
     custom_ops.verbosity = 'full'  # the compiler's output goes to the log
+    stage.record(torch_cuda_arch_list=os.environ.get('TORCH_CUDA_ARCH_LIST'))
     plugins = {}
     for name, module in (('bias_act', bias_act), ('upfirdn2d', upfirdn2d)):
         with warnings.catch_warnings(record=True) as caught:
@@ -779,7 +812,7 @@ def stage_compile(stage: Stage) -> None:
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[Stage], None]] = dict(
-    env=stage_env, build=stage_build, kernels=stage_kernels, phases=stage_phases, train=stage_train,
+    env=stage_env, build=stage_build, kernels=stage_kernels, train=stage_train, phases=stage_phases,
     chain=stage_chain, compile=stage_compile)
 
 
@@ -790,8 +823,8 @@ STAGE_FUNCTIONS: dict[str, Callable[[Stage], None]] = dict(
 @click.option('--quick', is_flag=True, help='Tiny sizes (a CPU smoke run; what the test runs).')
 @click.option('--budget', type=click.FloatRange(min=1), default=BUDGET_S, show_default=True,
               help='Seconds for all stages together.')
-@click.option('--stages', default=','.join(name for name, _ in STAGES), show_default=True,
-              help='Stages to run, in this order.')
+@click.option('--stages', default=','.join(DEFAULT_STAGES), show_default=True,
+              help=f'Stages to run, in this order (of {", ".join(name for name, _ in STAGES)}).')
 @click.option('--timeout', 'timeouts', metavar='STAGE=S,...', default=None,
               help='Per-stage time limits in seconds instead of the defaults.')
 @click.option('--inject', metavar='STAGE=fail|hang,...', default=None,

@@ -18,6 +18,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = [name for name, _ in gpu_check.STAGES]
 
 
+def test_default_stage_limits_fit_the_budget_in_the_order_of_what_matters_most():
+    limits = dict(gpu_check.STAGES)
+    assert list(gpu_check.DEFAULT_STAGES) == [name for name in STAGES if name != 'compile']
+    assert STAGES[:4] == ['env', 'build', 'kernels', 'train']  # what the machine is, builds, is right, trains
+    assert sum(limits[name] for name in gpu_check.DEFAULT_STAGES) <= gpu_check.BUDGET_S
+    assert gpu_check.arch_list_for(9, 0) == '9.0+PTX' and gpu_check.arch_list_for(8, 6) == '8.6+PTX'
+
+
 def run_check(out, *args):
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable, OMP_NUM_THREADS='1')
     proc = subprocess.run(['bash', os.path.join(ROOT, 'bench', 'gpu_check.sh'), '--quick', *args], cwd=ROOT, env=env,
@@ -28,7 +36,7 @@ def run_check(out, *args):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU behaviour of --quick')
 def test_quick_run_reports_every_stage_with_sane_figures(tmp_path):
-    proc, report = run_check(tmp_path)
+    proc, report = run_check(tmp_path, '--stages=' + ','.join(STAGES))
     assert proc.returncode == 0, proc.stderr
     stages = report['stages']
     assert list(stages) == STAGES and report['quick'] is True and report['finished'] is not None
@@ -38,6 +46,10 @@ def test_quick_run_reports_every_stage_with_sane_figures(tmp_path):
     env = stages['env']
     assert env['status'] == 'ok' and env['torch'] == torch.__version__ and env['cuda_available'] is False
     assert isinstance(env['pyspng'], bool) and env['python'].count('.') == 2
+    # The build's environment is recorded; without a GPU nothing is pinned.
+    assert env['torch_cuda_arch_list_found'] == os.environ.get('TORCH_CUDA_ARCH_LIST')
+    assert env['torch_cuda_arch_list'] is None and {'cxx_version', 'nvcc_version', 'MAX_JOBS', 'CC', 'CXX'} <= set(env)
+    assert env['cxx_version'] is None or isinstance(env['cxx_version'], str)
     assert stages['build'] == dict(stages['build'], status='skipped', reason='no CUDA')
     kernels = stages['kernels']
     assert kernels['status'] == 'skipped' and kernels['reason'] == 'no CUDA'
@@ -69,6 +81,26 @@ def test_failed_and_hung_stages_are_recorded_and_later_stages_still_run(tmp_path
     assert build['status'] == 'timeout' and build['timeout_s'] == 3 and build['seconds'] < 10
     assert report['stages']['phases']['status'] == 'ok'  # after a failed build: the reference ops, no new build
     assert 'injected failure in stage env' in open(tmp_path / 'gpu_check.log').read()
+
+
+def test_the_arch_list_the_env_stage_pins_reaches_every_later_stage(tmp_path, monkeypatch):
+    """The driver sets TORCH_CUDA_ARCH_LIST from the env stage's result before forking the later
+    stages, so the build (and its pytest and training subprocesses) use the GPU's own list."""
+    monkeypatch.setenv('TORCH_CUDA_ARCH_LIST', '7.0;7.5;8.0;8.6;9.0')  # an image-wide list, 7.0 included
+
+    def fake_env(stage):
+        stage.record(cuda_available=True, torch_cuda_arch_list_found=os.environ['TORCH_CUDA_ARCH_LIST'],
+                     torch_cuda_arch_list=gpu_check.arch_list_for(9, 0))
+
+    def fake_build(stage):
+        stage.record(seen=os.environ.get('TORCH_CUDA_ARCH_LIST'))
+
+    monkeypatch.setitem(gpu_check.STAGE_FUNCTIONS, 'env', fake_env)
+    monkeypatch.setitem(gpu_check.STAGE_FUNCTIONS, 'build', fake_build)
+    report = gpu_check.drive(str(tmp_path), True, 60, ['env', 'build'], {}, {})
+    env, build = report['stages']['env'], report['stages']['build']
+    assert env['status'] == build['status'] == 'ok'
+    assert env['torch_cuda_arch_list_found'] == '7.0;7.5;8.0;8.6;9.0' and build['seen'] == '9.0+PTX'
 
 
 def test_unknown_stage_is_a_usage_error(tmp_path):
