@@ -47,7 +47,7 @@ MAX_BATCH = 65536        # samples per optimiser step (segmentation, MINE)
 MAX_COUNT = 10_000_000   # samples to generate (5 PNGs each; the paper's: 50 000), iterations, steps
 MAX_SIDE = 4096          # image sides, UNet widths
 MAX_WORKERS = 256        # data-loading processes, training processes
-MAX_WEIGHT = 1e6         # loss weights (--gamma, --pl-weight); learning rates stay at or below 1
+MAX_WEIGHT = 1_000_000   # loss weights (--gamma, --pl-weight); learning rates stay at or below 1
 
 
 def parse_device(name: str | None) -> str:

@@ -523,3 +523,11 @@ def test_drc_split_tokens_outside_the_dataset_are_refused(tmp_path, token):
     with pytest.raises(dnnlib.UserError) as info:
         _open('dog', data_root=str(root))
     assert str(info.value).startswith(f'{root / "data_tr_sel.npy"} holds the token {token!r}, which points outside')
+
+
+def test_every_number_option_of_every_command_has_an_upper_bound():
+    import click
+    from test_cli_docs import COMMANDS, load_command
+    unbounded = [f'{name} --{param.name}' for name in COMMANDS for param in load_command(name).params
+                 if isinstance(param.type, (click.IntRange, click.FloatRange)) and param.type.max is None]
+    assert unbounded == ['generate_segmentation_samples.py --sigma']   # a value to match, not a size
