@@ -7,6 +7,7 @@ allow-list (:mod:`torch_utils.safe_pickle`), so a split file can never run code.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -23,6 +24,10 @@ MRCNN_SPLIT_FILES = {'dogs': ('data_tr_sel.npy', 'data_te_sel.npy'),
                      'cars': ('data_mrcnn_train_select.npy', 'data_mrcnn_test_select.npy')}
 DRC_MARKERS = {'birds': 'images.txt', **{kind: files[0] for kind, files in MRCNN_SPLIT_FILES.items()}}
 DEFAULT_DRC_ROOT = os.path.join('datasets', 'DRC_processed')
+# SHA-256 of the CUB train_val_test_split.txt that the ReDO repository publishes (11 788 lines:
+# 10 000 train, 788 val, 1 000 test), the split the paper's CUB scores are measured on.
+CUB_SPLIT_SHA256 = '7620961c0d472a9721d9f2e5541a6dba2a6009e21caadb3861c5c7b64270764c'
+_checked_splits: set[tuple[str, str]] = set()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,6 +86,7 @@ def _cub_records(root: str, split: str, train_masks: bool = False) -> list[Recor
     images = _read_table(os.path.join(root, 'images.txt'), 1)
     split_path = os.path.join(root, 'train_val_test_split.txt')
     split_of = _read_table(split_path, 1)
+    check_cub_split(split_path, split_of)
     wanted = '0' if split == 'train' else '2'           # 1 (validation) is used by no stage
     ids = sorted(i for i, (k,) in split_of.items() if k == wanted)
     box_lines: dict[int, int] = {}
@@ -101,6 +107,20 @@ def _cub_records(root: str, split: str, train_masks: bool = False) -> list[Recor
                                   f'{os.path.join(root, "bounding_boxes.txt")}, line {box_lines[i]}'))
     check_listed(records, split_path)
     return records
+
+
+def check_cub_split(path: str, split_of: dict[int, list[str]]) -> None:
+    """One warning (once per file and content) when the CUB split file is not ReDO's: the run
+    still uses it, but its scores do not compare with the paper's."""
+    with open(path, 'rb') as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    if digest == CUB_SPLIT_SHA256 or (os.path.abspath(path), digest) in _checked_splits:
+        return
+    _checked_splits.add((os.path.abspath(path), digest))
+    counts = [sum(k == str(kind) for (k,) in split_of.values()) for kind in range(3)]
+    dnnlib.warn(f'{path} is not the train_val_test_split.txt that ReDO publishes (SHA-256 {digest[:16]}..., '
+                f'expected {CUB_SPLIT_SHA256[:16]}...; {counts[0]} train / {counts[1]} val / {counts[2]} test, '
+                f'expected 10000 / 788 / 1000): its scores do not compare with the paper\'s')
 
 
 def load_tokens(path: str) -> list[str]:
