@@ -127,6 +127,25 @@ def test_mixing_with_probability_one_replaces_the_ws_after_the_cutoff(mode):
         assert len(cuts) > 1      # the cutoff is random
 
 
+def test_orig_mixing_decides_for_each_stack_on_its_own():
+    """--mixing=orig at 0 < p < 1: the bg and fg stacks mix independently, as the original's two
+    StyleGAN2 blocks (each its own draw); all four outcomes occur."""
+    loss = tiny_loss(style_mixing_prob=0.5, mixing='orig')
+    G, num_ws = loss.G.train(), loss.G.num_ws
+    fed = []
+    G.synthesis = lambda ws_bg, ws_fg, **kw: (fed.append((ws_bg, ws_fg))
+                                              or LayeredGenerator.synthesis(G, ws_bg, ws_fg, **kw))
+    z, eps = torch.randn(4, 8), torch.rand(4, 2) * 2 - 1
+    outcomes = set()
+    for seed in range(40):
+        base_bg, base_fg = G.mapping(z, update_w_avg=False)
+        torch.manual_seed(seed)
+        loss.run_G(z, eps)
+        ws_bg, ws_fg = fed[-1]
+        outcomes.add((equal_prefix(ws_bg, base_bg) < num_ws, equal_prefix(ws_fg, base_fg) < num_ws))
+    assert outcomes == {(False, False), (True, False), (False, True), (True, True)}
+
+
 def test_mixing_probability_zero_or_mode_none_changes_nothing_not_even_the_random_stream():
     z, eps = torch.randn(4, 8), torch.rand(4, 2) * 2 - 1
     G = tiny_G()
@@ -439,6 +458,18 @@ def test_crop_ratio_keeps_the_centre_of_the_synthetic_pairs_only(tmp_path):
         open_dataset(str(tmp_path / 'syn' / 'img'), crop_ratio=0.5)
     with pytest.raises(dnnlib.UserError, match=r'--crop-ratio must lie in \(0, 1\]'):
         seg.check_config(seg_config(tmp_path, crop_ratio=1.5))
+
+
+def test_crop_ratio_offsets_round_half_to_even_as_torchvision_center_crop():
+    """The original crops with torchvision's CenterCrop: offset round((H − S) / 2), Python's round."""
+    from training.image_files import centre_square_crop
+    image = np.arange(64 * 64).reshape(64, 64, 1)
+    crop = centre_square_crop(image, 0.9)         # S = int(57.6) = 57; (64 − 57) / 2 = 3.5 → 4
+    assert crop.shape == (57, 57, 1) and crop[0, 0, 0] == image[4, 4, 0]
+    image = np.arange(10 * 10).reshape(10, 10, 1)
+    assert centre_square_crop(image, 0.5)[0, 0, 0] == image[2, 2, 0]   # (10 − 5) / 2 = 2.5 → 2
+    image = np.arange(5 * 8).reshape(5, 8, 1)     # ratio 1 (a non-square image's centre square): floor
+    assert centre_square_crop(image)[0, 0, 0] == image[0, 1, 0]        # (8 − 5) // 2 = 1
 
 
 def test_test_all_scores_every_validated_unet_on_the_test_set(pair_sets):

@@ -102,10 +102,14 @@ def grey_channel(rgb: np.ndarray) -> np.ndarray:
 
 def centre_square_crop(image: np.ndarray, ratio: float = 1.0) -> np.ndarray:
     """[H, W, C] → [S, S, C], S = int(min(H, W)·ratio), centred: each side trimmed by floor((long − S)/2)
-    first. ``ratio`` < 1 is eval_segmentation.py's --crop-ratio."""
+    first. ``ratio`` < 1 is eval_segmentation.py's --crop-ratio: then the offsets are (H − S)/2 and
+    (W − S)/2 rounded half to even, as the original's torchvision CenterCrop places them (3.5 → 4)."""
     h, w = image.shape[:2]
     side = max(int(min(h, w) * ratio), 1)
-    top, left = (h - side) // 2, (w - side) // 2
+    if ratio < 1:
+        top, left = round((h - side) / 2), round((w - side) / 2)
+    else:
+        top, left = (h - side) // 2, (w - side) // 2
     return image[top:top + side, left:left + side]
 
 

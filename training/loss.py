@@ -266,10 +266,17 @@ class ILSLoss:
     def mapping(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(ws_bg, ws_fg) [N, num_ws, w_dim] of z [N, z_dim]. With probability style_mixing_prob
         (0 in every preset: then no random number is drawn) the ws past the cutoffs of
-        :func:`mixing_cutoffs` come from a second latent, which leaves w_avg alone."""
+        :func:`mixing_cutoffs` come from a second latent, which leaves w_avg alone; in 'orig' mode
+        each stack mixes with that probability independently of the other."""
         ws_bg, ws_fg = self.G.mapping(z)
-        if self.style_mixing_prob > 0 and float(torch.rand([])) < self.style_mixing_prob:
+        if self.style_mixing_prob <= 0:
+            return ws_bg, ws_fg
+        # 'orig' decides for each stack on its own, as the original's two StyleGAN2 mixing blocks.
+        mixed = [float(torch.rand([])) < self.style_mixing_prob for _ in range(2 if self.mixing == 'orig' else 1)]
+        if any(mixed):
             cutoff_bg, cutoff_fg = mixing_cutoffs(self.mixing, ws_bg.shape[1])
+            if self.mixing == 'orig':  # a stack that does not mix keeps all its ws
+                cutoff_bg, cutoff_fg = (c if m else ws_bg.shape[1] for c, m in zip((cutoff_bg, cutoff_fg), mixed))
             mix_bg, mix_fg = self.G.mapping(torch.randn_like(z), update_w_avg=False)
             ws_bg = torch.cat([ws_bg[:, :cutoff_bg], mix_bg[:, cutoff_bg:]], dim=1)
             ws_fg = torch.cat([ws_fg[:, :cutoff_fg], mix_fg[:, cutoff_fg:]], dim=1)
