@@ -353,7 +353,24 @@ def estimate_layer_mi(path: str, cfg: MineConfig, mode: str = 'both', num_worker
                'estimate': f'mean of the last {min(cfg.num_final, len(curve))} training-set evaluations (nats)',
                'total_time': time.time() - start_time}
     dnnlib.write_bytes_atomic(os.path.join(run_dir, 'results.json'), dnnlib.json_text(summary, indent=2).encode())
+    write_original_results(run_dir, results)
     return summary
+
+
+# The original's result files: <run>/MI_estimation_results.json, its keys → ours.
+ORIGINAL_RESULT_KEYS = {'separate': {'ave_MI_train1': 'MI_1', 'ave_MI_train2': 'MI_2'},
+                        'single': {'ave_MI_train': 'MI'}}
+
+
+def write_original_results(run_dir: str, results: dict) -> None:
+    """``separate/`` and ``single/MI_estimation_results.json`` as the original writes them (for the
+    modes run), so that a script written for its runs reads ours: the same numbers as our MI_1,
+    MI_2 and MI under the original's keys."""
+    for run, keys in ORIGINAL_RESULT_KEYS.items():
+        if all(ours in results for ours in keys.values()):
+            os.makedirs(os.path.join(run_dir, run), exist_ok=True)
+            dnnlib.write_bytes_atomic(os.path.join(run_dir, run, 'MI_estimation_results.json'),
+                                      json.dumps({key: results[ours] for key, ours in keys.items()}).encode())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -685,7 +685,21 @@ def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -
     }
     results['total_time_str'] = dnnlib.format_time(results['total_time'])
     dnnlib.write_bytes_atomic(os.path.join(run_dir, 'results.json'), dnnlib.json_text(results, indent=2).encode())
+    write_original_test_line(run_dir, results)
     return results
+
+
+def write_original_test_line(run_dir: str, results: dict) -> None:
+    """``metric-test.jsonl`` as the original writes it, so that a script written for its runs reads
+    ours: one line whose ``results`` hold the original's keys with the original's meanings. Its
+    ``IoU`` is the dataset-level score, our ``IoU_dataset``; its ``DRC_IoU`` / ``DRC_DICE`` are the
+    paper's per-image scores, our ``IoU`` / ``DICE``."""
+    scores = results['results']
+    line = {'results': {'pACC': scores['pACC'], 'IoU': scores['IoU_dataset'], 'mIoU': scores['mIoU'],
+                        'DRC_IoU': scores['IoU'], 'DRC_DICE': scores['DICE']},
+            'snapshot_pth': results['snapshot'], 'total_time': results['total_time'],
+            'total_time_str': results['total_time_str'], 'timestamp': results['timestamp']}
+    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'metric-test.jsonl'), (json.dumps(line) + '\n').encode())
 
 
 FIXED_MASK_NOTE = ('one mask for every test image: the pixel-wise mean of the test masks, thresholded at the '

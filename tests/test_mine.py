@@ -158,6 +158,10 @@ def test_cli_writes_results_curve_and_plot(tmp_path):
     curves = json.loads((run_dir / 'curve.json').read_text())
     assert [e['iteration'] for e in curves['separate']] == [3, 6]
     assert results['MI'] == pytest.approx(np.mean([e['MI'] for e in curves['single']]))
+    # The original's result files beside ours: the same numbers under its keys.
+    assert json.loads((run_dir / 'separate' / 'MI_estimation_results.json').read_text()) == {
+        'ave_MI_train1': results['MI_1'], 'ave_MI_train2': results['MI_2']}
+    assert json.loads((run_dir / 'single' / 'MI_estimation_results.json').read_text()) == {'ave_MI_train': results['MI']}
     lines = (run_dir / 'metric-mine-separate.jsonl').read_text().splitlines()
     assert len(lines) == 2 and 'MI_2' in json.loads(lines[0])
     from PIL import Image

@@ -522,7 +522,8 @@ def test_test_only_tests_the_saved_unet_without_training(pair_sets):
     results = json.loads((run_dir / 'results.json').read_text())
     assert results['results'] == first['results'] and results['best_iteration'] == first['best_iteration']
     assert results['snapshot'] == str(pair_sets / 'a' / 'unet-best.pt')
-    assert sorted(os.listdir(run_dir)) == ['options.json', 'results.json', 'seg-test.png']   # nothing trained
+    assert sorted(os.listdir(run_dir)) == ['metric-test.jsonl', 'options.json', 'results.json',
+                                           'seg-test.png']   # nothing trained
     for options, message in [(['--test-only'], '--test-only needs --resume-from'),
                              (['--test-only', '--test-all', f'--resume-from={pair_sets / "a"}'],
                               'does not combine with --test-only'),

@@ -325,6 +325,11 @@ def test_eval128_protocol_scores_against_128_masks_and_writes_the_run(tmp_path, 
     assert set(seg.SCORE_NAMES) <= set(results['results']) and results['num_test_images'] == 5
     assert [json.loads(l)['iteration'] for l in (run_dir / 'metric-val.jsonl').read_text().splitlines()] == [2, 3]
     assert json.loads((run_dir / 'options.json').read_text())['protocol'] == 'eval128'
+    # The original's metric-test.jsonl beside it: its keys, its meanings (its IoU is our IoU_dataset).
+    (line,) = (run_dir / 'metric-test.jsonl').read_text().splitlines()
+    scores = results['results']
+    assert json.loads(line)['results'] == {'pACC': scores['pACC'], 'IoU': scores['IoU_dataset'], 'mIoU': scores['mIoU'],
+                                           'DRC_IoU': scores['IoU'], 'DRC_DICE': scores['DICE']}
     payload = torch.load(run_dir / 'unet-best.pt', weights_only=True)
     assert payload['data']['iteration'] == results['best_iteration']
     from PIL import Image
