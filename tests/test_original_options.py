@@ -300,16 +300,27 @@ def test_g_reg_phase_runs_only_with_a_path_length_weight(tmp_path, module_cache,
 # ----------------------------------------------------------------------------------------------
 # --upd-e, --cond, --nhwc
 
-def test_upd_e_is_accepted_and_changes_nothing(tmp_path):
-    def effect(c):   # the config without the options as typed (which record --upd-e)
-        return {key: value for key, value in c.items() if key != 'options'}
+def test_upd_e_is_accepted_and_changes_nothing_but_the_run_name(tmp_path):
+    def effect(c):   # the config without the options as typed (which record --upd-e) and the run name
+        return {key: value for key, value in c.items() if key not in ('options', 'run_desc')}
 
     assert effect(config(tmp_path, upd_e='D')) == effect(config(tmp_path)) == effect(config(tmp_path, upd_e='G'))
+    assert config(tmp_path, upd_e='D').run_desc == config(tmp_path).run_desc + '-updateEinD'  # as the original
+    assert config(tmp_path, upd_e='G').run_desc == config(tmp_path).run_desc
     main = train_cli.make_main(64)
     result = CliRunner().invoke(main, ['--outdir', str(tmp_path), '--data=synthetic', '--upd-e=D', '-n'])
     assert result.exit_code == 0, result.output
     assert effect(json.loads(result.output)) == effect(json.loads(CliRunner().invoke(
         main, ['--outdir', str(tmp_path), '--data=synthetic', '-n']).output))
+
+
+def test_resume_noresume_is_the_originals_default_spelled_out(tmp_path):
+    main = train_cli.make_main(64)
+    result = CliRunner().invoke(main, ['--outdir', str(tmp_path), '--data=synthetic', '--resume=noresume', '-n'])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)['resume'] is None
+    result = CliRunner().invoke(main, ['--outdir', str(tmp_path), '--data=synthetic', '--resume=ffhq256', '-n'])
+    assert result.exit_code == 2 and result.output.startswith('error: --resume: ffhq256 ')  # no pretrained networks
 
 
 def test_cond_is_a_one_line_user_error(tmp_path):

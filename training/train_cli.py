@@ -153,7 +153,8 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
              test_data=test_data,
              compile=compile, batch_gpu=batch_gpu, options=options,
              run_desc=f'{_data_name(data)}-{cfg}-batch{spec.batch}' + _option_suffixes(
-                 subset=subset, map=map_layers, pl=pl_weight, mixing=mixing, freezed=freezed))
+                 subset=subset, map=map_layers, pl=pl_weight, mixing=mixing, freezed=freezed)
+             + ('-updateEinD' if upd_e == 'D' else ''))   # the original's suffix; the option changes nothing
     c.dataset_kwargs = dict(data=data, split='train', resolution=spec.resolution, data_root=data_root, xflip=mirror)
     if subset is not None:
         # As StyleGAN2-ADA: a subset drawn with the run's --seed (training.dataset.Dataset).
@@ -431,6 +432,8 @@ def make_main(resolution: int):
     def main(dry_run: bool, **options: Any) -> None:
         """Train a layered ILSGAN generator."""
         from metrics.detector import resolve_detector_path, resolve_runs_code
+        if options['resume'] == 'noresume':  # the original's default, spelled out: start afresh
+            options['resume'] = None
         if options['resume']:
             options = options_for_resume(options, click.get_current_context())
         options['detector'] = resolve_detector_path(options['detector'])
