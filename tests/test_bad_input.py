@@ -83,7 +83,7 @@ def test_every_number_option_of_every_command_is_a_checked_range():
             if param.name == 'device':
                 assert isinstance(param.type, dnnlib.Device), where
                 counts['device'] += 1
-    assert counts['float'] >= 10 and counts['int'] >= 20 and counts['seed'] == 6 and counts['device'] == 2, counts
+    assert counts['float'] >= 10 and counts['int'] >= 20 and counts['seed'] == 6 and counts['device'] == 3, counts
 
 
 @pytest.mark.parametrize('command,bad', [
