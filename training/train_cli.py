@@ -106,12 +106,8 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
                                '(with --resume, the resumed run\'s is used)')
     if gpus < 1:
         raise dnnlib.UserError(f'--gpus must be at least 1, got {gpus}')
-    if spec.batch < 1 or spec.batch % gpus != 0:
-        raise dnnlib.UserError(f'--batch={spec.batch} is not divisible by --gpus={gpus}')
-    batch_gpu = spec.batch // gpus
-    if batch_gpu % min(spec.mbstd, batch_gpu) != 0:
-        raise dnnlib.UserError(f'the per-process batch {batch_gpu} is not a multiple of the minibatch-stddev '
-                               f'group {spec.mbstd}; choose --batch as a multiple of {spec.mbstd * gpus}')
+    torchrun = distributed.torchrun_env()   # under torchrun its processes count, not --gpus
+    batch_gpu, mbstd_group = split_batch(spec.batch, torchrun[2] if torchrun else gpus, spec.mbstd, bool(torchrun))
     if spec.kimg <= 0 or spec.kimg_per_tick <= 0 or spec.snap < 1:
         raise dnnlib.UserError('--kimg and --tick must be > 0 and --snap >= 1')
     if spec.mapping_layers < 1:
@@ -166,7 +162,7 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
     c.D_kwargs = dict(class_name='training.networks.Discriminator', img_resolution=spec.resolution,
                       channel_base=spec.channel_base, channel_max=spec.channel_max,
                       num_fp16_res=spec.num_fp16_res, conv_clamp=spec.conv_clamp,
-                      mbstd_group_size=min(spec.mbstd, batch_gpu), freeze_layers=spec.freeze_layers)
+                      mbstd_group_size=mbstd_group, freeze_layers=spec.freeze_layers)
     c.composition_kwargs = dict(class_name='training.networks.PerturbedComposition', xint_max=spec.xint_max,
                                 bg_contrast=spec.bg_contrast, xfrac_max=spec.xfrac_max, rotate_max=spec.rotate_max,
                                 scale_max=spec.scale_max)
@@ -188,6 +184,32 @@ def _is_inside(path: str, folder: str) -> bool:
     """Whether ``path`` (existing or not) is ``folder`` or lies under it, links resolved."""
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def split_batch(batch: int, world_size: int, mbstd: int, torchrun: bool = False) -> tuple[int, int]:
+    """The global ``batch`` over ``world_size`` processes → (per-process batch, D's minibatch-stddev
+    group), the group being ``min(mbstd, per-process batch)``: the one place either is derived.
+
+    UserError unless ``batch`` divides evenly and the group divides the per-process batch (else D's
+    forward fails mid-run); ``torchrun`` names torchrun's processes in the message, not --gpus.
+    """
+    processes = f'the torchrun world size {world_size}' if torchrun else f'--gpus={world_size}'
+    if batch < 1 or batch % world_size != 0:
+        raise dnnlib.UserError(f'--batch={batch} is not divisible by {processes}')
+    batch_gpu = batch // world_size
+    group = min(mbstd, batch_gpu)
+    if batch_gpu % group != 0:
+        over = f' (--batch={batch} over {world_size} torchrun processes)' if torchrun else ''
+        raise dnnlib.UserError(f'the per-process batch {batch_gpu}{over} is not a multiple of the minibatch-stddev '
+                               f'group {mbstd}; choose --batch as a multiple of {mbstd * world_size}')
+    return batch_gpu, group
+
+
+def for_world_size(c: dnnlib.EasyDict, world_size: int) -> dnnlib.EasyDict:
+    """``c`` for the ``world_size`` processes torchrun started (``--gpus`` is ignored there): the
+    per-process batch and D's minibatch-stddev group derived again by :func:`split_batch`."""
+    batch_gpu, group = split_batch(c.batch, world_size, c.mbstd, torchrun=True)
+    return dnnlib.EasyDict(c, gpus=world_size, batch_gpu=batch_gpu, D_kwargs=dict(c.D_kwargs, mbstd_group_size=group))
 
 
 def _option_suffixes(**given: Any) -> str:
@@ -313,10 +335,7 @@ def launch(c: dnnlib.EasyDict) -> str | None:
     """
     env = distributed.torchrun_env()
     if env is not None:
-        rank, _local_rank, world_size = env
-        if c.batch % world_size != 0:
-            raise dnnlib.UserError(f'--batch={c.batch} is not divisible by the torchrun world size {world_size}')
-        c = dnnlib.EasyDict(c, gpus=world_size, batch_gpu=c.batch // world_size)
+        c = for_world_size(c, env[2])   # before any folder is made, as for --gpus
         check_inputs(c)
         holder: list = []
         distributed.run_under_torchrun(_torchrun_worker, (c, holder))

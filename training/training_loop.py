@@ -294,15 +294,19 @@ def training_loop(run_dir: str, cfg: dnnlib.EasyDict, rank: int = 0, world_size:
                   device: torch.device | str = 'cpu') -> dict:
     """Train ILSGAN as configured by :func:`training.train_cli.build_training_config`.
 
-    Every rank calls this (``world_size`` processes in the group); the global batch is split into
-    ``batch // world_size`` per rank. Returns ``dict(cur_nimg, last_snapshot)``.
+    Every rank calls this (``world_size`` processes in the group); each takes ``cfg.batch_gpu`` of
+    the global batch, as :func:`training.train_cli.split_batch` derived it for ``world_size``.
+    Returns ``dict(cur_nimg, last_snapshot)``.
     Raises :class:`training.loss.NonFiniteLossError` if a loss turns NaN/inf (checked at each tick
     end, before that tick's snapshot).
     """
     device = torch.device(device)
     start_time = time.time()
     writes = rank == 0
-    batch_gpu = cfg.batch // world_size
+    batch_gpu = cfg.batch_gpu   # train_cli.split_batch derived it (and D's group) for this world size
+    if batch_gpu * world_size != cfg.batch:
+        raise ValueError(f'the config splits batch {cfg.batch} as {batch_gpu} per process, not over {world_size}; '
+                         f'derive it with training.train_cli.split_batch')
     seed_everything(cfg.seed * world_size + rank)
     torch.backends.cudnn.benchmark = not cfg.nobench
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(cfg.allow_tf32)
