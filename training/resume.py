@@ -25,7 +25,8 @@ from torch_utils import checkpoint
 from training import presets
 
 # Options that belong to one invocation and are never taken from a resumed run: where to write,
-# what to resume, the script's resolution, this machine's processes and its detector copy.
+# what to resume, the script's resolution, this machine's processes, its detector copy and whether
+# that copy may run code (a run file must never grant that).
 NOT_RESUMED = ('outdir', 'resume', 'resolution', 'gpus', 'workers', 'detector', 'detector_runs_code')
 
 
