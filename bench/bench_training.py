@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import dnnlib  # noqa: E402
 from torch_utils import misc  # noqa: E402
 from torch_utils.ops import bias_act, upfirdn2d  # noqa: E402
 from training import train_cli  # noqa: E402
