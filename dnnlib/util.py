@@ -173,6 +173,24 @@ def download_sha256(url: str, cache: str | None = None) -> str | None:
 
 TEMP_PREFIX = '.tmp-'  # every temporary file this project writes starts so; never a result
 
+
+def check_regular_file(path: str) -> bool:
+    """True when ``path`` is a regular file (a symlink followed), False when nothing is there; a
+    :class:`UserError` naming what is there instead: a folder, a FIFO (opening it would wait for a
+    writer forever), a device (``/dev/zero`` never ends) or a socket. Use it where a file the user
+    may have replaced is about to be opened."""
+    import stat
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    if stat.S_ISREG(mode):
+        return True
+    kind = ('a folder' if stat.S_ISDIR(mode) else 'a FIFO (named pipe)' if stat.S_ISFIFO(mode)
+            else 'a device' if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 'a socket' if stat.S_ISSOCK(mode)
+            else 'not a regular file')
+    raise UserError(f'{path} is {kind}, not a file; replace it with the file itself')
+
 # What json.load / json.loads raise for a damaged file: JSONDecodeError (empty, cut short, overwritten)
 # and UnicodeDecodeError (not UTF-8) are ValueErrors; RecursionError for nesting too deep ('[[[[…').
 JSON_READ_ERRORS = (ValueError, RecursionError)
@@ -249,7 +267,7 @@ def read_cache(path: str, read: Callable[[str], T]) -> T | None:
     """``read(path)`` for a cache file this program wrote; None when it is missing, and None with
     one warning line when it cannot be read (truncated, empty, damaged), so that the caller
     computes the content again and replaces the file."""
-    if not os.path.isfile(path):
+    if not check_regular_file(path):
         return None
     try:
         return read(path)
@@ -356,8 +374,10 @@ def user_error_message(err: BaseException) -> str:
     with that process's traceback (a DataLoader worker, a spawned rank), the original's last line."""
     lines = [line for line in str(err).splitlines() if line.strip()]
     if len(lines) > 1 and 'Traceback' in str(err):
-        # The last line reads "<module>.<Class>: <message>"; keep the message.
-        return re.sub(r'^[\w.]+(Error|Exception)?: ', '', lines[-1])
+        # The message follows the traceback's last "<module>.<Class>: " (it may span lines: a file
+        # name holding a newline); keep the message, whole.
+        starts = list(re.finditer(r'^(?:(?:\w+\.)+\w+|\w+(?:Error|Exception)): ', str(err), re.M))
+        return str(err)[starts[-1].end():].strip() if starts else lines[-1]
     if isinstance(err, UserError) and lines:
         return str(err).strip()   # whole: a newline in a file name must not cut it (safe_line escapes it)
     return lines[0] if lines else type(err).__name__

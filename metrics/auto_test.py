@@ -81,7 +81,7 @@ class AutoTestSizes:
 def read_training_options(run_dir: str) -> dict:
     """The run's ``training_options.json``; a missing, empty or damaged file is a one-line UserError."""
     path = os.path.join(run_dir, 'training_options.json')
-    if not os.path.isfile(path):
+    if not dnnlib.check_regular_file(path):
         raise dnnlib.UserError(f'{path} not found: {run_dir} is not a training run directory')
     try:
         with open(path, encoding='utf-8') as f:

@@ -139,7 +139,7 @@ def choose_snapshot(network: str, topk: float | None = None, pkl_idx: float | No
                                f'in {run_dir}; is it a training run directory?')
 
     metric_file = os.path.join(run_dir, f'metric-{metric}.jsonl')
-    entries = metric_lines_by_snapshot(read_metric_lines(metric_file) if os.path.isfile(metric_file) else [])
+    entries = metric_lines_by_snapshot(read_metric_lines(metric_file) if dnnlib.check_regular_file(metric_file) else [])
 
     if pkl_idx is not None:
         nimg = round(pkl_idx * 1000)
@@ -428,11 +428,20 @@ def generator_masks(snapshot_path: str, n: int, seed: int = 0, truncation_psi: f
     return np.concatenate(masks)
 
 
-def check_generation_memory(G: torch.nn.Module, batch: int, device: str) -> None:
-    """UserError naming --batch when one batch of G's feature maps (both synthesis networks, no
-    gradients) cannot fit in ``device``'s free memory."""
+# Bytes per latent float while sample_latents draws them: float64 rows, their stack, the float32 copy.
+LATENT_BYTES_PER_FLOAT = 20
+
+
+def check_generation_memory(G: torch.nn.Module, batch: int, device: str, n: int = 0) -> None:
+    """UserError naming --n when the latents of ``n`` samples (drawn at once, in RAM) or --batch
+    when one batch of G's feature maps (both synthesis networks, no gradients) cannot fit in
+    the free memory."""
     from torch_utils import memory
     from training import networks
+    z_dim = getattr(G, 'z_dim', None)
+    if isinstance(z_dim, int) and n:
+        memory.check_fits(n * z_dim * LATENT_BYTES_PER_FLOAT, f'drawing the latents of --n={n} samples (z_dim {z_dim})',
+                          'cpu', advice='choose a smaller --n')
     kwargs = {'img_resolution': 64, 'channel_base': 16384, 'channel_max': 256, **(getattr(G, 'init_kwargs', None) or {})}
     try:
         floats = networks.activation_floats(**kwargs)
@@ -464,7 +473,7 @@ def generate_from_network(network: str, n: int, outdir: str | None = None, topk:
     device = dnnlib.parse_device(device)
     snapshot = load_any_snapshot(choice.path, device)
     G = snapshot['G_ema']
-    check_generation_memory(G, min(batch_size, n), device)
+    check_generation_memory(G, min(batch_size, n), device, n)
     perturbation = training_perturbation(snapshot.get('data') or {}, choice.path) if perturb else None
     if isinstance(perturb, dict):
         perturbation = widened_perturbation(perturbation, perturb)

@@ -433,9 +433,14 @@ def check_memory(cfg: SegmentationConfig, device: torch.device | str, what: str 
     in ``device``'s free memory, before any pair is read or folder made."""
     from torch_utils import memory
     resolution = cfg.resolutions()[0]
-    memory.check_fits(unet_bytes(cfg.base_width, 0 if cfg.test_only else cfg.batch, resolution),
-                      what or f'the UNet at --base-width={cfg.base_width}, --batch={cfg.batch} and {resolution} px',
-                      device, advice='choose a smaller --base-width or --batch')
+    try:   # the synthetic pairs are decoded into memory: count them (a listing, nothing read)
+        pairs = 0 if cfg.test_only else sum(1 for _ in os.scandir(os.path.join(cfg.syn_data, 'img')))
+    except OSError:
+        pairs = 0   # a missing folder is check_config's error to report
+    memory.check_fits(unet_bytes(cfg.base_width, 0 if cfg.test_only else cfg.batch, resolution, pairs),
+                      what or f'the UNet at --base-width={cfg.base_width}, --batch={cfg.batch} and {resolution} px'
+                      + (f' on {pairs} synthetic pairs' if pairs else ''),
+                      device, advice='choose a smaller --base-width or --batch (or a smaller set or resolution)')
 
 
 def check_unet_data(payload: dict, path: str) -> None:

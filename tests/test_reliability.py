@@ -268,8 +268,9 @@ def test_segmentation_width_that_cannot_fit_is_refused_before_any_folder(tmp_pat
                      '--base-width=4096', '--iters=2', '--batch=4', '--workers=0', '--quiet')
     assert result.exit_code == 2
     line = _error_line(result)
-    assert line.startswith('error: the UNet at --base-width=4096, --batch=4 and 16 px needs about 877.3 GB of memory')
-    assert line.endswith('; choose a smaller --base-width or --batch')
+    assert line.startswith('error: the UNet at --base-width=4096, --batch=4 and 16 px on 4 synthetic pairs needs about '
+                           '877.3 GB of memory')
+    assert line.endswith('; choose a smaller --base-width or --batch (or a smaller set or resolution)')
     assert sorted(os.listdir(syn)) == ['img', 'mask']
 
 
@@ -531,3 +532,68 @@ def test_every_number_option_of_every_command_has_an_upper_bound():
     unbounded = [f'{name} --{param.name}' for name in COMMANDS for param in load_command(name).params
                  if isinstance(param.type, (click.IntRange, click.FloatRange)) and param.type.max is None]
     assert unbounded == ['generate_segmentation_samples.py --sigma']   # a value to match, not a size
+
+
+def test_an_error_relayed_from_a_worker_keeps_its_whole_message():
+    relayed = dnnlib.UserError('Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call '
+                               'last):\n  File "x.py", line 3, in load\n    raise UserError(message)\n'
+                               'dnnlib.util.UserError: cannot read image d/0\nerror: fake line.png (bad); replace it\n')
+    message = dnnlib.user_error_message(relayed)
+    assert message == 'cannot read image d/0\nerror: fake line.png (bad); replace it'
+    assert dnnlib.safe_line(message) == 'cannot read image d/0\\nerror: fake line.png (bad); replace it'
+
+
+@pytest.mark.parametrize('class_name, kwargs', [
+    ('training.networks.EqualizedLinear', dict(in_features=100_000, out_features=100_000)),          # 40 GB
+    ('training.mi_estimators.MIEstimators', dict(widths=[4096] * 5)),                                 # ~10 GB
+    ('training.networks.MappingNetwork', dict(z_dim=8, w_dim=60_000, num_ws=2, num_layers=2))])      # 14 GB
+def test_any_registered_class_named_with_enormous_arguments_is_refused_within_a_budget(tmp_path, monkeypatch,
+                                                                                        class_name, kwargs):
+    import resource
+    from torch_utils import checkpoint, memory
+    monkeypatch.setattr(memory, 'BUILD_MARGIN_BYTES', 256 * 2 ** 20)   # fail sooner than the 2 GiB of a real load
+    path = tmp_path / 'network-snapshot-000000.pt'
+    torch.save({'format': checkpoint.FORMAT, 'modules': {'G_ema': {'class': class_name, 'kwargs': kwargs,
+                                                                   'state': {}}}, 'data': {}}, path)
+    limit_before = resource.getrlimit(resource.RLIMIT_AS)
+    with pytest.raises(dnnlib.UserError) as info:
+        checkpoint.load_snapshot(str(path))
+    assert f"module 'G_ema': its arguments describe a {class_name} far larger than the 0 bytes of weights" \
+           in str(info.value)
+    assert resource.getrlimit(resource.RLIMIT_AS) == limit_before   # the cap is lifted again
+
+
+def test_generation_whose_latents_cannot_fit_is_refused_before_the_set_is_made(tmp_path, one_gib_free):
+    from metrics import generate as gen
+    from training.networks import LayeredGenerator
+    G = LayeredGenerator(img_resolution=32, z_dim=512, w_dim=8, channel_base=64, channel_max=8, mapping_layers=1)
+    gen.check_generation_memory(G, 4, 'cpu', n=1000)
+    with pytest.raises(dnnlib.UserError, match=r'^drawing the latents of --n=10000000 samples \(z_dim 512\) needs about 102.4 GB'):
+        gen.check_generation_memory(G, 4, 'cpu', n=10_000_000)
+
+
+def test_run_and_metadata_files_that_are_fifos_are_refused_not_opened(tmp_path):
+    from metrics import auto_test
+    from training import sample_set
+    run = tmp_path / 'run'
+    run.mkdir()
+    os.mkfifo(run / 'training_options.json')
+    with pytest.raises(dnnlib.UserError, match=r'training_options.json is a FIFO \(named pipe\), not a file'):
+        auto_test.read_training_options(str(run))
+    os.mkfifo(run / 'meta.json')
+    with pytest.raises(dnnlib.UserError, match=r'meta.json is a FIFO'):
+        sample_set.read_meta(str(run))
+    root = tmp_path / 'birds'
+    fx.build_cub(str(root))
+    os.remove(root / 'images' / '001.A' / 'wide.jpg')
+    os.mkfifo(root / 'images' / '001.A' / 'wide.jpg')
+    with pytest.raises(dnnlib.UserError, match=r'wide.jpg is a FIFO'):
+        _open('cub', data_root=str(root))
+
+
+def test_a_float_tiff_in_0_1_decodes_to_0_255(tmp_path):
+    from training import image_files
+    ramp = np.linspace(0, 1, 16 * 16, dtype=np.float32).reshape(16, 16)
+    Image.fromarray(ramp).save(tmp_path / 'f.tif')   # mode F
+    rgb = image_files.decode_rgb((tmp_path / 'f.tif').read_bytes(), 'f.tif')
+    assert np.array_equal(rgb[:, :, 1], np.rint(ramp * 255).astype(np.uint8))

@@ -160,8 +160,14 @@ def build_module(record: dict, device: torch.device | str = 'cpu', where: str = 
     check_record(record, where)
     cls = registered_class(record['class'])
     _check_size(cls, record, where, device)
-    try:
-        module = cls(**record['kwargs'])
+    from torch_utils import memory
+    stored = sum(t.numel() * t.element_size() for t in record['state'].values() if isinstance(t, torch.Tensor))
+    try:   # built within a budget of its weights: arguments describing far more are refused, for any class
+        module = memory.bounded_build(lambda: cls(**record['kwargs']), 3 * stored + memory.BUILD_MARGIN_BYTES)
+    except memory.BuildTooLarge:
+        raise _snapshot_error(where, f'its arguments describe a {record["class"]} far larger than the {stored:,} bytes '
+                                     f'of weights it holds (building it took more than '
+                                     f'{memory.format_bytes(3 * stored + memory.BUILD_MARGIN_BYTES)}): they do not fit') from None
     except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError, OverflowError,
             RuntimeError, MemoryError) as err:   # e.g. a negative or enormous width: torch's RuntimeError
         reason = str(err).strip().splitlines()[-1].strip() if str(err).strip() else type(err).__name__
@@ -212,7 +218,7 @@ def save_snapshot(path: str, modules: dict[str, torch.nn.Module | None], data: d
 def read_snapshot(path: str) -> dict:
     """``torch.load(path, weights_only=True)``, checked by :func:`check_payload`, with
     user-facing errors for missing, corrupt or malformed files."""
-    if not os.path.isfile(path):
+    if not dnnlib.check_regular_file(path):
         raise dnnlib.UserError(f'snapshot not found: {path}')
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them

@@ -93,3 +93,43 @@ def check_fits(need: float, what: str, device: torch.device | str = 'cpu', advic
         each = f' ({share} processes of {format_bytes(need)})' if share > 1 else ''
         raise dnnlib.UserError(f'{what} needs about {format_bytes(total)} of memory{each}, more than the '
                                f'{format_bytes(have)} free on this machine ({torch.device(device)}); {advice}')
+
+
+# Building a network from a record: construction allocates (and initialises) every weight before
+# load_state_dict can say the record's weights do not fit. A class without a size function could
+# still be named with enormous arguments, so the build runs under an address-space limit of what
+# this process uses now plus a budget from the weights the record actually holds.
+BUILD_MARGIN_BYTES = 2 * 2 ** 30   # thread stacks and malloc arenas reserve address space too
+
+
+def _address_space_used() -> int | None:
+    pages = _read_int_first('/proc/self/statm')   # the first field: the whole virtual size, in pages
+    return pages * os.sysconf('SC_PAGE_SIZE') if pages is not None else None
+
+
+class BuildTooLarge(Exception):
+    """Raised by :func:`bounded_build` when the build needed more memory than its budget."""
+
+
+def bounded_build(build, budget: int):
+    """``build()`` with this process's address space capped at its current size plus ``budget``
+    bytes (restored afterwards); :class:`BuildTooLarge` when an allocation fails under the cap.
+    Where the limit cannot be read or set (not Linux), ``build()`` runs unbounded."""
+    used = _address_space_used()
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (ValueError, OSError):
+        used = None
+    limit = used + budget if used is not None else None
+    if limit is None or (soft != resource.RLIM_INFINITY and soft <= limit) or \
+            (hard != resource.RLIM_INFINITY and hard < limit):
+        return build()   # an existing, tighter limit binds anyway
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        return build()
+    except (MemoryError, RuntimeError) as err:
+        if isinstance(err, MemoryError) or 'alloc' in str(err).lower():
+            raise BuildTooLarge(str(err)) from None
+        raise
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

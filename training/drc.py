@@ -34,7 +34,7 @@ _checked_splits: set[tuple[str, str]] = set()
 # Reading the layouts.
 
 def _need_file(path: str, what: str) -> str:
-    if not os.path.isfile(path):
+    if not dnnlib.check_regular_file(path):
         raise dnnlib.UserError(f'missing {what}: {path}; is the dataset root complete? (see README, "Datasets")')
     return path
 

@@ -41,7 +41,7 @@ ZIP_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImpleme
 # this project comes near it, and a zip bomb or /dev/zero named *.png would otherwise fill memory.
 MAX_FILE_BYTES = 256 * 2 ** 20
 # Grey modes of more than 8 bits that PIL's convert('RGB') would clip to white instead of scaling.
-WIDE_GREY_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I')
+WIDE_GREY_MODES = ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,7 +70,14 @@ def decode_rgb(data: bytes, name: str, exif: bool = False) -> np.ndarray:
 
 def _wide_grey_to_uint8(values: np.ndarray) -> np.ndarray:
     """16-bit grey (PIL's I;16 modes, and mode I of a 16-bit PNG) → uint8, the high byte: 65535 → 255.
-    A 32-bit image whose values exceed 16 bits is scaled by its own maximum instead."""
+    A 32-bit image whose values exceed 16 bits is scaled by its own range instead; a float image
+    (mode F) in [0, 1] is scaled by 255, another float range by its own range."""
+    if values.dtype.kind == 'f':
+        values = np.nan_to_num(values.astype(np.float64))
+        low, high = float(values.min(initial=0)), float(values.max(initial=0))
+        if low < 0 or high > 1:
+            values = (values - low) / max(high - low, 1e-12)
+        return np.rint(values * 255).astype(np.uint8)
     values = values.astype(np.int64)
     top = int(values.max(initial=0))
     if top > 65535 or values.min(initial=0) < 0:
@@ -360,7 +367,7 @@ def check_box_inside(record: Record, width: int, height: int) -> None:
 def check_listed(records: list[Record], listing: str) -> None:
     """Every listed image/mask exists (a cheap stat each); decoding is checked on access."""
     paths = [p for rec in records for p in (rec.image, rec.mask) if p is not None]
-    missing = [p for p in paths if not os.path.exists(p)]   # a FIFO or folder is refused, by name, when read
+    missing = [p for p in paths if not dnnlib.check_regular_file(p)]   # a FIFO, device or folder: refused by name
     if missing:
         raise dnnlib.UserError(f'{missing[0]} is listed in {listing} but does not exist '
                                f'({len(missing)} of {len(paths)} listed files missing); complete the dataset folder')

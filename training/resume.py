@@ -39,6 +39,8 @@ def stored_options(resume: str) -> tuple[dict, str]:
     snapshot = find_resume_snapshot(resume)
     path = os.path.join(os.path.dirname(snapshot), 'training_options.json')
     try:
+        if not dnnlib.check_regular_file(path):
+            raise FileNotFoundError(path)
         with open(path, encoding='utf-8') as f:
             config = json.load(f)
     except (OSError, *dnnlib.JSON_READ_ERRORS):   # missing or damaged: the snapshot holds the same options

@@ -71,7 +71,7 @@ def remove_temp_files(outdir: str) -> None:
 def read_meta(path: str) -> dict | None:
     """The ``meta.json`` of a sample folder (None when there is none)."""
     meta_path = os.path.join(path, 'meta.json')
-    if not os.path.isfile(meta_path):
+    if not dnnlib.check_regular_file(meta_path):
         return None
     try:
         with open(meta_path, encoding='utf-8') as f:
