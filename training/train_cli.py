@@ -153,7 +153,7 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
              + ('-updateEinD' if upd_e == 'D' else ''))   # the original's suffix; the option changes nothing
     c.dataset_kwargs = dict(data=data, split='train', resolution=spec.resolution, data_root=data_root, xflip=mirror)
     if subset is not None:
-        # As StyleGAN2-ADA: a subset drawn with the run's --seed (training.dataset.Dataset).
+        # As StyleGAN2-ADA: a subset drawn with the run's --seed (training.image_files.Dataset).
         c.dataset_kwargs.update(max_size=subset, seed=seed)
     c.G_kwargs = dict(class_name='training.networks.LayeredGenerator', img_resolution=spec.resolution,
                       z_dim=spec.z_dim, w_dim=spec.w_dim, channel_base=spec.channel_base,

@@ -25,7 +25,7 @@ from training.loss import ILSLoss, NonFiniteLossError, ils_sigma  # noqa: F401 (
 from training.networks import sample_eps
 from training.resume import find_resume_snapshot, resume_from, rng_state, seed_everything, set_rng_state
 
-# Decoded training images kept in memory per process (training.dataset.Dataset.cache_samples): all of
+# Decoded training images kept in memory per process (training.image_files.Dataset.cache_samples): all of
 # a 64 px dataset of 10 000 images (123 MB), the first ~10 000 of a 128 px one.
 TRAINING_CACHE_BYTES = 512 * 2 ** 20
 
