@@ -451,6 +451,11 @@ def report_user_errors(func: Any = None, *, disk_full_hint: str | None = None) -
                 message = user_error_message(err)
             print(f'error: {safe_line(message)}', file=sys.stderr, flush=True)
             raise SystemExit(exit_code(err)) from None
+        except MemoryError as err:   # what the estimates did not foresee: still one line, the machine's state
+            reason = f' ({user_error_message(err)})' if str(err) else ''
+            print(f'error: out of memory{safe_line(reason)}; choose smaller sizes (--batch, widths, --resolution, '
+                  f'--n) or free some memory', file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
 
     return wrapper
 

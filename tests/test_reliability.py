@@ -13,8 +13,7 @@ import pytest
 import torch
 
 import dnnlib
-from metrics import generate
-from training import synthetic, train_cli
+from training import snapshots, synthetic, train_cli
 
 
 # ----------------------------------------------------------------------------------------------
@@ -123,7 +122,7 @@ def _run_with_metrics(tmp_path, values, names=None):
 @pytest.mark.parametrize('bad', [float('nan'), float('inf'), None])
 def test_a_nan_inf_or_null_fid_is_never_the_lowest(tmp_path, bad):
     run = _run_with_metrics(tmp_path, [bad, 50.0, bad])
-    choice = generate.choose_snapshot(str(run))
+    choice = snapshots.choose_snapshot(str(run))
     assert choice.path.endswith('network-snapshot-000000_032.pt') and choice.metric_value == 50.0
 
 
@@ -131,22 +130,22 @@ def test_every_fid_nan_is_one_line_that_names_the_way_out(tmp_path):
     run = _run_with_metrics(tmp_path, [float('nan'), float('inf')])
     with pytest.raises(dnnlib.UserError, match=r'is NaN, infinite or missing \(did the training diverge\?\); '
                                                r'pass --pkl_idx'):
-        generate.choose_snapshot(str(run))
+        snapshots.choose_snapshot(str(run))
 
 
 def test_a_metric_line_naming_no_snapshot_names_the_metric_file_and_line(tmp_path):
     run = _run_with_metrics(tmp_path, [40.0, 50.0], names=['network-snapshot-000000_016.pt', 'best.pt'])
     with pytest.raises(dnnlib.UserError) as info:
-        generate.choose_snapshot(str(run))
+        snapshots.choose_snapshot(str(run))
     assert str(info.value).startswith(f"{run / 'metric-fid10k_full.jsonl'}, line 2: its snapshot_pkl 'best.pt' "
                                       f"is not named network-snapshot-KKKKKK.pt")
 
 
 def test_pkl_idx_that_names_no_snapshot_is_refused_not_rounded(tmp_path):
     run = _run_with_metrics(tmp_path, [40.0, 50.0])
-    assert generate.choose_snapshot(str(run), pkl_idx=0.016).path.endswith('000000_016.pt')
+    assert snapshots.choose_snapshot(str(run), pkl_idx=0.016).path.endswith('000000_016.pt')
     with pytest.raises(dnnlib.UserError, match='--pkl_idx 0.0161: no '):
-        generate.choose_snapshot(str(run), pkl_idx=0.0161)
+        snapshots.choose_snapshot(str(run), pkl_idx=0.0161)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -597,3 +596,24 @@ def test_a_float_tiff_in_0_1_decodes_to_0_255(tmp_path):
     Image.fromarray(ramp).save(tmp_path / 'f.tif')   # mode F
     rgb = image_files.decode_rgb((tmp_path / 'f.tif').read_bytes(), 'f.tif')
     assert np.array_equal(rgb[:, :, 1], np.rint(ramp * 255).astype(np.uint8))
+
+
+def test_memory_running_out_anyway_is_one_line_and_exit_1(capsys):
+    @dnnlib.report_user_errors
+    def command():
+        raise MemoryError('Unable to allocate 14.6 TiB')
+
+    with pytest.raises(SystemExit) as info:
+        command()
+    assert info.value.code == 1
+    assert capsys.readouterr().err == ('error: out of memory (Unable to allocate 14.6 TiB); choose smaller sizes '
+                                       '(--batch, widths, --resolution, --n) or free some memory\n')
+
+
+def test_a_preview_grid_that_cannot_fit_is_refused_before_reading(tmp_path, one_gib_free):
+    _images(tmp_path / 'data')
+    result = _invoke('python -m training.dataset', f'--data={tmp_path / "data"}', '--resolution=4096',
+                     f'--grid={tmp_path / "g.png"}')
+    assert result.exit_code == 2
+    assert _error_line(result).startswith('error: the --grid preview at --resolution=4096 needs about 4.8 GB of memory')
+    assert not (tmp_path / 'g.png').exists()

@@ -235,8 +235,8 @@ def read_snapshot(path: str) -> dict:
             problem += '; a snapshot of the original code converts with python -m torch_utils.legacy convert'
         raise _snapshot_error(f'snapshot {path}', problem) from None
     except Exception as err:
-        raise dnnlib.UserError(f'snapshot {path} is truncated or corrupt ({type(err).__name__}); '
-                               f'use an earlier snapshot of the run') from None
+        raise dnnlib.UserError(f'snapshot {path} is truncated or corrupt, or in a format this project does not read '
+                               f'({type(err).__name__}); use an earlier snapshot of the run') from None
     check_payload(payload, path)
     return payload
 

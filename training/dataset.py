@@ -221,6 +221,9 @@ def main(data: str, data_root: str | None, resolution: int, grid_path: str | Non
     """
     if grid_path is not None:
         check_grid_path(grid_path)
+        from torch_utils import memory   # the preview keeps 16 train and 16 test samples, then tiles them
+        memory.check_fits(2 * 3 * 16 * 3 * resolution * resolution, f'the --grid preview at --resolution={resolution}',
+                          'cpu', advice='choose a smaller --resolution')
     if export_dir is not None:
         if grid_path:
             raise dnnlib.UserError('--grid inspects and --export exports: pass one of them')
