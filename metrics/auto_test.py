@@ -40,6 +40,7 @@ import click
 import dnnlib
 from metrics import generate, layout
 from metrics import roles as layer_roles
+from training import snapshots
 
 
 # The bounds of the CLI options these sizes stand for (--base-width, --hidden, --resolution of
@@ -123,11 +124,11 @@ def check_test_split(data: str, resolution: int, data_root: str | None) -> None:
     open_dataset(data, split='test', resolution=resolution, data_root=data_root)
 
 
-def choose_auto_snapshot(run_dir: str) -> generate.SnapshotChoice:
+def choose_auto_snapshot(run_dir: str) -> snapshots.SnapshotChoice:
     """Lowest FID over the whole run, else (no metric file) the newest snapshot."""
     metric_file = os.path.join(run_dir, 'metric-fid10k_full.jsonl')
-    has_metric = os.path.isfile(metric_file) and generate.read_metric_lines(metric_file)
-    return generate.choose_snapshot(run_dir, latest=not has_metric)
+    has_metric = os.path.isfile(metric_file) and snapshots.read_metric_lines(metric_file)
+    return snapshots.choose_snapshot(run_dir, latest=not has_metric)
 
 
 def format_summary(summary: dict) -> str:

@@ -11,7 +11,7 @@ from PIL import Image
 import dnnlib
 from metrics import generate
 from torch_utils import checkpoint
-from training import sample_set
+from training import sample_set, snapshots
 
 
 def _make_run(tmp_path, kimgs, metric_lines=None, name='run'):
@@ -36,81 +36,81 @@ LINES = [(0, 300.0, 0.2), (200, 80.0, 0.2), (400, 90.0, 0.2), (600, 40.0, 1.0), 
 
 def test_choose_snapshot_lowest_fid_overall(tmp_path):
     run = _make_run(tmp_path, [0, 200, 400, 600, 800], LINES)
-    choice = generate.choose_snapshot(run)
+    choice = snapshots.choose_snapshot(run)
     assert choice.kimg == 600 and choice.metric_value == 40.0 and choice.sigma == 1.0
     assert choice.path.endswith('network-snapshot-000600.pt')
 
 
 def test_choose_snapshot_topk_is_a_kimg_bound(tmp_path):
     run = _make_run(tmp_path, [0, 200, 400, 600, 800], LINES)
-    assert generate.choose_snapshot(run, topk=500).kimg == 200
-    assert generate.choose_snapshot(run, topk=600).kimg == 600
-    assert generate.choose_snapshot(run, topk=8000).kimg == 600
+    assert snapshots.choose_snapshot(run, topk=500).kimg == 200
+    assert snapshots.choose_snapshot(run, topk=600).kimg == 600
+    assert snapshots.choose_snapshot(run, topk=8000).kimg == 600
 
 
 def test_choose_snapshot_sigma_filter(tmp_path):
     run = _make_run(tmp_path, [0, 200, 400, 600, 800], LINES)
-    assert generate.choose_snapshot(run, sigma=0.2).kimg == 200
-    assert generate.choose_snapshot(run, sigma=1.0, topk=700).kimg == 600
+    assert snapshots.choose_snapshot(run, sigma=0.2).kimg == 200
+    assert snapshots.choose_snapshot(run, sigma=1.0, topk=700).kimg == 600
     with pytest.raises(dnnlib.UserError, match='relax'):
-        generate.choose_snapshot(run, sigma=0.5)
+        snapshots.choose_snapshot(run, sigma=0.5)
 
 
 def test_choose_snapshot_pkl_idx(tmp_path):
     run = _make_run(tmp_path, [0, 200, 400, 600, 800], LINES)
-    choice = generate.choose_snapshot(run, pkl_idx=400)
+    choice = snapshots.choose_snapshot(run, pkl_idx=400)
     assert choice.kimg == 400 and choice.metric_value == 90.0
     with pytest.raises(dnnlib.UserError, match='available: 0, 200, 400, 600, 800'):
-        generate.choose_snapshot(run, pkl_idx=300)
+        snapshots.choose_snapshot(run, pkl_idx=300)
 
 
 def test_pkl_idx_and_topk_exclude_each_other_as_in_the_original(tmp_path):
     run = _make_run(tmp_path, [0, 200, 400, 600, 800], LINES)
     with pytest.raises(dnnlib.UserError, match='--pkl_idx 400 names one snapshot and --topk 8000 .* give one of them'):
-        generate.choose_snapshot(run, pkl_idx=400, topk=8000)
+        snapshots.choose_snapshot(run, pkl_idx=400, topk=8000)
 
 
 def test_choose_snapshot_by_fractional_kimg(tmp_path):
     # Ticks of 0.256 kimg: snapshots at 16, 272, 528 and 608 images, best FID at 528.
     run = _make_run(tmp_path, [0.016, 0.272, 0.528, 0.608],
                     [(0.016, 9.0, 0.2), (0.272, 0.45, 0.2), (0.528, 0.38, 0.2), (0.608, 0.47, 0.2)])
-    choice = generate.choose_snapshot(run)
+    choice = snapshots.choose_snapshot(run)
     assert choice.path.endswith('network-snapshot-000000_528.pt') and choice.metric_value == 0.38
     assert choice.kimg == 0.528
-    choice = generate.choose_snapshot(run, topk=0.5)   # 0.528 and 0.608 lie above the bound
+    choice = snapshots.choose_snapshot(run, topk=0.5)   # 0.528 and 0.608 lie above the bound
     assert choice.path.endswith('network-snapshot-000000_272.pt') and choice.metric_value == 0.45
-    choice = generate.choose_snapshot(run, pkl_idx=0.608)
+    choice = snapshots.choose_snapshot(run, pkl_idx=0.608)
     assert choice.path.endswith('network-snapshot-000000_608.pt') and choice.metric_value == 0.47
     with pytest.raises(dnnlib.UserError, match=r'no network-snapshot-000000_300.pt .* available: 0.016, 0.272, '
                                                r'0.528, 0.608$'):
-        generate.choose_snapshot(run, pkl_idx=0.3)
+        snapshots.choose_snapshot(run, pkl_idx=0.3)
 
 
 def test_choose_snapshot_in_an_old_run_whose_snapshots_overwrote_each_other(tmp_path):
     # Before names carried the images seen, four sub-kimg snapshots all went to ...000000.pt and
     # the metric file has four lines naming it; the file holds the weights of the last line.
     run = _make_run(tmp_path, [0], [(0, 9.0, 0.2), (0, 0.45, 0.2), (0, 0.38, 0.2), (0, 0.47, 0.2)])
-    for choice in (generate.choose_snapshot(run), generate.choose_snapshot(run, pkl_idx=0)):
+    for choice in (snapshots.choose_snapshot(run), snapshots.choose_snapshot(run, pkl_idx=0)):
         assert choice.path.endswith('network-snapshot-000000.pt') and choice.metric_value == 0.47
 
 
 def test_choose_snapshot_without_metric_file_needs_latest(tmp_path):
     run = _make_run(tmp_path, [0, 200, 400])
     with pytest.raises(dnnlib.UserError, match='--latest'):
-        generate.choose_snapshot(run)
-    assert generate.choose_snapshot(run, latest=True).kimg == 400
+        snapshots.choose_snapshot(run)
+    assert snapshots.choose_snapshot(run, latest=True).kimg == 400
 
 
 def test_choose_snapshot_errors_name_the_problem(tmp_path):
     with pytest.raises(dnnlib.UserError, match='neither a snapshot file nor a run directory'):
-        generate.choose_snapshot(str(tmp_path / 'nowhere'))
+        snapshots.choose_snapshot(str(tmp_path / 'nowhere'))
     run = _make_run(tmp_path, [0, 200], [(0, 10.0, 0.2), (200, 5.0, 0.2), (400, 1.0, 0.2)])
     with pytest.raises(dnnlib.UserError, match='network-snapshot-000400.pt, which is missing'):
-        generate.choose_snapshot(run)
+        snapshots.choose_snapshot(run)
     with open(os.path.join(run, 'metric-fid10k_full.jsonl'), 'a') as f:
         f.write('{not json\n')
     with pytest.raises(dnnlib.UserError, match='line 4'):
-        generate.choose_snapshot(run)
+        snapshots.choose_snapshot(run)
 
 
 class _StandInGenerator(torch.nn.Module):
@@ -192,10 +192,10 @@ def test_generate_dataset_resume_fills_missing_and_samples_do_not_depend_on_batc
 
 
 def test_sample_latents_depend_only_on_seed_and_index():
-    a = generate.sample_latents(7, [0, 1, 2, 3], 16)
-    b = generate.sample_latents(7, [2, 3], 16)
+    a = sample_set.sample_latents(7, [0, 1, 2, 3], 16)
+    b = sample_set.sample_latents(7, [2, 3], 16)
     np.testing.assert_array_equal(a[2:], b)
-    assert not np.allclose(generate.sample_latents(8, [0], 16), a[:1])
+    assert not np.allclose(sample_set.sample_latents(8, [0], 16), a[:1])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,8 +18,6 @@ ALLOWED = {
     # it validates --metrics and --detector, checks the --test-data pairs and runs the auto test after training.
     ('training/train_cli.py', 'metrics.metric_main'), ('training/train_cli.py', 'metrics.detector'),
     ('training/train_cli.py', 'metrics.auto_test'),
-    # The Python API to draw layers chooses a run's snapshot and loads it as generation does.
-    ('training/generator_api.py', 'metrics.generate'),
 }
 
 

@@ -21,7 +21,7 @@ import dnnlib
 from metrics import generate
 from torch_utils import checkpoint
 from training import legacy_convert
-from training import sample_set
+from training import sample_set, snapshots
 from training.networks import Discriminator, LayeredGenerator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -209,7 +209,7 @@ def test_generation_reads_an_original_pkl_directly(tmp_path, persistence):
     outdir, meta = generate.generate_from_network(str(old), n=3, outdir=str(tmp_path / 'syn'), device='cpu',
                                                   progress=False)
     assert meta['kimg'] == 200 and not (tmp_path / 'SOURCE_RAN').exists()
-    z = torch.from_numpy(generate.sample_latents(0, [0, 1, 2], 8))
+    z = torch.from_numpy(sample_set.sample_latents(0, [0, 1, 2], 8))
     with torch.no_grad():
         expected = generate.encode_layers(G_ema.eval()(z, noise_mode='const'))
     for layer in ('img', 'mask', 'fg'):
@@ -315,11 +315,11 @@ def test_original_run_directory_chooses_by_its_metric_lines_and_generates(tmp_pa
     with open(run / 'metric-fid10k_full.jsonl', 'w') as f:  # best overall at 400 (sigma 1), below 300 at 200
         f.writelines([_original_metric_line(0, 310.5, 0.2), _original_metric_line(200, 120.5, 0.2),
                       _original_metric_line(400, 95.25, 1.0)])
-    best = generate.choose_snapshot(str(run))
+    best = snapshots.choose_snapshot(str(run))
     assert best.path == str(run / 'network-snapshot-000400.pkl') and best.metric_value == 95.25 and best.sigma == 1.0
-    assert generate.choose_snapshot(str(run), topk=300).kimg == 200
-    assert generate.choose_snapshot(str(run), sigma=0.2).kimg == 200
-    chosen = generate.choose_snapshot(str(run), pkl_idx=0)
+    assert snapshots.choose_snapshot(str(run), topk=300).kimg == 200
+    assert snapshots.choose_snapshot(str(run), sigma=0.2).kimg == 200
+    chosen = snapshots.choose_snapshot(str(run), pkl_idx=0)
     assert chosen.path.endswith('network-snapshot-000000.pkl') and chosen.metric_value == 310.5
 
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'generate_segmentation_samples.py'), f'--network={run}',
@@ -330,7 +330,7 @@ def test_original_run_directory_chooses_by_its_metric_lines_and_generates(tmp_pa
     outdir = run / 'synthetic_data-000200'  # beside the snapshot, as the original
     meta = json.loads((outdir / 'meta.json').read_text())
     assert meta['kimg'] == 200 and meta['snapshot_sha256'] == generate.file_sha256(str(run / 'network-snapshot-000200.pkl'))
-    z = torch.from_numpy(generate.sample_latents(0, [0, 1], 8))
+    z = torch.from_numpy(sample_set.sample_latents(0, [0, 1], 8))
     with torch.no_grad():
         expected = generate.encode_layers(generators[200].eval()(z, noise_mode='const'))
     for i in range(2):
@@ -340,7 +340,7 @@ def test_original_run_directory_chooses_by_its_metric_lines_and_generates(tmp_pa
 
     # A converted copy beside its pickle is taken instead (read without unpickling).
     legacy_convert.convert(str(run / 'network-snapshot-000400.pkl'), str(run / 'network-snapshot-000400.pt'))
-    assert generate.choose_snapshot(str(run)).path == str(run / 'network-snapshot-000400.pt')
+    assert snapshots.choose_snapshot(str(run)).path == str(run / 'network-snapshot-000400.pt')
 
 
 def test_generic_packages_never_import_training_and_both_commands_convert(tmp_path, persistence):

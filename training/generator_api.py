@@ -8,8 +8,9 @@
 Seed ``s`` draws the latent of sample ``s`` of a generated set with ``--seed=0`` (the file
 ``{s+1:06d}.png`` of ``generate_segmentation_samples.py`` and of the auto test's set, which
 composes it with the training shift when the preset says so): a sample is a function of its
-seed alone, whatever the other seeds or their order. The snapshot loaders and the latent
-sampling are :mod:`metrics.generate`'s; nothing a snapshot holds runs as code.
+seed alone, whatever the other seeds or their order. The snapshot choice and loading are
+:mod:`training.snapshots`'s, the latents :mod:`training.sample_set`'s, as for generation; nothing
+a snapshot holds runs as code.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 import dnnlib
+from training import sample_set, snapshots
 
 BATCH = 32   # seeds per forward pass of draw_layers
 
@@ -27,8 +29,7 @@ def snapshot_for(path_or_run_dir: str) -> str:
     """The snapshot file ``path_or_run_dir`` names: a file as it is; in a run directory the one with
     the lowest ``fid10k_full`` when the run measured it, else the newest (as the auto test chooses).
     UserError when there is none."""
-    from metrics import generate   # the run-directory choice reads the metric files
-    return generate.choose_snapshot(str(path_or_run_dir), latest=True).path
+    return snapshots.choose_snapshot(str(path_or_run_dir), latest=True).path
 
 
 def load_generator(path_or_run_dir: str, device: str = 'cpu') -> torch.nn.Module:
@@ -39,9 +40,8 @@ def load_generator(path_or_run_dir: str, device: str = 'cpu') -> torch.nn.Module
     (:func:`snapshot_for`). The module maps z [N, G.z_dim] to the layers (see :func:`draw_layers`);
     ``G.img_resolution`` is R.
     """
-    from metrics import generate
     device = dnnlib.parse_device(device)
-    snapshot = generate.load_any_snapshot(snapshot_for(path_or_run_dir), device)
+    snapshot = snapshots.load_any_snapshot(snapshot_for(path_or_run_dir), device)
     return snapshot['G_ema'].to(device).eval().requires_grad_(False)
 
 
@@ -49,14 +49,13 @@ def seed_latents(seeds: int | Iterable[int], z_dim: int) -> np.ndarray:
     """z of each seed: float32 [len(seeds), z_dim], standard normal; seed ``s`` gives the latent of
     sample ``s`` of a set generated with ``--seed=0``. UserError for a seed that is not an integer
     in 0..2^32-1."""
-    from metrics import generate
     seeds = [seeds] if isinstance(seeds, (int, np.integer)) else list(seeds)
     for seed in seeds:
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
             raise dnnlib.UserError(f'seed {seed!r} is not an integer in 0..{2 ** 32 - 1}')
     if not seeds:
         raise dnnlib.UserError('no seeds given; pass at least one')
-    return generate.sample_latents(0, [int(seed) for seed in seeds], z_dim)
+    return sample_set.sample_latents(0, [int(seed) for seed in seeds], z_dim)
 
 
 @torch.no_grad()

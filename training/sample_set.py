@@ -31,6 +31,11 @@ def sample_file(index: int) -> str:
     return f'{index + 1:06d}.png'
 
 
+def sample_latents(seed: int, indices: list[int], z_dim: int) -> np.ndarray:
+    """z for samples ``indices`` [len, z_dim] float32: sample i depends on (seed, i) only."""
+    return np.stack([np.random.default_rng([seed, i]).standard_normal(z_dim) for i in indices]).astype(np.float32)
+
+
 def encode_mask(mask: torch.Tensor) -> np.ndarray:
     """Masks [N, 1, H, W] float in [0, 1] → [N, H, W, 3] uint8 grey, round(255·m): the mask files
     of generated sets and exported pairs alike."""
