@@ -331,8 +331,8 @@ def load_detector(path_or_url: str | None, device: torch.device | str, runs_code
         if not (known or runs_code):
             raise _refusal(path_or_url, sha256, reason)
         if not known and verbose:
-            print(f'warning: running the code of the detector {path_or_url} '
-                  f'(SHA-256 {sha256}), as {RUNS_CODE_OPTION} allows', file=sys.stderr, flush=True)
+            dnnlib.warn(f'running the code of the detector {path_or_url} (SHA-256 {sha256}), '
+                        f'as {RUNS_CODE_OPTION} allows')
         try:
             with warnings.catch_warnings():
                 # TorchScript is the file format of the protocol's detector, deprecated or not.
