@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import dnnlib
 from torch_utils import checkpoint
 
+
 def read_metric_lines(path: str) -> list[dict]:
     """Parse a ``metric-*.jsonl`` file; a malformed line is a user-facing error naming the line."""
     lines = []
