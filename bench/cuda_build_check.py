@@ -19,7 +19,6 @@ plugins built and imported, 1 otherwise (the JSON says why).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import re
@@ -73,12 +72,13 @@ def stdout_to(path: str):
 
 
 def check(out: str) -> int:
+    import dnnlib   # json_text: valid JSON whatever the result holds
     result: dict = dict(started=time.strftime('%Y-%m-%dT%H:%M:%S'), plugins={})
 
     def save() -> None:
         tmp = out + '.tmp'
         with open(tmp, 'w', encoding='utf-8') as f:
-            json.dump(result, f, indent=2)
+            f.write(dnnlib.json_text(result, indent=2))
         os.replace(tmp, out)
 
     def stop(message: str) -> int:

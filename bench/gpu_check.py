@@ -89,9 +89,10 @@ def now() -> str:
 
 
 def write_json(path: str, data: dict) -> None:
+    import dnnlib   # json_text: a NaN or inf timing or difference is written as null, valid JSON
     tmp = path + '.tmp'
     with open(tmp, 'w', encoding='utf-8') as f:
-        json.dump(data, f, indent=2)
+        f.write(dnnlib.json_text(data, indent=2))
     os.replace(tmp, path)
 
 

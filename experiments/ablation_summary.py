@@ -263,7 +263,7 @@ def runs(paths: tuple[str, ...], ceiling: tuple[str, ...], out: str | None) -> N
         ceilings[name] = path
     result = runs_summary(list(paths), ceilings)
     if out:
-        dnnlib.write_bytes_atomic(out, json.dumps(result, indent=2).encode('utf-8'))
+        dnnlib.write_bytes_atomic(out, dnnlib.json_text(result, indent=2).encode('utf-8'))
     print(runs_table(result))
     for run in result['incomplete']:
         print(f'incomplete (no auto test result): {run}')

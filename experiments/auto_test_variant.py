@@ -58,7 +58,7 @@ def main(run_dir: str, sets: tuple[str, ...], out: str) -> None:
         if os.path.isfile(kept):
             os.replace(kept, own)
     summary['variant'] = parse_sets(sets)
-    dnnlib.write_bytes_atomic(out, json.dumps(summary, indent=2, default=str).encode('utf-8'))
+    dnnlib.write_bytes_atomic(out, dnnlib.json_text(summary, indent=2, default=str).encode('utf-8'))
     print(f'variant summary written to {out}')
 
 

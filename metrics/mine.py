@@ -26,7 +26,6 @@ steps than the paper's 100 000, or when an estimate is negative (a mutual inform
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -370,7 +369,7 @@ def write_original_results(run_dir: str, results: dict) -> None:
         if all(ours in results for ours in keys.values()):
             os.makedirs(os.path.join(run_dir, run), exist_ok=True)
             dnnlib.write_bytes_atomic(os.path.join(run_dir, run, 'MI_estimation_results.json'),
-                                      json.dumps({key: results[ours] for key, ours in keys.items()}).encode())
+                                      dnnlib.json_text({key: results[ours] for key, ours in keys.items()}).encode())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -704,7 +704,7 @@ def write_original_test_line(run_dir: str, results: dict) -> None:
                         'DRC_IoU': scores['IoU'], 'DRC_DICE': scores['DICE']},
             'snapshot_pth': results['snapshot'], 'total_time': results['total_time'],
             'total_time_str': results['total_time_str'], 'timestamp': results['timestamp']}
-    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'metric-test.jsonl'), (json.dumps(line) + '\n').encode())
+    dnnlib.write_bytes_atomic(os.path.join(run_dir, 'metric-test.jsonl'), (dnnlib.json_text(line) + '\n').encode())
 
 
 FIXED_MASK_NOTE = ('one mask for every test image: the pixel-wise mean of the test masks, thresholded at the '

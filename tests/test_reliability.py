@@ -617,3 +617,33 @@ def test_a_preview_grid_that_cannot_fit_is_refused_before_reading(tmp_path, one_
     assert result.exit_code == 2
     assert _error_line(result).startswith('error: the --grid preview at --resolution=4096 needs about 4.8 GB of memory')
     assert not (tmp_path / 'g.png').exists()
+
+
+def test_every_json_the_project_writes_goes_through_json_text():
+    """A source scan, so that a new writer cannot bring bare NaN back: json.dump is never called,
+    and json.dumps only to print, to copy, or as a canonical key (sort_keys=True: hashed or compared,
+    never written)."""
+    import ast
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    allowed_parents = {'print', 'loads', 'md5', 'sha256', 'len', 'echo'}
+    offenders = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith('.') and d not in ('tests', '__pycache__', 'shared')]
+        for name in files:
+            if not name.endswith('.py') or os.path.join(folder, name) == os.path.join(root, 'dnnlib', 'util.py'):
+                continue
+            path = os.path.join(folder, name)
+            tree = ast.parse(open(path, encoding='utf-8').read())
+            parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+            for node in ast.walk(tree):
+                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == 'json'
+                        and node.func.attr in ('dump', 'dumps')):
+                    continue
+                parent = parents.get(node)
+                called = parent.func if isinstance(parent, ast.Call) else None
+                via = getattr(called, 'attr', None) or getattr(called, 'id', None)
+                canonical_key = any(k.arg == 'sort_keys' for k in node.keywords)
+                if node.func.attr == 'dump' or (via not in allowed_parents and not canonical_key):
+                    offenders.append(f'{os.path.relpath(path, root)}:{node.lineno}')
+    assert offenders == [], f'write JSON with dnnlib.json_text (NaN -> null, allow_nan=False): {offenders}'

@@ -185,7 +185,7 @@ def export_pairs(dataset: Dataset, outdir: str, count: int | None = None, source
         sample_set.write_png(os.path.join(outdir, 'mask', sample_set.sample_file(i)), grey)
     meta = dict(source or {}, dataset=dataset.name, resolution=dataset.resolution, n=count,
                 layers=['img', 'mask'], ground_truth=True)
-    dnnlib.write_bytes_atomic(os.path.join(outdir, 'meta.json'), json.dumps(meta, indent=2).encode('utf-8'))
+    dnnlib.write_bytes_atomic(os.path.join(outdir, 'meta.json'), dnnlib.json_text(meta, indent=2).encode('utf-8'))
     return count
 
 
