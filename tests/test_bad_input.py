@@ -489,7 +489,8 @@ def test_refused_segmentation_eval_leaves_nothing_in_the_synthetic_folder(tmp_pa
 def test_auto_test_of_a_run_without_snapshots_makes_no_auto_test_folder(run_dir):
     os.remove(run_dir / 'network-snapshot-000004.pt')
     result = invoke('python -m metrics.auto_test', str(run_dir))
-    assert result.exit_code == 2 and 'no network-snapshot-*.pt in' in error_line(result)
+    assert result.exit_code == 2 and "no network-snapshot-*.pt (nor the original code's network-snapshot-*.pkl) in" \
+        in error_line(result)
     assert listing(run_dir) == ['training_options.json']
 
 
