@@ -84,7 +84,7 @@ def check(out: str) -> int:
     def stop(message: str) -> int:
         result['error'] = message
         save()
-        print(f'error: {message}', file=sys.stderr, flush=True)
+        print(f'error: {dnnlib.safe_line(message)}', file=sys.stderr, flush=True)
         return 1
 
     import torch

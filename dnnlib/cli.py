@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from .util import UserError
+from .util import UserError, safe_line
 
 
 class FiniteFloat(click.FloatRange):
@@ -131,7 +131,7 @@ class FlagValueError(click.UsageError):
     """A wrong value for an on/off flag: one line, ``error: ...``, exit 2 (no usage block)."""
 
     def show(self, file: Any = None) -> None:
-        click.echo(f'error: {self.format_message()}', file=file, err=True)
+        click.echo(f'error: {safe_line(self.format_message())}', file=file, err=True)
 
 
 class FlagCommand(click.Command):

@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
     try:
         presets.PRESETS_64[NAME] = lever_preset(sets)
     except dnnlib.UserError as err:
-        print(f'error: {err}', file=sys.stderr)
+        print(f'error: {dnnlib.safe_line(err)}', file=sys.stderr)
         sys.exit(2)
     make_main(resolution=64)(argv[split + 1:] + [f'--cfg={NAME}'])
 
