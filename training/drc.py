@@ -83,7 +83,16 @@ def _parse_box(fields: list[str], path: str, image_id: int) -> tuple[int, int, i
 def _cub_records(root: str, split: str, train_masks: bool = False) -> list[Record]:
     """Train (k = 0): images, with their segmentations when ``train_masks``; test (k = 2): images,
     segmentations and boxes."""
-    images = _read_table(os.path.join(root, 'images.txt'), 1)
+    image_lines: dict[int, int] = {}
+    images = _read_table(os.path.join(root, 'images.txt'), 1, image_lines)
+    first_id_of: dict[str, int] = {}
+    for image_id in sorted(images, key=image_lines.get):   # one file under two ids: a test sample could be a train one
+        other = first_id_of.setdefault(images[image_id][0], image_id)
+        if other != image_id:
+            raise dnnlib.UserError(f'{os.path.join(root, "images.txt")}, line {image_lines[image_id]}: '
+                                   f'{images[image_id][0]} is listed a second time (as id {other} on line '
+                                   f'{image_lines[other]}); the file is damaged: replace it with the one from the '
+                                   f'dataset release')
     split_path = os.path.join(root, 'train_val_test_split.txt')
     split_of = _read_table(split_path, 1)
     check_cub_split(split_path, split_of)
