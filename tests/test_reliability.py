@@ -647,3 +647,14 @@ def test_every_json_the_project_writes_goes_through_json_text():
                 if node.func.attr == 'dump' or (via not in allowed_parents and not canonical_key):
                     offenders.append(f'{os.path.relpath(path, root)}:{node.lineno}')
     assert offenders == [], f'write JSON with dnnlib.json_text (NaN -> null, allow_nan=False): {offenders}'
+
+
+def test_cub_image_listed_under_two_ids_is_an_error_naming_both_lines(tmp_path):
+    fx.build_cub(str(tmp_path / 'birds'))
+    images = tmp_path / 'birds' / 'images.txt'
+    lines = images.read_text().splitlines()
+    lines[2] = '3 001.A/wide.jpg'            # test id 3 now names train image 1's file
+    images.write_text('\n'.join(lines) + '\n')
+    with pytest.raises(dnnlib.UserError) as info:
+        _open('cub', split='test', data_root=str(tmp_path / 'birds'))
+    assert str(info.value).startswith(f'{images}, line 3: 001.A/wide.jpg is listed a second time (as id 1 on line 1)')
