@@ -59,13 +59,19 @@ def decode_rgb(data: bytes, name: str, exif: bool = False) -> np.ndarray:
                                  f'of the decompression-bomb limit')
             return pyspng.load(data, format='RGB')
         with Image.open(io.BytesIO(data)) as image:
-            if exif:
+            if exif and _turned(image):
                 image = ImageOps.exif_transpose(image)
             if image.mode in WIDE_GREY_MODES:
                 return np.repeat(_wide_grey_to_uint8(np.asarray(image))[:, :, None], 3, axis=2)
             return np.array(image.convert('RGB'))
     except Exception as err:  # every decoder failure (truncated, not an image, ...) means the same
         raise _unreadable(err, name) from None
+
+
+def _turned(image: Image.Image) -> bool:
+    """Whether the image's EXIF orientation asks for a turn (exif_transpose copies the image even
+    when it does not: this keeps the common case free)."""
+    return image.getexif().get(0x0112, 1) not in (1, None)
 
 
 def _wide_grey_to_uint8(values: np.ndarray) -> np.ndarray:
@@ -91,7 +97,8 @@ def decode_dithered_mask(data: bytes, name: str, exif: bool = False) -> np.ndarr
     PIL's convert('1') (luma, then Floyd–Steinberg dithering of every grey pixel; 0 and 255 stay)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return np.asarray((ImageOps.exif_transpose(image) if exif else image).convert('1'), dtype=np.uint8)
+            return np.asarray((ImageOps.exif_transpose(image) if exif and _turned(image) else image).convert('1'),
+                              dtype=np.uint8)
     except Exception as err:
         raise _unreadable(err, name) from None
 
