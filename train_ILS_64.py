@@ -7,9 +7,10 @@
 After training, the auto test (generation → segmentation → MINE) runs unless --no-auto-test.
 """
 
+from metrics import training_hooks
 from training.train_cli import make_main
 
-main = make_main(resolution=64)
+main = make_main(resolution=64, hooks=training_hooks.HOOKS)
 
 if __name__ == '__main__':
     main()

@@ -18,6 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dnnlib  # noqa: E402
+from metrics import training_hooks  # noqa: E402
 from training import presets  # noqa: E402
 from training.train_cli import make_main  # noqa: E402
 
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> None:
     except dnnlib.UserError as err:
         print(f'error: {dnnlib.safe_line(err)}', file=sys.stderr)
         sys.exit(2)
-    make_main(resolution=64)(argv[split + 1:] + [f'--cfg={NAME}'])
+    make_main(resolution=64, hooks=training_hooks.HOOKS)(argv[split + 1:] + [f'--cfg={NAME}'])
 
 
 if __name__ == '__main__':

@@ -18,6 +18,7 @@ import torch
 from click.testing import CliRunner
 
 import dnnlib
+from metrics.training_hooks import HOOKS
 from torch_utils import checkpoint
 from training import resume, synthetic, train_cli
 
@@ -397,7 +398,7 @@ def test_resume_and_detector_are_checked_before_the_run_directory_is_made(tmp_pa
                                      'is not a TorchScript detector'),
     }[case]
     with pytest.raises(dnnlib.UserError) as info:
-        train_cli.launch(tiny_config(out, **options))
+        train_cli.launch(tiny_config(out, **options), HOOKS)
     assert message in str(info.value)
     assert not out.exists()
 

@@ -4,6 +4,10 @@ module level or inside a function, read with ast; nothing is imported)."""
 import ast
 import os
 
+import pytest
+
+import dnnlib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The packages each package must never import.
@@ -12,12 +16,9 @@ FORBIDDEN = {'dnnlib': ('torch_utils', 'training', 'metrics'), 'torch_utils': ('
 
 # The upward imports that remain, each with its reason; a new one fails the test.
 ALLOWED = {
-    # The training loop calls the metrics at each snapshot, as StyleGAN3's does.
+    # The training loop calls the metrics at each snapshot, as StyleGAN3's does. (What the training
+    # command needs from metrics/ the scripts hand to training.train_cli: metrics/training_hooks.py.)
     ('training/training_loop.py', 'metrics.metric_main'),
-    # train_cli.py is the body of the train_ILS_*.py scripts (script layer, like StyleGAN3's train.py):
-    # it validates --metrics and --detector, checks the --test-data pairs and runs the auto test after training.
-    ('training/train_cli.py', 'metrics.metric_main'), ('training/train_cli.py', 'metrics.detector'),
-    ('training/train_cli.py', 'metrics.auto_test'),
 }
 
 
@@ -64,3 +65,16 @@ def test_the_import_reader_sees_imports_inside_functions(tmp_path):
     path.write_text('import os\nfrom . import x\n\ndef f():\n    from metrics import generate\n'
                     '    import training.networks as n\n    from metrics.auto_test import check_sizes_fit\n')
     assert imported_modules(str(path)) == {'os', 'metrics.generate', 'training.networks', 'metrics.auto_test'}
+
+
+def test_the_training_command_asks_for_the_metrics_functions_it_does_not_import(tmp_path):
+    """train_cli takes metric names, detector and auto-test checks as hooks; without them it trains
+    what needs none and refuses, as a caller's mistake, what needs them."""
+    from training import train_cli
+    c = train_cli.build_training_config(outdir=str(tmp_path), data='synthetic', cfg='cpu', metrics='none')
+    assert c.metrics == [] and 'hooks' not in c.options
+    with pytest.raises(ValueError, match=r'--metrics=fid10k_full needs the metrics package: '
+                                         r'pass hooks=metrics\.training_hooks\.HOOKS'):
+        train_cli.build_training_config(outdir=str(tmp_path), data='synthetic', cfg='cpu', metrics='fid10k_full')
+    with pytest.raises(ValueError, match='the auto test needs the metrics package'):
+        train_cli.check_training_memory(dnnlib.EasyDict(c, auto_test=True))

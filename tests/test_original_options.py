@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import dnnlib
+from metrics.training_hooks import HOOKS
 from training import loss as L
 from training import train_cli
 from training.networks import Discriminator, LayeredGenerator, PerturbedComposition
@@ -19,7 +20,7 @@ import _fixtures as fx
 
 
 def config(tmp_path, **options):
-    return train_cli.build_training_config(**dict(dict(outdir=str(tmp_path), data='synthetic'), **options))
+    return train_cli.build_training_config(**dict(dict(outdir=str(tmp_path), data='synthetic', hooks=HOOKS), **options))
 
 
 def tiny_G(**kwargs):
@@ -169,7 +170,7 @@ def test_mixing_options_reach_the_loss_and_bad_values_are_user_errors(tmp_path):
     assert (default.loss_kwargs['mixing'], default.loss_kwargs['style_mixing_prob']) == ('orig', 0.0)
     with pytest.raises(dnnlib.UserError, match='--mixing-prob'):
         config(tmp_path, mixing_prob=1.5)
-    result = CliRunner().invoke(train_cli.make_main(64), ['--outdir', str(tmp_path), '--data=synthetic',
+    result = CliRunner().invoke(train_cli.make_main(64, HOOKS), ['--outdir', str(tmp_path), '--data=synthetic',
                                                           '--mixing=random', '-n'])
     assert result.exit_code == 2 and "'random' is not one of 'orig', 'style', 'layer', 'none'" in result.output
 
@@ -307,7 +308,7 @@ def test_upd_e_is_accepted_and_changes_nothing_but_the_run_name(tmp_path):
     assert effect(config(tmp_path, upd_e='D')) == effect(config(tmp_path)) == effect(config(tmp_path, upd_e='G'))
     assert config(tmp_path, upd_e='D').run_desc == config(tmp_path).run_desc + '-updateEinD'  # as the original
     assert config(tmp_path, upd_e='G').run_desc == config(tmp_path).run_desc
-    main = train_cli.make_main(64)
+    main = train_cli.make_main(64, HOOKS)
     result = CliRunner().invoke(main, ['--outdir', str(tmp_path), '--data=synthetic', '--upd-e=D', '-n'])
     assert result.exit_code == 0, result.output
     assert effect(json.loads(result.output)) == effect(json.loads(CliRunner().invoke(
@@ -315,7 +316,7 @@ def test_upd_e_is_accepted_and_changes_nothing_but_the_run_name(tmp_path):
 
 
 def test_resume_noresume_is_the_originals_default_spelled_out(tmp_path):
-    main = train_cli.make_main(64)
+    main = train_cli.make_main(64, HOOKS)
     result = CliRunner().invoke(main, ['--outdir', str(tmp_path), '--data=synthetic', '--resume=noresume', '-n'])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)['resume'] is None
@@ -324,7 +325,7 @@ def test_resume_noresume_is_the_originals_default_spelled_out(tmp_path):
 
 
 def test_cond_is_a_one_line_user_error(tmp_path):
-    main = train_cli.make_main(128)
+    main = train_cli.make_main(128, HOOKS)
     result = CliRunner().invoke(main, ['--outdir', str(tmp_path / 'out'), '--data=synthetic', '--cond=1'])
     assert result.exit_code == 2
     assert result.output.strip() == ('error: --cond: the datasets have no class labels, so conditional training is '
@@ -357,7 +358,7 @@ def test_nhwc_sets_the_channels_last_layout_of_g_and_d(tmp_path):
     (['--allow-tf32'], ['--allow-tf32=yes'], ['--allow-tf32=off']),
 ])
 def test_training_flags_take_the_originals_bool_values(tmp_path, bare, valued, off):
-    main = train_cli.make_main(64)
+    main = train_cli.make_main(64, HOOKS)
 
     def dry_run(*args):
         result = CliRunner().invoke(main, ['--outdir', str(tmp_path), '--data=synthetic', *args, '-n'])
@@ -395,7 +396,7 @@ def test_segmentation_flags_take_the_originals_bool_values(pair_sets, script):
 
 
 def test_a_wrong_bool_value_is_one_line_and_a_false_value_counts_as_given(tmp_path):
-    main = train_cli.make_main(64)
+    main = train_cli.make_main(64, HOOKS)
     result = CliRunner().invoke(main, ['--outdir', str(tmp_path), '--data=synthetic', '--mirror=maybe', '-n'])
     assert result.exit_code == 2 and result.output.strip().splitlines() == [
         'error: --mirror=maybe: not a boolean; write --mirror alone, or --mirror=1|0 (true|false, yes|no)']

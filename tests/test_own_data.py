@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from tests._fixtures import write_image
 from tests.test_cli_docs import load_command
+from metrics.training_hooks import HOOKS
 from training import presets, train_cli
 
 # The auto test's stages at the sizes of tests/test_auto_test.py: seconds on one core.
@@ -55,7 +56,7 @@ def own_data(tmp_path):
 
 def train(*args):
     """train_ILS_64.py in this process (so that the preset's auto test sizes can be shortened)."""
-    return CliRunner().invoke(train_cli.make_main(64), [str(a) for a in args], prog_name='train_ILS_64.py')
+    return CliRunner().invoke(train_cli.make_main(64, HOOKS), [str(a) for a in args], prog_name='train_ILS_64.py')
 
 
 def command(name, *args):

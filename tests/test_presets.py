@@ -5,6 +5,7 @@ import os
 import pytest
 
 import dnnlib
+from metrics.training_hooks import HOOKS
 from training import presets
 from training.train_cli import build_training_config
 
@@ -20,7 +21,7 @@ PAPER_TABLE = {
 
 
 def config(tmp_path, **options):
-    return build_training_config(**dict(dict(outdir=str(tmp_path), data='synthetic'), **options))
+    return build_training_config(**dict(dict(outdir=str(tmp_path), data='synthetic', hooks=HOOKS), **options))
 
 
 @pytest.mark.parametrize('name', list(PAPER_TABLE))

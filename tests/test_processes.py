@@ -55,7 +55,7 @@ def test_under_torchrun_the_world_size_counts_and_is_checked_before_anything_is_
     monkeypatch.setenv('WORLD_SIZE', '4')
     monkeypatch.setenv('RANK', '0')
     made = []
-    monkeypatch.setattr(train_cli, 'check_inputs', lambda c: made.append('inputs read'))
+    monkeypatch.setattr(train_cli, 'check_inputs', lambda c, hooks: made.append('inputs read'))
     monkeypatch.setattr(train_cli, 'prepare_run_dir', lambda c: made.append('run dir'))
     monkeypatch.setattr(train_cli.distributed, 'run_under_torchrun', lambda *a: made.append('trained'))
     with pytest.raises(dnnlib.UserError, match=r'per-process batch 6 \(--batch=24 over 4 torchrun processes\)'):
@@ -85,6 +85,7 @@ TORCHRUN_SCRIPT = """
 import json, os, sys
 sys.path.insert(0, {root!r})
 import torch, torch.distributed as dist
+from metrics.training_hooks import HOOKS
 from training import train_cli, training_loop
 
 def one_reduce(run_dir, cfg, rank, world_size, device):
@@ -95,7 +96,7 @@ def one_reduce(run_dir, cfg, rank, world_size, device):
             json.dump(dict(summed=given.tolist(), world_size=world_size, backend=dist.get_backend()), f)
 
 training_loop.training_loop = one_reduce
-train_cli.make_main(64)(sys.argv[1:])
+train_cli.make_main(64, HOOKS)(sys.argv[1:])
 """
 
 

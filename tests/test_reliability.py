@@ -70,7 +70,7 @@ def test_a_killed_training_process_is_one_line_with_the_resume_command(tmp_path,
                                                            error_index=1, error_pid=4242, exit_code=-9,
                                                            signal_name='SIGKILL')
 
-    monkeypatch.setattr(train_cli, 'check_inputs', lambda c: None)
+    monkeypatch.setattr(train_cli, 'check_inputs', lambda c, hooks: None)
     monkeypatch.setattr(train_cli, 'prepare_run_dir', lambda c: str(run_dir))
     monkeypatch.setattr(train_cli.distributed, 'spawn_local', killed)
     with pytest.raises(train_cli.TrainingProcessDied) as info:

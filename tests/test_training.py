@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import dnnlib
+from metrics.training_hooks import HOOKS
 from torch_utils import checkpoint, training_stats
 from training import loss as loss_module
 from training import presets, train_cli
@@ -28,7 +29,7 @@ def tiny_config(outdir, **options):
     """The cpu preset with 4-16 channels, batch 8 and ticks of 2 iterations."""
     options = dict(dict(outdir=str(outdir), data='synthetic', cfg='cpu', batch=8, kimg=0.048, tick=0.016,
                         snap=1, metrics='none', workers=0), **options)
-    c = train_cli.build_training_config(resolution=64, **options)
+    c = train_cli.build_training_config(resolution=64, hooks=HOOKS, **options)
     for kwargs in (c.G_kwargs, c.D_kwargs):
         kwargs.update(channel_base=128, channel_max=16)
     c.G_kwargs.update(z_dim=16, w_dim=16, mapping_layers=1)
@@ -298,7 +299,7 @@ def test_metric_lines_name_distinct_snapshots_and_generation_uses_the_one_whose_
     torch.jit.save(torch.jit.script(TinyDetector()), detector)
     c = tiny_config(tmp_path / 'out', kimg=0.04, metrics='fid10k_full', detector=detector, detector_runs_code=True)
     c.metric_num_gen = 64
-    run_dir = train_cli.launch(c)
+    run_dir = train_cli.launch(c, HOOKS)
 
     # One line per snapshot (ticks end at 8, 24, 40 images), each naming its own, existing file.
     lines = read_jsonl(os.path.join(run_dir, 'metric-fid10k_full.jsonl'))

@@ -7,17 +7,21 @@
   ``training_options.json`` and runs :func:`training.training_loop.training_loop` in one process,
   ``--gpus`` local processes, or the processes torchrun started;
 * :func:`make_main` — the click command of ``train_ILS_64.py`` / ``train_ILS_128.py``.
+
+What these need from the metrics package (metric names, the detector, the auto test) comes in as
+:class:`MetricsHooks`, which the two scripts hand over: imports run scripts → metrics → training,
+and in training/ only the training loop calls the metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import dataclasses
 import json
 import os
 import re
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import click
 import torch
@@ -42,17 +46,53 @@ OPTION_TYPES: dict[str, click.ParamType] = dict(
     pl_weight=dnnlib.FiniteFloat(0, dnnlib.MAX_WEIGHT), freezed=click.IntRange(0, 64))
 OPTION_FLAGS = dict(map_layers='map')   # parameters whose option has another name
 
-def _parse_metrics(metrics: str | list | None, default: list[str]) -> list[str]:
+
+@dataclasses.dataclass(frozen=True)
+class MetricsHooks:
+    """What the training command takes from the metrics package, which training/ does not import.
+
+    The training scripts pass :data:`metrics.training_hooks.HOOKS`. A config that computes no
+    metrics and runs no auto test needs none (``hooks=None``); one that does raises ValueError
+    without them. Each field is a function:
+
+    * ``valid_metrics() -> list[str]``: the names ``--metrics`` accepts;
+    * ``resolve_detector(path, runs_code) -> (path, runs_code)``: ``--detector`` and
+      ``--detector-runs-code`` with the environment's defaults put in (the one place read);
+    * ``check_detector(path, runs_code)``: UserError for a detector the metrics cannot use;
+    * ``check_test_data(path, resolution)``: UserError for ``--test-data`` pairs that cannot be read;
+    * ``check_test_split(data, resolution, data_root)``: UserError when ``--data`` has no test split
+      with masks;
+    * ``check_auto_test_sizes(sizes, resolution, device)``: UserError when the auto test's networks
+      (``auto_test_sizes`` of the config, a dict or None) cannot fit on ``device`` ('cpu' or 'cuda');
+    * ``run_auto_test(run_dir, c)``: the chain after training (generation → segmentation → MINE).
+    """
+
+    valid_metrics: Callable[[], list[str]]
+    resolve_detector: Callable[[str | None, bool], tuple[str, bool]]
+    check_detector: Callable[[str | None, bool], None]
+    check_test_data: Callable[[str, int], None]
+    check_test_split: Callable[[str, int, str | None], None]
+    check_auto_test_sizes: Callable[[dict | None, int, str], None]
+    run_auto_test: Callable[[str, dnnlib.EasyDict], None]
+
+
+def _given(hooks: MetricsHooks | None, need: str) -> MetricsHooks:
+    """``hooks``, or ValueError (a caller's mistake, not the user's) naming what needed them."""
+    if hooks is None:
+        raise ValueError(f'{need} needs the metrics package: pass hooks=metrics.training_hooks.HOOKS')
+    return hooks
+
+
+def _parse_metrics(metrics: str | list | None, default: list[str], hooks: MetricsHooks | None) -> list[str]:
     if metrics is None:
         return list(default)
     names = metrics if isinstance(metrics, list) else [m.strip() for m in metrics.split(',') if m.strip()]
     if names in ([], ['none']):
         return []
-    from metrics import metric_main
+    valid = _given(hooks, f'--metrics={",".join(names)}').valid_metrics()
     for name in names:
-        if not metric_main.is_valid_metric(name):
-            raise dnnlib.UserError(f'unknown metric "{name}" in --metrics; valid: '
-                                   f'{", ".join(metric_main.list_valid_metrics())}, or none')
+        if name not in valid:
+            raise dnnlib.UserError(f'unknown metric "{name}" in --metrics; valid: {", ".join(valid)}, or none')
     return names
 
 
@@ -76,7 +116,8 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
                           subset: int | None = None, map_layers: int | None = None, mixing: str | None = None,
                           mixing_prob: float | None = None, pl_weight: float | None = None,
                           freezed: int | None = None, nhwc: bool | None = None, upd_e: str | None = None,
-                          cond: bool = False, compile: bool = False, **unused: Any) -> dnnlib.EasyDict:
+                          cond: bool = False, compile: bool = False, hooks: MetricsHooks | None = None,
+                          **unused: Any) -> dnnlib.EasyDict:
     """Command-line options → the complete, validated training config (no side effects).
 
     ``resolution`` is the script's (64 or 128); ``cfg`` defaults to its default preset. Options
@@ -85,9 +126,11 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
     an unknown --cfg (or one of the other script), a batch not divisible by --gpus, an unknown
     metric, an unwritable --outdir and the other inconsistent combinations. ``upd_e`` is accepted
     and ignored: the original's option had no effect either. The options themselves are kept in
-    ``c.options``: ``--resume`` takes them from a stored run.
+    ``c.options``: ``--resume`` takes them from a stored run. ``hooks`` check the metric names
+    given (see :class:`MetricsHooks`).
     """
-    options = {name: value for name, value in locals().items() if name != 'unused'}  # before any other name
+    # Before any other name is bound; the hooks are functions, not options (c.options is stored as JSON).
+    options = {name: value for name, value in locals().items() if name not in ('unused', 'hooks')}
     if unused:
         raise dnnlib.UserError(f'unknown option(s): {", ".join(sorted(unused))}')
     for name, param_type in OPTION_TYPES.items():
@@ -140,7 +183,7 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
                                f'images by the next run; choose an --outdir outside the data folder')
     if fp32:
         spec.num_fp16_res, spec.conv_clamp = 0, None
-    spec.metrics = _parse_metrics(metrics, spec.metrics)
+    spec.metrics = _parse_metrics(metrics, spec.metrics, hooks)
 
     c = dnnlib.EasyDict(spec)
     c.update(outdir=outdir, data=data, data_root=data_root, gpus=gpus, seed=seed, resume=resume, mirror=mirror,
@@ -241,14 +284,14 @@ def prepare_run_dir(c: dnnlib.EasyDict) -> str:
 # ----------------------------------------------------------------------------------------------
 # Input checks: everything a run reads, checked before its run directory is made.
 
-def check_inputs(c: dnnlib.EasyDict) -> None:
+def check_inputs(c: dnnlib.EasyDict, hooks: MetricsHooks | None = None) -> None:
     """UserError for the first unusable input of ``c``: the dataset (the images of reals.png are
     read: a damaged file among them stops the run here), the ``--test-data`` pairs (every one read),
     else the dataset's test split when the auto test follows training, the ``--resume`` snapshot,
-    the detector of the metrics."""
+    the detector of the metrics (those three through ``hooks``)."""
     from training.dataset import open_dataset
     from training.training_loop import reals_indices
-    check_training_memory(c)
+    check_training_memory(c, hooks)
     dataset = open_dataset(**c.dataset_kwargs)
     subset = c.dataset_kwargs.get('max_size')
     if subset is not None and len(dataset.raw_indices) < subset:
@@ -257,20 +300,17 @@ def check_inputs(c: dnnlib.EasyDict) -> None:
     for index in sorted(set(reals_indices(len(dataset), c))):
         dataset[index]
     if c.get('test_data'):
-        from metrics.auto_test import check_test_data
-        check_test_data(c.test_data, c.resolution)
+        _given(hooks, '--test-data').check_test_data(c.test_data, c.resolution)
     elif c.get('auto_test'):
-        from metrics.auto_test import check_test_split
         try:
-            check_test_split(c.data, c.resolution, c.data_root)
+            _given(hooks, 'the auto test').check_test_split(c.data, c.resolution, c.data_root)
         except dnnlib.UserError as err:
             raise dnnlib.UserError(f'the auto test after training needs a test split: {err}; '
                                    f'or pass --no-auto-test') from None
     if c.resume:
         check_resume(c)
     if c.metrics:
-        from metrics.detector import check_detector
-        check_detector(c.detector, runs_code=c.get('detector_runs_code', False))
+        _given(hooks, 'the metrics').check_detector(c.detector, c.get('detector_runs_code', False))
 
 
 # Tensors a training step keeps per feature map float: G's and D's forward maps for the backward
@@ -278,10 +318,11 @@ def check_inputs(c: dnnlib.EasyDict) -> None:
 TRAINING_TENSORS_PER_MAP = 4
 
 
-def check_training_memory(c: dnnlib.EasyDict) -> None:
+def check_training_memory(c: dnnlib.EasyDict, hooks: MetricsHooks | None = None) -> None:
     """UserError when the networks of ``c`` (G and D trained with Adam, G_ema) and the feature maps
     of one per-process batch cannot fit in this machine's free memory (each GPU's, or the RAM the
-    ``--gpus`` CPU processes share), before anything is made."""
+    ``--gpus`` CPU processes share), before anything is made; with the auto test, its networks too
+    (through ``hooks``)."""
     from torch_utils import memory
     from training import networks
     weights = (memory.TRAINED_PARAMETER_BYTES * (networks.generator_parameters(**c.G_kwargs)
@@ -294,8 +335,7 @@ def check_training_memory(c: dnnlib.EasyDict) -> None:
                                       f'{c.resolution} px', device, share=c.gpus if device == 'cpu' else 1,
                       advice='choose a smaller --batch (or fewer --gpus)')
     if c.get('auto_test'):   # the chain after training: its sizes are checked now, not hours later
-        from metrics.auto_test import AutoTestSizes, check_sizes_fit
-        check_sizes_fit(AutoTestSizes.from_dict(c.get('auto_test_sizes')), c.resolution, device)
+        _given(hooks, 'the auto test').check_auto_test_sizes(c.get('auto_test_sizes'), c.resolution, device)
 
 
 def warn_about_processes(gpus: int) -> None:
@@ -327,20 +367,22 @@ def _worker(rank: int, world_size: int, device: torch.device, run_dir: str | Non
             tee.close()
 
 
-def launch(c: dnnlib.EasyDict) -> str | None:
+def launch(c: dnnlib.EasyDict, hooks: MetricsHooks | None = None) -> str | None:
     """Train with ``c``; returns the run directory on the process that wrote it (else None).
 
     Started by torchrun (WORLD_SIZE in the environment): this process is one rank of the group,
     ``--gpus`` is ignored. Otherwise ``c.gpus`` local processes (one runs in this interpreter).
+    ``hooks`` check the inputs of the metrics and the auto test (:func:`check_inputs`); the auto
+    test itself runs after, in :func:`make_main`.
     """
     env = distributed.torchrun_env()
     if env is not None:
         c = for_world_size(c, env[2])   # before any folder is made, as for --gpus
-        check_inputs(c)
+        check_inputs(c, hooks)
         holder: list = []
         distributed.run_under_torchrun(_torchrun_worker, (c, holder))
         return holder[0] if holder else None
-    check_inputs(c)   # before any folder is made
+    check_inputs(c, hooks)   # before any folder is made
     warn_about_processes(c.gpus)
     run_dir = prepare_run_dir(c)
     print(f'Run directory: {run_dir}', flush=True)
@@ -366,21 +408,18 @@ def _torchrun_worker(rank: int, world_size: int, device: torch.device, c: dnnlib
         holder.append(run_dir)
 
 
-def run_auto_test_hook(run_dir: str, c: dnnlib.EasyDict) -> None:
-    """The 64 script's post-training chain (generation → segmentation → MINE), when it exists."""
-    if importlib.util.find_spec('metrics.auto_test') is None:
-        print('auto test: metrics.auto_test is not available; skipped', flush=True)
-        return
-    from metrics import auto_test
+def run_auto_test(run_dir: str, c: dnnlib.EasyDict, hooks: MetricsHooks) -> None:
+    """The 64 script's post-training chain (generation → segmentation → MINE)."""
     with misc.cpu_threads(c.get('cpu_threads') if not torch.cuda.is_available() else None):
-        auto_test.run_auto_test(run_dir, c)
+        hooks.run_auto_test(run_dir, c)
 
 
 # ----------------------------------------------------------------------------------------------
 # The click command.
 
-def make_main(resolution: int):
-    """The click command of ``train_ILS_<resolution>.py``."""
+def make_main(resolution: int, hooks: MetricsHooks):
+    """The click command of ``train_ILS_<resolution>.py``; ``hooks`` are
+    :data:`metrics.training_hooks.HOOKS` (the scripts hand them over)."""
     names = presets.preset_names(resolution)
     default_cfg = presets.DEFAULT_CFG[resolution]
 
@@ -450,20 +489,19 @@ def make_main(resolution: int):
     @dnnlib.report_user_errors(disk_full_hint='a training run continues with --resume')
     def main(dry_run: bool, **options: Any) -> None:
         """Train a layered ILSGAN generator."""
-        from metrics.detector import resolve_detector_path, resolve_runs_code
         if options['resume'] == 'noresume':  # the original's default, spelled out: start afresh
             options['resume'] = None
         if options['resume']:
             options = options_for_resume(options, click.get_current_context())
-        options['detector'] = resolve_detector_path(options['detector'])
-        options['detector_runs_code'] = resolve_runs_code(options['detector_runs_code'])
-        c = build_training_config(resolution=resolution, **options)
+        options['detector'], options['detector_runs_code'] = hooks.resolve_detector(options['detector'],
+                                                                                   options['detector_runs_code'])
+        c = build_training_config(resolution=resolution, hooks=hooks, **options)
         if dry_run:
             print(json.dumps(c, indent=2))
             return
         from training.loss import NonFiniteLossError
         try:
-            run_dir = launch(c)
+            run_dir = launch(c, hooks)
         except (NonFiniteLossError, TrainingProcessDied) as err:
             print(f'error: {dnnlib.safe_line(err)}', file=sys.stderr, flush=True)
             raise SystemExit(1) from None
@@ -472,6 +510,6 @@ def make_main(resolution: int):
                   file=sys.stderr, flush=True)
             raise SystemExit(1) from None
         if run_dir is not None and c.auto_test:
-            run_auto_test_hook(run_dir, c)
+            run_auto_test(run_dir, c, hooks)
 
     return main
