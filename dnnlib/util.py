@@ -391,7 +391,7 @@ _OS_ERROR_HINTS = {
     errno.EDQUOT: _FREE_SPACE,
     errno.EACCES: 'check the permissions, or choose another output folder',
     errno.EPERM: 'check the permissions, or choose another output folder',
-    errno.EROFS: 'the file system is read-only; choose another output folder',
+    errno.EROFS: 'the file system or folder is read-only; make it writable (a resumed set completes where it stopped), or choose another output folder',
     errno.ENOTDIR: 'part of the path is a file, not a folder; choose another output folder',
     errno.EEXIST: 'it is never overwritten; move it away, or choose another output folder',
 }
