@@ -85,3 +85,10 @@ def test_auto_test_reports_the_role_rule_and_a_widened_shift(run_dir, capsys):
     own = generate.generator_masks(str(snapshot), TINY_SIZES['n'])
     assert results['roles_swapped'] == pytest.approx(roles.swapped('border', own).mean())
     assert 'of the samples swapped' in capsys.readouterr().out
+
+
+def test_cpu_presets_choose_roles_by_the_border_and_paper_presets_keep_them():
+    from training import presets
+    assert presets.resolve_preset('cpu').auto_test_roles == 'border'
+    assert presets.resolve_preset('ILS_predL').auto_test_roles == 'as_drawn'     # the original's samples
+    assert presets.resolve_preset('ILS', 128).auto_test_roles == 'as_drawn'
