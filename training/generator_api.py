@@ -63,8 +63,9 @@ def draw_layers(G: torch.nn.Module, seeds: int | Iterable[int], truncation_psi: 
                 noise_mode: str = 'const') -> dict[str, torch.Tensor]:
     """The layers of G for ``seeds`` (N of them, in the order given), as float32 tensors on the CPU:
 
-    * ``bg``, ``fg``: [N, 3, R, R], about [-1, 1] (not clipped: pass them to
-      ``torch_utils.misc.to_uint8`` for uint8 pixels);
+    * ``bg``, ``fg``: [N, 3, R, R], about [-1, 1] where they are seen (not clipped: fg can reach
+      tens where the mask hides it, since nothing trains it there; ``torch_utils.misc.to_uint8``
+      clips to uint8 pixels);
     * ``mask``: [N, 1, R, R] in [0, 1], the foreground's opacity;
     * ``img``: [N, 3, R, R], the composite ``mask · fg + (1 − mask) · bg``.
 
