@@ -307,7 +307,7 @@ def test_hand_edited_auto_test_sizes_are_checked_before_generation(tmp_path, one
 # ----------------------------------------------------------------------------------------------
 # Class 6 again: damaged files that the checks did not model are one line, not a traceback.
 
-from test_legacy import _state, make_networks, original_generator, persistence  # noqa: E402,F401
+from test_legacy import _state, damaged_original_error, persistence  # noqa: E402,F401
 
 
 @pytest.mark.parametrize('damage, message', [
@@ -316,17 +316,8 @@ from test_legacy import _state, make_networks, original_generator, persistence  
      'the submodule synthesis_bg.b8 is a dict, not a network record'),
     (lambda G: _state(G, 'synthesis_bg.b8')['_buffers'].update(x='text'), 'synthesis_bg.b8.x is a str, not a tensor')])
 def test_a_damaged_original_record_is_one_line_naming_it(tmp_path, persistence, damage, message):
-    import pickle
-    from training import legacy_convert
-    G, G_ema, D = make_networks(5)
-    source = original_generator(G_ema, 'raise SystemExit')
-    damage(source)
-    path = tmp_path / 'network-snapshot-000000.pkl'
-    with open(path, 'wb') as f:
-        pickle.dump({'G_ema': source}, f, protocol=4)
-    with pytest.raises(dnnlib.UserError) as info:
-        legacy_convert.load_original_snapshot(str(path))
-    assert str(info.value).startswith(f'{path}, G_ema: {message}, not what the original code writes')
+    path, error = damaged_original_error(tmp_path, damage, seed=5)
+    assert str(error).startswith(f'{path}, G_ema: {message}, not what the original code writes')
 
 
 def test_a_storage_that_holds_objects_is_refused_without_relaying_torchs_advice(tmp_path):
