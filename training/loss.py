@@ -67,6 +67,29 @@ def min_mask_size_loss(mask: torch.Tensor, min_size: float = 0.25, max_size: flo
     return loss
 
 
+def border_coverage(mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the mask over the image's outer ring: mask [N, 1, H, W] in [0, 1] → [N] in [0, 1].
+
+    The ring is max(1, H // 16) pixels wide (2 at 32 px). A mask that draws the ground, the sky or a
+    frame round the image covers half of it or more; an object, even one cut by the border, little.
+    """
+    height, width = mask.shape[-2:]
+    ring = max(1, min(height, width) // 16)
+    inner = torch.zeros_like(mask[:1, :1], dtype=torch.bool)
+    inner[..., ring:height - ring, ring:width - ring] = True
+    outer = ~inner
+    return (mask * outer).flatten(1).sum(dim=1) / outer.sum()
+
+
+def border_loss(mask: torch.Tensor, border_max: float = 0.0) -> torch.Tensor:
+    """relu(border_coverage(m) − border_max): mask [N, 1, H, W] → [N].
+
+    Not in the paper (0 weight in its presets): a label-free prior that the object layer is not
+    the surround (issue 22), read on the unshifted mask since the shift's zero fill would hide it.
+    """
+    return F.relu(border_coverage(mask) - border_max)
+
+
 # ----------------------------------------------------------------------------------------------
 # The ILS term (METHOD §4).
 
@@ -240,7 +263,7 @@ class ILSLoss:
     def __init__(self, G: torch.nn.Module, D: torch.nn.Module, composition: torch.nn.Module,
                  augment_pipe: torch.nn.Module | None = None, estimators: torch.nn.Module | None = None, *,
                  r1_gamma: float, bin_weight: float = 2.0, msize_weight: float = 2.0, min_msize: float = 0.25,
-                 max_msize: float | None = None,
+                 max_msize: float | None = None, border_weight: float = 0.0, border_max: float = 0.0,
                  estimator: str = 'club', distribution: str | None = 'predetermined_laplace',
                  neg_weight: float = 1.0, opt_mask: bool = True, stop_grad: bool = False,
                  estimator_weight: float = 0.1, style_mixing_prob: float = 0.0, mixing: str = 'orig',
@@ -250,6 +273,7 @@ class ILSLoss:
         self.r1_gamma = r1_gamma
         self.bin_weight, self.msize_weight, self.min_msize = bin_weight, msize_weight, min_msize
         self.max_msize = max_msize
+        self.border_weight, self.border_max = border_weight, border_max
         self.estimator, self.distribution = estimator, distribution
         self.neg_weight, self.opt_mask, self.stop_grad = neg_weight, opt_mask, stop_grad
         self.estimator_weight = estimator_weight
@@ -321,6 +345,10 @@ class ILSLoss:
         msize = min_mask_size_loss(shifted['mask'], self.min_msize, self.max_msize)
         ils = self.ils_term(layers, sigma)
         total = (adv + self.bin_weight * binarization + self.msize_weight * msize).mean() + ils
+        if self.border_weight > 0:
+            border = border_loss(layers['mask'], self.border_max)
+            total = total + self.border_weight * border.mean()
+            training_stats.report('Loss/G/border', border)
         training_stats.report('Loss/scores/fake', fake_logits)
         training_stats.report('Loss/signs/fake', fake_logits.sign())
         training_stats.report('Loss/G/adv', adv)

@@ -282,7 +282,7 @@ def status_line(stats: dict) -> str:
         f'time {dnnlib.format_time(stats["Timing/total_sec"]["mean"]):<12s}',
         f'sec/kimg {mean("Timing/sec_per_kimg", ".2f"):<7s}', f'G {mean("Loss/G/total")}',
         f'adv {mean("Loss/G/adv")}', f'bin {mean("Loss/G/bin")}', f'msize {mean("Loss/G/msize")}',
-        f'ils {mean("Loss/G/ils", ".4f")}', f'D {mean("Loss/D/real")}/{mean("Loss/D/fake")}',
+        *([f'border {mean("Loss/G/border")}'] if 'Loss/G/border' in stats else []), f'ils {mean("Loss/G/ils", ".4f")}', f'D {mean("Loss/D/real")}/{mean("Loss/D/fake")}',
         f'r1 {mean("Loss/r1", ".4f")}', f'augment {mean("Progress/augment", ".3f")}',
         f'sigma {mean("Progress/sigma", "g")}', f'mem {mean("Resources/peak_mem_gb", ".2f")}GB'])
 
