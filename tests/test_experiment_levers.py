@@ -8,11 +8,11 @@ from training import presets
 
 
 def test_lever_preset_changes_only_the_named_fields():
-    lever = train_lever.lever_preset(['bin_weight=10', 'min_msize=0.1'])
-    assert lever['bin_weight'] == 10 and lever['min_msize'] == 0.1
-    assert {k: v for k, v in lever.items() if k not in ('bin_weight', 'min_msize')} == \
-        {k: v for k, v in presets.PRESETS_64['cpu'].items() if k not in ('bin_weight', 'min_msize')}
-    assert 'bin_weight' not in presets.PRESETS_64['cpu']          # the cpu preset itself is untouched
+    lever = train_lever.lever_preset(['xint_max=0.25', 'min_msize=0.1'])
+    assert lever['xint_max'] == 0.25 and lever['min_msize'] == 0.1
+    assert {k: v for k, v in lever.items() if k not in ('xint_max', 'min_msize')} == \
+        {k: v for k, v in presets.PRESETS_64['cpu'].items() if k not in ('xint_max', 'min_msize')}
+    assert 'xint_max' not in presets.PRESETS_64['cpu']          # the cpu preset itself is untouched
     with pytest.raises(dnnlib.UserError, match='a preset field'):
         train_lever.lever_preset(['binweight=10'])
     with pytest.raises(dnnlib.UserError, match='not JSON'):

@@ -240,6 +240,21 @@ def test_generator_phase_updates_only_G_and_estimators_are_frozen_critics():
     assert not _has_grad(D) and not _has_grad(est)
 
 
+def test_border_term_adds_weight_times_the_unshifted_masks_border_loss():
+    G, D, _, loss = _tiny_nets()
+    G.requires_grad_(True)
+    z, eps = torch.randn(4, 8), torch.ones(4, 2)       # the largest shift: the shifted mask's ring differs
+    totals = {}
+    for weight in (0.0, 3.0):
+        loss.border_weight, loss.border_max = weight, 0.05
+        torch.manual_seed(1)
+        totals[weight] = loss.generator_main(z, eps, sigma=0.5)['Loss/G/total'].item()
+    torch.manual_seed(1)
+    layers, _ = loss.run_G(z, eps)                      # generator_main's first draws: the same layers
+    expected = 3.0 * L.border_loss(layers['mask'], 0.05).mean().item()
+    assert expected > 0 and totals[3.0] - totals[0.0] == pytest.approx(expected, rel=1e-4)
+
+
 def test_discriminator_phase_updates_D_and_estimators_not_G():
     G, D, est, loss = _tiny_nets('neural_laplace')
     D.requires_grad_(True)

@@ -34,6 +34,7 @@ def test_paper_presets_match_method_table(name):
     assert (spec.kimg, spec.batch, spec.mbstd, spec.lrate, spec.ema_ramp, spec.mapping_layers) == (8000, 32, 4, 0.0025, 0.05, 8)
     assert (spec.z_dim, spec.w_dim, spec.channel_base, spec.channel_max) == (512, 512, 16384, 256)
     assert (spec.xint_max, spec.min_msize, spec.msize_weight, spec.bin_weight) == (0.125, 0.25, 2.0, 2.0)
+    assert spec.border_weight == 0.0                                  # the border term is not the paper's
     assert (spec.aug, spec.augpipe, spec.target, spec.kimg_per_tick, spec.snap) == ('ada', 'bgc', 0.6, 4, 50)
     assert spec.metrics == ['fid10k_full', 'kid10k_full']
     assert spec.gamma == pytest.approx(0.0002 * resolution ** 2 / 32)  # 0.0256 at 64, 0.1024 at 128
@@ -58,8 +59,9 @@ def test_presets_are_overrides_of_one_base():
 
 def test_cpu_preset_is_small_and_uses_short_sigma_warmup():
     spec = presets.resolve_preset('cpu', 64)
-    # 32 px and two-sided mask-size bounds: what made the synthetic objects separate in minutes.
-    assert spec.resolution == 32 and (spec.min_msize, spec.max_msize) == (0.25, 0.6)
+    # 32 px, two-sided mask-size bounds with a floor below small objects, binary masks off the border.
+    assert spec.resolution == 32 and (spec.min_msize, spec.max_msize) == (0.15, 0.6)
+    assert (spec.bin_weight, spec.msize_weight, spec.border_weight, spec.border_max) == (10.0, 40.0, 10.0, 0.1)
     assert spec.auto_test_sizes['n'] < 10000 and spec.channel_max <= 128 and spec.z_dim <= 128 and spec.mapping_layers <= 2
     assert spec.anti_kimg < 400 and spec.metrics == [] and spec.metric_num_gen is not None
 
