@@ -47,7 +47,7 @@ def test_mask_size_loss_with_upper_bound_is_two_sided():
     np.testing.assert_allclose(out.numpy(), [0.15, 0.0, 0.15])  # relu(0.25 − a) + relu(a − 0.75)
 
 
-def test_border_coverage_and_loss_by_hand():
+def test_soft_border_coverage_and_loss_by_hand():
     # 32 px: a ring of 2 pixels, 32² − 28² = 240 pixels.
     bottom_half = torch.zeros([1, 1, 32, 32], dtype=torch.float64)
     bottom_half[..., 16:, :] = 1
@@ -57,9 +57,9 @@ def test_border_coverage_and_loss_by_hand():
     corner[..., :4, :4] = 1          # 16 pixels, 4 of them inside the ring's inner edge → 12 on the ring
     masks = torch.cat([bottom_half, centre, corner, torch.ones_like(centre)])
     # bottom half: 2 rows of 32 + 2 × 2 columns × 14 rows = 64 + 56 = 120 of 240
-    np.testing.assert_allclose(L.border_coverage(masks).numpy(), [0.5, 0.0, 12 / 240, 1.0])
+    np.testing.assert_allclose(L.soft_border_coverage(masks).numpy(), [0.5, 0.0, 12 / 240, 1.0])
     np.testing.assert_allclose(L.border_loss(masks, border_max=0.1).numpy(), [0.4, 0.0, 0.0, 0.9])
-    assert L.border_coverage(torch.ones([2, 1, 8, 8])).tolist() == [1.0, 1.0]  # 1-pixel ring below 32 px
+    assert L.soft_border_coverage(torch.ones([2, 1, 8, 8])).tolist() == [1.0, 1.0]  # 1-pixel ring below 32 px
 
 
 def test_valid_range_gate_keeps_values_and_blocks_gradient_outside_open_interval():

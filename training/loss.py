@@ -67,11 +67,13 @@ def min_mask_size_loss(mask: torch.Tensor, min_size: float = 0.25, max_size: flo
     return loss
 
 
-def border_coverage(mask: torch.Tensor) -> torch.Tensor:
+def soft_border_coverage(mask: torch.Tensor) -> torch.Tensor:
     """Mean of the mask over the image's outer ring: mask [N, 1, H, W] in [0, 1] → [N] in [0, 1].
 
     The ring is max(1, H // 16) pixels wide (2 at 32 px). A mask that draws the ground, the sky or a
     frame round the image covers half of it or more; an object, even one cut by the border, little.
+    Soft and differentiable, for a loss; the auto test's figure (``metrics.layout.mask_geometry``,
+    ``metrics.roles.border_coverage``) binarises at 0.5 on a 1-pixel ring instead.
     """
     height, width = mask.shape[-2:]
     ring = max(1, min(height, width) // 16)
@@ -82,12 +84,12 @@ def border_coverage(mask: torch.Tensor) -> torch.Tensor:
 
 
 def border_loss(mask: torch.Tensor, border_max: float = 0.0) -> torch.Tensor:
-    """relu(border_coverage(m) − border_max): mask [N, 1, H, W] → [N].
+    """relu(soft_border_coverage(m) − border_max): mask [N, 1, H, W] → [N].
 
     Not in the paper (0 weight in its presets): a label-free prior that the object layer is not
     the surround (issue 22), read on the unshifted mask since the shift's zero fill would hide it.
     """
-    return F.relu(border_coverage(mask) - border_max)
+    return F.relu(soft_border_coverage(mask) - border_max)
 
 
 # ----------------------------------------------------------------------------------------------
