@@ -127,6 +127,11 @@ def test_small_parameter_counts_match_formula(resolution):
     D = Discriminator(img_resolution=resolution, **SMALL_D)
     assert count(G) == expected_generator_params(resolution, **SMALL)
     assert count(D) == expected_discriminator_params(resolution, **SMALL_D)
+    # The placement head: one linear layer w_dim -> 2 (weight and bias), in the class's own count too.
+    placed = small_generator(resolution, placement_max=0.3)
+    assert count(placed) == count(G) + 64 * 2 + 2
+    assert (networks.generator_parameters(img_resolution=resolution, placement_max=0.3, **SMALL)
+            == networks.generator_parameters(img_resolution=resolution, **SMALL) + 64 * 2 + 2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,6 +170,37 @@ def test_both_mapping_networks_see_the_same_z():
     assert len(seen) == 2 and torch.equal(seen[0], z) and torch.equal(seen[1], z)
     # Separate weights: the two w's differ.
     assert not torch.allclose(G.mapping_bg(z), G.mapping_fg(z))
+
+
+def test_placement_head_moves_fg_and_mask_by_the_read_translation():
+    # A head reading tanh(b) = 0.5 everywhere: 0.5 * placement_max 0.25 = 1/8 of the width = 4 px at 32 px
+    # each way, towards the top-left (the warp samples at p + t). fg and mask move, bg does not.
+    plain = small_generator(32, seed=3).eval()
+    placed = small_generator(32, seed=3, placement_max=0.25).eval()
+    placed.load_state_dict({**plain.state_dict(), 'placement.weight': torch.zeros([2, 64]),
+                            'placement.bias': torch.full([2], math.atanh(0.5))})
+    z = torch.randn([2, 64])
+    with torch.no_grad():
+        a, b = plain(z, noise_mode='const'), placed(z, noise_mode='const')
+    assert torch.equal(a['bg'], b['bg'])
+    for key in ('fg', 'mask'):
+        expected = torch.zeros_like(a[key])
+        expected[:, :, :-4, :-4] = a[key][:, :, 4:, 4:]
+        assert torch.allclose(b[key], expected, atol=1e-5), key
+    assert torch.allclose(b['img'], b['mask'] * b['fg'] + (1 - b['mask']) * b['bg'])
+
+
+def test_placement_head_is_absent_by_default_and_trained_when_on():
+    assert small_generator(16).placement is None and 'placement.weight' not in small_generator(16).state_dict()
+    G = small_generator(16, placement_max=0.3).train()
+    with pytest.raises(ValueError):
+        small_generator(16, placement_max=-0.1)
+    z = torch.randn([8, 64])
+    with torch.no_grad():
+        translate = torch.tanh(G.placement(G.mapping_fg(z)[:, 0])) * 0.3
+    assert float(translate.abs().max()) <= 0.3 and float(translate.std()) > 0.01   # varies with the latent
+    G(z)['img'].square().mean().backward()
+    assert float(G.placement.weight.grad.abs().max()) > 0    # D's gradient reaches the head through the image
 
 
 def test_const_noise_is_bit_identical_and_random_noise_differs():

@@ -7,6 +7,7 @@ import pytest
 import dnnlib
 from metrics.training_hooks import HOOKS
 from training import presets
+from training.networks import LayeredGenerator
 from training.train_cli import build_training_config
 
 # METHOD.md §5's table: --cfg → (R, estimator, distribution, σ₀, σ).
@@ -35,6 +36,7 @@ def test_paper_presets_match_method_table(name):
     assert (spec.z_dim, spec.w_dim, spec.channel_base, spec.channel_max) == (512, 512, 16384, 256)
     assert (spec.xint_max, spec.min_msize, spec.msize_weight, spec.bin_weight) == (0.125, 0.25, 2.0, 2.0)
     assert spec.border_weight == 0.0                                  # the border term is not the paper's
+    assert spec.placement_max == 0.0                                  # nor is G's placement head
     assert (spec.aug, spec.augpipe, spec.target, spec.kimg_per_tick, spec.snap) == ('ada', 'bgc', 0.6, 4, 50)
     assert spec.metrics == ['fid10k_full', 'kid10k_full']
     assert spec.gamma == pytest.approx(0.0002 * resolution ** 2 / 32)  # 0.0256 at 64, 0.1024 at 128
@@ -78,6 +80,8 @@ def test_config_builds_module_kwargs(tmp_path):
     assert config(tmp_path, aug='noaug').augment_kwargs is None
     assert config(tmp_path, aug='fixed', p=0.3).p == 0.3
     assert config(tmp_path, metrics='none').metrics == []
+    # G's placement head reaches G only when on, so every preset's G records keep their arguments.
+    assert 'placement_max' not in c.G_kwargs
     assert config(tmp_path, metrics='fid10k_full').metrics == ['fid10k_full']
     assert config(tmp_path, data=str(tmp_path / 'my images')).run_desc == 'my_images-ILS_predL-batch32'
 
@@ -119,3 +123,11 @@ def test_ablation_presets_differ_from_the_demo_only_in_the_ils_term():
     from training.loss import ils_sigma
     spec = presets.resolve_preset('cpu_noILS', 64)
     assert {ils_sigma(k, spec.initial_sigma, spec.sigma, spec.anti_kimg) for k in (0, 15, 16, 30)} == {0.0}
+
+
+def test_placement_field_reaches_the_generator(tmp_path, monkeypatch):
+    monkeypatch.setitem(presets.PRESETS_64, 'cpu_placed', dict(presets.PRESETS_64['cpu'], placement_max=0.3))
+    c = config(tmp_path, cfg='cpu_placed')
+    assert c.G_kwargs['placement_max'] == 0.3
+    G = LayeredGenerator(**{k: v for k, v in c.G_kwargs.items() if k != 'class_name'})
+    assert G.placement is not None and G.init_kwargs['placement_max'] == 0.3

@@ -371,13 +371,20 @@ class LayeredGenerator(torch.nn.Module):
     num_fp16_res 4, conv_clamp 256 (``--fp32``: num_fp16_res 0, conv_clamp None). Narrow CPU
     networks, e.g. channel_base 2048, channel_max 64, mapping_layers 2, z_dim = w_dim = 64.
     ``num_ws`` (w vectors per synthesis network) is 10 at R = 64 and 12 at R = 128.
+
+    ``placement_max`` > 0 (not in the paper; 0 in every preset) adds a placement head: a linear map of
+    the foreground's first w to a translation tanh(.) * placement_max of the image width in x and y,
+    applied to fg and mask together (bilinear, zero outside) before composition, so that where the
+    object sits is a function of the latent that D's gradient reaches directly (issue 22).
     """
 
     def __init__(self, img_resolution: int = 64, z_dim: int = 512, w_dim: int = 512, channel_base: int = 16384,
                  channel_max: int = 256, mapping_layers: int = 8, num_fp16_res: int = 4,
                  conv_clamp: float | None = 256, mapping_lr_mul: float = 0.01, w_avg_beta: float = 0.995,
-                 img_channels: int = 3) -> None:
+                 img_channels: int = 3, placement_max: float = 0.0) -> None:
         super().__init__()
+        if placement_max < 0:
+            raise ValueError('placement_max must be >= 0')
         self.z_dim = z_dim
         self.w_dim = w_dim
         self.c_dim = 0
@@ -392,6 +399,16 @@ class LayeredGenerator(torch.nn.Module):
                               lr_mul=mapping_lr_mul, w_avg_beta=w_avg_beta)
         self.mapping_bg = MappingNetwork(**mapping_kwargs)
         self.mapping_fg = MappingNetwork(**mapping_kwargs)
+        self.placement_max = float(placement_max)
+        self.placement = EqualizedLinear(w_dim, 2) if placement_max > 0 else None
+
+    def place(self, fg: torch.Tensor, mask: torch.Tensor, w_fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Translate fg [N,3,R,R] and mask [N,1,R,R] by the placement head's reading of w_fg [N, w_dim]:
+        up to placement_max of the width each way; the uncovered area is 0 in both."""
+        # affine_warp's grid spans 2 units per image width; it samples at p + t, so the object moves by -t.
+        translate = torch.tanh(self.placement(w_fg.float())) * (2 * self.placement_max)
+        placed = affine_warp(torch.cat([fg, mask], dim=1), translate, None, None)
+        return placed[:, :fg.shape[1]], placed[:, fg.shape[1]:]
 
     def mapping(self, z: torch.Tensor, truncation_psi: float = 1.0,
                 update_w_avg: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -406,6 +423,8 @@ class LayeredGenerator(torch.nn.Module):
         fg_and_logit = self.synthesis_fg(ws_fg, noise_mode=noise_mode)
         fg = fg_and_logit[:, :self.img_channels]
         mask = torch.sigmoid(fg_and_logit[:, self.img_channels:])
+        if self.placement is not None:
+            fg, mask = self.place(fg, mask, ws_fg[:, 0])
         return dict(bg=bg, fg=fg, mask=mask, img=compose(fg, mask, bg))
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0,
@@ -698,13 +717,14 @@ def _synthesis_size(w_dim: int, img_resolution: int, img_channels: int, channel_
 
 def generator_parameters(img_resolution: int = 64, z_dim: int = 512, w_dim: int = 512, channel_base: int = 16384,
                          channel_max: int = 256, mapping_layers: int = 8, img_channels: int = 3,
-                         **unused: object) -> int:
+                         placement_max: float = 0.0, **unused: object) -> int:
     """Parameters + buffers of ``LayeredGenerator(**kwargs)``, counted from its arguments."""
     mapping = sum(_linear_size(a, b) for a, b in zip([z_dim] + [w_dim] * (mapping_layers - 1),
                                                        [w_dim] * mapping_layers)) + w_dim
     synthesis = sum(_synthesis_size(w_dim, img_resolution, c, channel_base, channel_max)
                     for c in (img_channels, img_channels + 1))
-    return 2 * mapping + synthesis
+    placement = _linear_size(w_dim, 2) if placement_max > 0 else 0
+    return 2 * mapping + synthesis + placement
 
 
 def discriminator_parameters(img_resolution: int = 64, img_channels: int = 3, channel_base: int = 16384,

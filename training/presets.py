@@ -41,6 +41,9 @@ BASE: dict[str, Any] = dict(
     min_msize=0.25, max_msize=None, msize_weight=2.0, bin_weight=2.0,
     # Not in the paper: a weight on relu(mask's cover of the image border − border_max) (training/loss.py).
     border_weight=0.0, border_max=0.0,
+    # Not in the paper: G's placement head, a translation of fg and mask read from w, up to this share of
+    # the width each way (training/networks.py LayeredGenerator); 0 = no head.
+    placement_max=0.0,
     # ILS term (METHOD §4).
     estimator='club',               # 'club' | 'l1_distance'
     distribution='predetermined_laplace',

@@ -202,6 +202,8 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
                       z_dim=spec.z_dim, w_dim=spec.w_dim, channel_base=spec.channel_base,
                       channel_max=spec.channel_max, mapping_layers=spec.mapping_layers,
                       mapping_lr_mul=spec.mapping_lr_mul, num_fp16_res=spec.num_fp16_res, conv_clamp=spec.conv_clamp)
+    if spec.placement_max > 0:   # only then: the paper presets' G records stay as they were
+        c.G_kwargs['placement_max'] = spec.placement_max
     c.D_kwargs = dict(class_name='training.networks.Discriminator', img_resolution=spec.resolution,
                       channel_base=spec.channel_base, channel_max=spec.channel_max,
                       num_fp16_res=spec.num_fp16_res, conv_clamp=spec.conv_clamp,
