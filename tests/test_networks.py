@@ -191,7 +191,8 @@ def test_placement_head_moves_fg_and_mask_by_the_read_translation():
 
 
 def test_placement_head_is_absent_by_default_and_trained_when_on():
-    assert small_generator(16).placement is None and 'placement.weight' not in small_generator(16).state_dict()
+    plain = small_generator(16)
+    assert plain.placement is None and 'placement.weight' not in plain.state_dict()
     G = small_generator(16, placement_max=0.3).train()
     with pytest.raises(ValueError):
         small_generator(16, placement_max=-0.1)
