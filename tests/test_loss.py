@@ -47,6 +47,20 @@ def test_mask_size_loss_with_upper_bound_is_two_sided():
     np.testing.assert_allclose(out.numpy(), [0.15, 0.0, 0.15])  # relu(0.25 − a) + relu(a − 0.75)
 
 
+def test_mask_size_floor_on_batch_mean_by_hand():
+    areas = [0.05, 0.15, 0.9]
+    masks = torch.stack([torch.full([1, 4, 4], a, dtype=torch.float64) for a in areas]).requires_grad_()
+    out = L.min_mask_size_loss(masks, min_size=0.5, max_size=0.8, floor_on_batch=True)
+    # batch mean 0.3667: relu(0.5 − 0.3667) = 0.1333 for every sample, + relu(a − 0.8) per sample.
+    np.testing.assert_allclose(out.detach().numpy(), [0.5 - 1.1 / 3, 0.5 - 1.1 / 3, 0.5 - 1.1 / 3 + 0.1])
+    # A batch whose mean clears the floor costs nothing, though one mask lies below it.
+    fine = L.min_mask_size_loss(masks.detach(), min_size=0.3, floor_on_batch=True)
+    np.testing.assert_allclose(fine.numpy(), [0.0, 0.0, 0.0])
+    # The floor's gradient reaches every mask alike: d/dm of mean over samples of the shared term.
+    out[:2].sum().backward()
+    np.testing.assert_allclose(masks.grad[:, 0, 0, 0].numpy(), [-2 / 3 / 16] * 3)
+
+
 def test_soft_border_coverage_and_loss_by_hand():
     # 32 px: a ring of 2 pixels, 32² − 28² = 240 pixels.
     bottom_half = torch.zeros([1, 1, 32, 32], dtype=torch.float64)
@@ -253,6 +267,26 @@ def test_border_term_adds_weight_times_the_unshifted_masks_border_loss():
     layers, _ = loss.run_G(z, eps)                      # generator_main's first draws: the same layers
     expected = 3.0 * L.border_loss(layers['mask'], 0.05).mean().item()
     assert expected > 0 and totals[3.0] - totals[0.0] == pytest.approx(expected, rel=1e-4)
+
+
+def test_size_floor_on_batch_changes_the_total_by_the_hand_difference():
+    G, D, _, loss = _tiny_nets()
+    G.requires_grad_(True)
+    z, eps = torch.randn(4, 8), torch.zeros(4, 2)
+    torch.manual_seed(1)
+    _, shifted = loss.run_G(z, eps)                     # generator_main's first draws: the same layers
+    area = shifted['mask'].flatten(1).mean(dim=1).detach()
+    assert area.max() - area.min() > 1e-4               # masks of different sizes, else both forms agree
+    loss.min_msize, loss.max_msize, loss.msize_weight = float(area.mean()) + 0.001, None, 5.0
+    totals = {}
+    for on_batch in (False, True):
+        loss.msize_on_batch = on_batch
+        torch.manual_seed(1)
+        totals[on_batch] = loss.generator_main(z, eps, sigma=0.5)['Loss/G/total'].item()
+    # On the batch: 0.001 for every sample. Per sample: the mean of relu(floor − a_i), more than 0.001.
+    per_sample = (loss.min_msize - area).clamp(min=0).mean().item()
+    assert per_sample > 0.001
+    assert totals[True] - totals[False] == pytest.approx(5.0 * (0.001 - per_sample), rel=1e-3)
 
 
 def test_discriminator_phase_updates_D_and_estimators_not_G():

@@ -37,6 +37,7 @@ def test_paper_presets_match_method_table(name):
     assert (spec.xint_max, spec.min_msize, spec.msize_weight, spec.bin_weight) == (0.125, 0.25, 2.0, 2.0)
     assert spec.border_weight == 0.0                                  # the border term is not the paper's
     assert spec.placement_max == 0.0                                  # nor is G's placement head
+    assert spec.msize_on_batch is False                               # nor a size floor on the batch mean
     assert (spec.aug, spec.augpipe, spec.target, spec.kimg_per_tick, spec.snap) == ('ada', 'bgc', 0.6, 4, 50)
     assert spec.metrics == ['fid10k_full', 'kid10k_full']
     assert spec.gamma == pytest.approx(0.0002 * resolution ** 2 / 32)  # 0.0256 at 64, 0.1024 at 128
@@ -82,6 +83,7 @@ def test_config_builds_module_kwargs(tmp_path):
     assert config(tmp_path, metrics='none').metrics == []
     # G's placement head reaches G only when on, so every preset's G records keep their arguments.
     assert 'placement_max' not in c.G_kwargs
+    assert config(tmp_path, cfg='cpu').loss_kwargs['msize_on_batch'] is False
     assert config(tmp_path, metrics='fid10k_full').metrics == ['fid10k_full']
     assert config(tmp_path, data=str(tmp_path / 'my images')).run_desc == 'my_images-ILS_predL-batch32'
 

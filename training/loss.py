@@ -52,16 +52,19 @@ def mask_binarization_loss(mask: torch.Tensor) -> torch.Tensor:
     return torch.minimum(mask, 1 - mask).flatten(1).mean(dim=1)
 
 
-def min_mask_size_loss(mask: torch.Tensor, min_size: float = 0.25, max_size: float | None = None) -> torch.Tensor:
+def min_mask_size_loss(mask: torch.Tensor, min_size: float = 0.25, max_size: float | None = None,
+                       floor_on_batch: bool = False) -> torch.Tensor:
     """relu(min_size − mean(m)) [+ relu(mean(m) − max_size)]: mask [N, 1, H, W] → [N].
 
     One-sided in the paper's presets (the shift already punishes a full mask). ``max_size``
     adds the upper side; with max_size = 1 − min_size it is the original's form for runs
     without the shift. The CPU demo preset uses it so that a mask saturated to 1 early, before
-    D has learnt to see seams, is pulled back at once.
+    D has learnt to see seams, is pulled back at once. ``floor_on_batch`` (not in the paper)
+    applies the lower side to the batch's mean area, the same value for every sample: one mask
+    may then be smaller than min_size if others are larger (objects of 10 % beside ones of 50 %).
     """
     area = mask.flatten(1).mean(dim=1)
-    loss = F.relu(min_size - area)
+    loss = F.relu(min_size - (area.mean().expand_as(area) if floor_on_batch else area))
     if max_size is not None:
         loss = loss + F.relu(area - max_size)
     return loss
@@ -265,8 +268,8 @@ class ILSLoss:
     def __init__(self, G: torch.nn.Module, D: torch.nn.Module, composition: torch.nn.Module,
                  augment_pipe: torch.nn.Module | None = None, estimators: torch.nn.Module | None = None, *,
                  r1_gamma: float, bin_weight: float = 2.0, msize_weight: float = 2.0, min_msize: float = 0.25,
-                 max_msize: float | None = None, border_weight: float = 0.0, border_max: float = 0.0,
-                 estimator: str = 'club', distribution: str | None = 'predetermined_laplace',
+                 max_msize: float | None = None, msize_on_batch: bool = False,
+                 border_weight: float = 0.0, border_max: float = 0.0, estimator: str = 'club', distribution: str | None = 'predetermined_laplace',
                  neg_weight: float = 1.0, opt_mask: bool = True, stop_grad: bool = False,
                  estimator_weight: float = 0.1, style_mixing_prob: float = 0.0, mixing: str = 'orig',
                  pl_weight: float = 0.0, pl_decay: float = 0.01) -> None:
@@ -274,7 +277,7 @@ class ILSLoss:
         self.augment_pipe, self.estimators = augment_pipe, estimators
         self.r1_gamma = r1_gamma
         self.bin_weight, self.msize_weight, self.min_msize = bin_weight, msize_weight, min_msize
-        self.max_msize = max_msize
+        self.max_msize, self.msize_on_batch = max_msize, msize_on_batch
         self.border_weight, self.border_max = border_weight, border_max
         self.estimator, self.distribution = estimator, distribution
         self.neg_weight, self.opt_mask, self.stop_grad = neg_weight, opt_mask, stop_grad
@@ -344,7 +347,7 @@ class ILSLoss:
         fake_logits = self.run_D(shifted['img'])
         adv = generator_adversarial_loss(fake_logits)
         binarization = mask_binarization_loss(shifted['mask'])
-        msize = min_mask_size_loss(shifted['mask'], self.min_msize, self.max_msize)
+        msize = min_mask_size_loss(shifted['mask'], self.min_msize, self.max_msize, self.msize_on_batch)
         ils = self.ils_term(layers, sigma)
         total = (adv + self.bin_weight * binarization + self.msize_weight * msize).mean() + ils
         if self.border_weight > 0:

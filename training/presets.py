@@ -39,6 +39,8 @@ BASE: dict[str, Any] = dict(
     # fraction of the half-width, rotation in degrees, log2 scale) exist but are off in its presets.
     xint_max=0.125, bg_contrast=0.0, xfrac_max=0.0, rotate_max=0.0, scale_max=0.0,
     min_msize=0.25, max_msize=None, msize_weight=2.0, bin_weight=2.0,
+    # Not in the paper: the size floor on the batch's mean mask area instead of each mask's (training/loss.py).
+    msize_on_batch=False,
     # Not in the paper: a weight on relu(mask's cover of the image border − border_max) (training/loss.py).
     border_weight=0.0, border_max=0.0,
     # Not in the paper: G's placement head, a translation of fg and mask read from w, up to this share of
