@@ -142,3 +142,22 @@ def test_torchrun_gloo_ranks_each_get_their_share_and_one_run_directory(tmp_path
     with open(tmp_path / 'out' / runs[0] / 'training_options.json') as f:
         options = json.load(f)
     assert options['gpus'] == 2 and options['batch_gpu'] == 2 and options['D_kwargs']['mbstd_group_size'] == 2
+
+
+def _sum_ranks_then_maybe_fail(rank, world_size, device, out_dir, failing_rank):
+    """Spawned by the tests below: all-reduces its rank, writes the sum, then raises on failing_rank."""
+    import torch
+    from torch_utils import distributed
+    total = distributed.all_reduce_mean_(torch.tensor([float(rank)])) * world_size
+    with open(os.path.join(out_dir, f'rank{rank}.txt'), 'w') as f:
+        f.write(str(float(total)))
+    if rank == failing_rank:
+        raise RuntimeError(f'rank {rank} failed on purpose')
+
+
+def test_spawned_ranks_leave_the_group_together_and_a_failing_rank_is_reraised(tmp_path):
+    from torch_utils import distributed
+    distributed.spawn_local(_sum_ranks_then_maybe_fail, 2, args=(str(tmp_path), -1))
+    assert [open(tmp_path / f'rank{r}.txt').read() for r in (0, 1)] == ['1.0', '1.0']  # 0 + 1 on both
+    with pytest.raises(Exception, match='rank 1 failed on purpose'):
+        distributed.spawn_local(_sum_ranks_then_maybe_fail, 2, args=(str(tmp_path), 1))

@@ -48,9 +48,28 @@ def init(rank: int, world_size: int, device: torch.device, init_method: str = 'e
                                          world_size=world_size)
 
 
-def shutdown() -> None:
+def shutdown(wait_for_peers: bool = False) -> None:
+    """Leave the process group. ``wait_for_peers`` (on a normal exit) first meets every rank at a
+    barrier, since gloo aborted a process ("terminate called without an active exception") when
+    one rank tore its group down while another still used it. A peer that died makes the barrier
+    fail: that is not this rank's error (the peer's own is the one reported), so it is let pass."""
     if is_initialized():
+        if wait_for_peers:
+            try:
+                torch.distributed.barrier()
+            except RuntimeError:
+                pass
         torch.distributed.destroy_process_group()
+
+
+def _run_in_group(fn: Callable, rank: int, world_size: int, device: torch.device, args: tuple) -> None:
+    """``fn(rank, world_size, device, *args)`` inside the joined group; leaves it on any exit."""
+    try:
+        fn(rank, world_size, device, *args)
+    except BaseException:
+        shutdown()
+        raise
+    shutdown(wait_for_peers=True)
 
 
 def is_initialized() -> bool:
@@ -145,10 +164,7 @@ def free_port() -> int:
 def _spawned_entry(rank: int, fn: Callable, world_size: int, init_method: str, args: tuple) -> None:
     device = device_for(rank)
     init(rank, world_size, device, init_method)
-    try:
-        fn(rank, world_size, device, *args)
-    finally:
-        shutdown()
+    _run_in_group(fn, rank, world_size, device, args)
 
 
 def spawn_local(fn: Callable, world_size: int, args: tuple = ()) -> None:
@@ -172,7 +188,4 @@ def run_under_torchrun(fn: Callable, args: tuple = ()) -> None:
     rank, local_rank, world_size = env
     device = device_for(local_rank)
     init(rank, world_size, device, 'env://')
-    try:
-        fn(rank, world_size, device, *args)
-    finally:
-        shutdown()
+    _run_in_group(fn, rank, world_size, device, args)
