@@ -659,6 +659,7 @@ def run_segmentation_eval(cfg: SegmentationConfig, run_dir: str | None = None) -
     os.makedirs(run_dir, exist_ok=False)
     dnnlib.write_bytes_atomic(os.path.join(run_dir, 'options.json'), dnnlib.json_text(
         {**asdict(cfg), 'protocol_details': cfg.protocol_record(), 'run_dir': run_dir}, indent=2).encode())
+    print(f'UNet run folder: {run_dir}', flush=True)   # said at once: training may take an hour on a CPU
 
     if cfg.test_only:
         model = resumed['unet'].to(device)
@@ -774,6 +775,9 @@ def train_unet(cfg: SegmentationConfig, sets: dict, run_dir: str, device: torch.
                 'iteration': iteration, 'results': scores, 'loss': loss.item(),
                 'total_time': time.time() - start_time, 'timestamp': time.time()})
             progress.set_postfix(loss=f'{loss.item():.3f}', val_IoU=f'{scores["IoU_dataset"]:.3f}')
+            if progress.disable:   # no bar (output not a terminal): one line per validation instead
+                print(f'UNet iteration {iteration}/{cfg.iters}: loss {loss.item():.3f}, '
+                      f'val IoU {scores["IoU_dataset"]:.3f}', flush=True)
             if cfg.test_all:  # the original's --test-all; selection stays on the validation set
                 append_jsonl(os.path.join(run_dir, 'metric-test_all.jsonl'), {
                     'iteration': iteration, 'results': evaluate(model, *sets['test'], cfg.eval_batch, device)[0],

@@ -293,7 +293,7 @@ def dataset_module():
 
 
 
-def test_unet_trained_on_true_pairs_reaches_a_high_iou_on_the_synthetic_test_split(tmp_path, dataset_module):
+def test_unet_trained_on_true_pairs_reaches_a_high_iou_on_the_synthetic_test_split(tmp_path, dataset_module, capsys):
     """The ceiling the GAN's masks are measured against: true synthetic pairs, tested on the test split."""
     write_pair_set(tmp_path / 'syn', n=400, resolution=32)
     cfg = seg.SegmentationConfig(syn_data=str(tmp_path / 'syn'), real_data='synthetic', aug='none', scale=32,
@@ -308,6 +308,10 @@ def test_unet_trained_on_true_pairs_reaches_a_high_iou_on_the_synthetic_test_spl
     assert [l['iteration'] for l in lines] == [20, 120, 220, 300]
     best = max(lines, key=lambda l: l['results']['IoU_dataset'])
     assert results['best_iteration'] == best['iteration'] and results['val'] == best['results']
+    # Without a bar (a redirected log) the run says where it writes at once, then one line per validation.
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f'UNet run folder: {tmp_path / "run"}'
+    assert [l.split(':')[0] for l in out[1:5]] == [f'UNet iteration {i}/300' for i in (20, 120, 220, 300)]
 
 
 def test_eval128_protocol_scores_against_128_masks_and_writes_the_run(tmp_path, dataset_module):
