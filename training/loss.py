@@ -269,7 +269,8 @@ class ILSLoss:
                  augment_pipe: torch.nn.Module | None = None, estimators: torch.nn.Module | None = None, *,
                  r1_gamma: float, bin_weight: float = 2.0, msize_weight: float = 2.0, min_msize: float = 0.25,
                  max_msize: float | None = None, msize_on_batch: bool = False,
-                 border_weight: float = 0.0, border_max: float = 0.0, estimator: str = 'club', distribution: str | None = 'predetermined_laplace',
+                 border_weight: float = 0.0, border_max: float = 0.0,
+                 estimator: str = 'club', distribution: str | None = 'predetermined_laplace',
                  neg_weight: float = 1.0, opt_mask: bool = True, stop_grad: bool = False,
                  estimator_weight: float = 0.1, style_mixing_prob: float = 0.0, mixing: str = 'orig',
                  pl_weight: float = 0.0, pl_decay: float = 0.01) -> None:

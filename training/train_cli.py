@@ -219,7 +219,8 @@ def build_training_config(*, outdir: str, data: str, resolution: int = 64, cfg: 
                               widths=list(spec.estimator_channels)) if learned else None
     c.loss_kwargs = dict(r1_gamma=spec.gamma, bin_weight=spec.bin_weight, msize_weight=spec.msize_weight,
                          min_msize=spec.min_msize, max_msize=spec.max_msize, msize_on_batch=spec.msize_on_batch,
-                         border_weight=spec.border_weight, border_max=spec.border_max, estimator=spec.estimator, distribution=spec.distribution,
+                         border_weight=spec.border_weight, border_max=spec.border_max,
+                         estimator=spec.estimator, distribution=spec.distribution,
                          neg_weight=spec.neg_weight, opt_mask=spec.opt_mask, stop_grad=spec.stop_grad,
                          estimator_weight=spec.estimator_weight, style_mixing_prob=spec.style_mixing_prob,
                          mixing=spec.mixing, pl_weight=spec.pl_weight, pl_decay=spec.pl_decay)
